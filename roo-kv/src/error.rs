@@ -1,0 +1,50 @@
+//! The error type of the store layer.
+
+use std::time::Duration;
+
+/// Everything that can go wrong in the store, as its callers need to tell it apart.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error("value is {len} bytes, the limit is {limit}", limit = crate::MAX_VALUE_LEN)]
+    ValueTooLarge { len: usize },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("revision mismatch on {key}: current revision is {current}", current = current_rev.map_or_else(|| "none (absent)".to_string(), |r| r.to_string()))]
+    Conflict {
+        key: String,
+        current_rev: Option<u64>,
+    },
+    #[error("history before revision {compacted} is compacted")]
+    Compacted { compacted: u64 },
+    /// No quorum, no leader, or the leader did not answer in time. Safe to retry later.
+    #[error("cluster unavailable: {reason}")]
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("peer {addr}: {reason}")]
+    Peer { addr: String, reason: String },
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("node is shutting down")]
+    Shutdown,
+}
+
+impl KvError {
+    pub(crate) fn unavailable(reason: impl Into<String>) -> Self {
+        KvError::Unavailable {
+            reason: reason.into(),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+impl From<sled::Error> for KvError {
+    fn from(e: sled::Error) -> Self {
+        KvError::Storage(e.to_string())
+    }
+}

@@ -1,0 +1,110 @@
+//! The answering side of node-to-node RPCs, mounted by the node's HTTP server under
+//! [`super::RPC_PREFIX`].
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use super::{JoinRequest, RemoveRequest, RpcError, MAX_RPC_BODY, RPC_PREFIX, SECRET_HEADER};
+use crate::Kv;
+
+/// Whether `headers` carry the cluster secret (always true when the cluster has none).
+pub fn has_cluster_secret(kv: &Kv, headers: &http::HeaderMap) -> bool {
+    let Some(secret) = kv.cluster_secret() else {
+        return true;
+    };
+    let given = headers
+        .get(SECRET_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    bool::from(given.ct_eq(secret.as_bytes()))
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({"ok": false, "error": msg});
+    json_response(status, body.to_string().into_bytes())
+}
+
+fn ok<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(value) {
+        Ok(body) => json_response(StatusCode::OK, body),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding answer: {e}")),
+    }
+}
+
+async fn read_json<T: DeserializeOwned, B>(body: B) -> Result<T, Response<Full<Bytes>>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let bytes = match Limited::new(body, MAX_RPC_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Err(error(StatusCode::PAYLOAD_TOO_LARGE, &format!("reading body: {e}"))),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("malformed JSON: {e}")))
+}
+
+/// Answers one RPC. The caller has matched the path prefix; method, secret and body are checked
+/// here.
+pub async fn handle<B>(kv: &Kv, req: http::Request<B>) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Some(rpc) = req.uri().path().strip_prefix(RPC_PREFIX).map(str::to_string) else {
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
+    const RPCS: [&str; 7] = ["append", "vote", "snapshot", "write", "read-index", "add-member", "remove-member"];
+    if !RPCS.contains(&rpc.as_str()) {
+        return error(StatusCode::NOT_FOUND, "not found");
+    }
+    if req.method() != http::Method::POST {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    }
+    if !has_cluster_secret(kv, req.headers()) {
+        tracing::warn!(rpc, "raft RPC without the cluster secret refused");
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong cluster secret");
+    }
+    let body = req.into_body();
+    macro_rules! body {
+        () => {
+            match read_json(body).await {
+                Ok(v) => v,
+                Err(resp) => return resp,
+            }
+        };
+    }
+    let raft = kv.raft();
+    match rpc.as_str() {
+        "append" => ok(&raft.append_entries(body!()).await),
+        "vote" => ok(&raft.vote(body!()).await),
+        "snapshot" => ok(&raft.install_snapshot(body!()).await),
+        "write" => ok(&kv.write_as_leader(body!()).await),
+        "read-index" => {
+            let _: serde_json::Value = body!();
+            ok(&kv.read_index_as_leader().await)
+        }
+        "add-member" => {
+            let join: JoinRequest = body!();
+            ok(&kv.add_member_as_leader(join.node_id, join.addr).await)
+        }
+        "remove-member" => {
+            let rm: RemoveRequest = body!();
+            ok(&kv.remove_member_as_leader(rm.node_id).await)
+        }
+        _ => ok(&Err::<(), _>(RpcError::Invalid(format!("unknown rpc {rpc}")))),
+    }
+}

@@ -1,0 +1,529 @@
+//! [`Kv`]: a running node of the store and the API the rest of roo uses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::command::{Op, Record, Request, Response};
+use crate::network::client::{CallError, NetworkFactory, PeerClient};
+use crate::network::{JoinRequest, RpcError, RPC_PREFIX};
+use crate::store::{self, StateMachineHandle};
+use crate::{KvError, NodeId, Raft, Watch};
+
+/// How a node of the store is set up.
+#[derive(Debug, Clone)]
+pub struct KvConfig {
+    /// The raft node id; None: the one kept in the data dir, or a new random one.
+    pub node_id: Option<NodeId>,
+    pub data_dir: PathBuf,
+    /// The API address other nodes reach this one at (`host:port`).
+    pub advertise: String,
+    /// Shared secret every RPC between nodes carries; None: peers are not authenticated.
+    pub cluster_secret: Option<String>,
+    /// Build a snapshot (and purge the log before it) after this many entries.
+    pub snapshot_every: u64,
+    /// How long a write or read may wait for a leader and a quorum before failing.
+    pub request_timeout: Duration,
+}
+
+impl KvConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, advertise: impl Into<String>) -> Self {
+        KvConfig {
+            node_id: None,
+            data_dir: data_dir.into(),
+            advertise: advertise.into(),
+            cluster_secret: None,
+            snapshot_every: 20_000,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Sees every write acknowledged before the read started (read-index through the leader).
+    #[default]
+    Linearizable,
+    /// The local copy as it is; works without a quorum.
+    Stale,
+}
+
+/// What `GET /roo/v1/cluster` reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub last_applied: u64,
+    pub last_log_index: u64,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub state: String,
+    pub initialized: bool,
+    /// Every node of the membership (voters and learners), id to API address.
+    pub members: BTreeMap<String, String>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+/// A node of the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Kv {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    raft: Raft,
+    sm: StateMachineHandle,
+    client: PeerClient,
+    config: KvConfig,
+}
+
+fn raft_config(snapshot_every: u64) -> Result<Arc<Config>, KvError> {
+    let config = Config {
+        cluster_name: "roo".into(),
+        heartbeat_interval: 200,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        install_snapshot_timeout: 10_000,
+        max_payload_entries: 64,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every.max(1)),
+        max_in_snapshot_log_to_keep: (snapshot_every / 10).min(1000),
+        snapshot_max_chunk_size: 1024 * 1024,
+        ..Default::default()
+    };
+    config
+        .validate()
+        .map(Arc::new)
+        .map_err(|e| KvError::InvalidRequest(format!("raft config: {e}")))
+}
+
+/// Reads the node id kept in the data dir, or keeps `wanted` (or a new random id) there.
+fn node_identity(config: &KvConfig) -> Result<NodeId, KvError> {
+    let path = config.data_dir.join("node_id");
+    let io = |e: std::io::Error| KvError::Storage(format!("{}: {e}", path.display()));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let stored: NodeId = text
+                .trim()
+                .parse()
+                .map_err(|e| KvError::Storage(format!("{}: not a node id: {e}", path.display())))?;
+            if let Some(wanted) = config.node_id {
+                if wanted != stored {
+                    return Err(KvError::InvalidRequest(format!(
+                        "node id {wanted} asked for, but {} belongs to node {stored}",
+                        config.data_dir.display()
+                    )));
+                }
+            }
+            Ok(stored)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Ids stay below 2^53 so that JSON readers in any language keep them exact.
+            let id = config.node_id.unwrap_or_else(|| rand::random::<u64>() >> 11 | 1);
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, format!("{id}\n")).map_err(io)?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            Ok(id)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+impl Kv {
+    /// Opens the store in the data dir and starts the raft node. A node whose data dir holds a
+    /// cluster's state rejoins it; a new one waits for [`Kv::bootstrap`] or [`Kv::join`].
+    pub async fn open(config: KvConfig) -> Result<Kv, KvError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| KvError::Storage(format!("{}: {e}", config.data_dir.display())))?;
+        let id = node_identity(&config)?;
+        let (log, sm) = store::open(&config.data_dir)?;
+        let handle = sm.handle();
+        let client = PeerClient::new(config.cluster_secret.clone());
+        let network = NetworkFactory {
+            client: client.clone(),
+        };
+        let raft = Raft::new(id, raft_config(config.snapshot_every)?, network, log, sm)
+            .await
+            .map_err(|e| KvError::Storage(format!("starting raft: {e}")))?;
+        tracing::info!(node_id = id, advertise = %config.advertise, "store opened");
+        Ok(Kv {
+            inner: Arc::new(Inner {
+                id,
+                raft,
+                sm: handle,
+                client,
+                config,
+            }),
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub fn advertise(&self) -> &str {
+        &self.inner.config.advertise
+    }
+
+    pub(crate) fn cluster_secret(&self) -> Option<&str> {
+        self.inner.config.cluster_secret.as_deref()
+    }
+
+    /// The client this node uses to reach its peers (with the cluster secret).
+    pub fn peer_client(&self) -> &PeerClient {
+        &self.inner.client
+    }
+
+    fn timeout(&self) -> Duration {
+        self.inner.config.request_timeout
+    }
+
+    /// Whether this node belongs to a cluster (bootstrapped, joined, or restarted as a member).
+    pub async fn is_initialized(&self) -> bool {
+        self.inner.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// Starts a one-node cluster of this node. Does nothing on an initialized node.
+    pub async fn bootstrap(&self) -> Result<(), KvError> {
+        if self.is_initialized().await {
+            return Ok(());
+        }
+        let members = BTreeMap::from([(self.inner.id, BasicNode::new(&self.inner.config.advertise))]);
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => {
+                tracing::info!(node_id = self.inner.id, "bootstrapped a new cluster");
+                Ok(())
+            }
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(KvError::Storage(format!("bootstrap: {e}"))),
+        }
+    }
+
+    /// Asks the member at `seed` (an API address) to add this node, as a learner first and a
+    /// voter once it has caught up. Returns when the change is committed.
+    pub async fn join(&self, seed: &str, timeout: Duration) -> Result<(), KvError> {
+        let req = JoinRequest {
+            node_id: self.inner.id,
+            addr: self.inner.config.advertise.clone(),
+        };
+        let answer: Result<(), RpcError> = self
+            .inner
+            .client
+            .post(seed, "/roo/v1/cluster/join", &req, timeout)
+            .await
+            .map_err(|e| peer_error(seed, e))?;
+        answer.map_err(rpc_to_kv)
+    }
+
+    /// Adds node `id` at `addr` to the cluster (on the leader, wherever this is called).
+    pub async fn add_member(&self, id: NodeId, addr: String) -> Result<(), KvError> {
+        let req = JoinRequest { node_id: id, addr };
+        // Catching up a new node can take a while on a large store.
+        let deadline = Instant::now() + self.timeout() * 24;
+        self.on_leader(deadline, "add-member", &req, |kv| {
+            let req = req.clone();
+            async move { kv.add_member_as_leader(req.node_id, req.addr).await }
+        })
+        .await
+    }
+
+    /// Removes node `id` from the cluster.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), KvError> {
+        let req = crate::network::RemoveRequest { node_id: id };
+        let deadline = Instant::now() + self.timeout();
+        self.on_leader(deadline, "remove-member", &req, |kv| async move {
+            kv.remove_member_as_leader(id).await
+        })
+        .await
+    }
+
+    /// Replicates `req` and returns what applying it produced. Runs on the leader, wherever it
+    /// is called; fails with [`KvError::Unavailable`] when no quorum commits it in time.
+    pub async fn write(&self, req: Request) -> Result<Response, KvError> {
+        req.validate()?;
+        let deadline = Instant::now() + self.timeout();
+        self.on_leader(deadline, "write", &req, |kv| {
+            let req = req.clone();
+            async move { kv.write_as_leader(req).await }
+        })
+        .await
+    }
+
+    /// Sets `key` to `value`; with `prev_rev`, only if the key's revision is that (0: absent).
+    /// Returns the new revision.
+    pub async fn put(&self, key: &str, value: Vec<u8>, prev_rev: Option<u64>) -> Result<u64, KvError> {
+        let resp = self
+            .write(Request {
+                ops: vec![Op::Put {
+                    key: key.to_string(),
+                    value,
+                    prev_rev,
+                }],
+            })
+            .await?;
+        conflict_to_error(resp).map(|r| r.rev)
+    }
+
+    /// Removes `key`; with `prev_rev`, only if the key's revision is that. Returns the revision
+    /// and whether the key existed.
+    pub async fn delete(&self, key: &str, prev_rev: Option<u64>) -> Result<(u64, bool), KvError> {
+        let resp = self
+            .write(Request {
+                ops: vec![Op::Delete {
+                    key: key.to_string(),
+                    prev_rev,
+                }],
+            })
+            .await?;
+        conflict_to_error(resp).map(|r| (r.rev, r.changed > 0))
+    }
+
+    /// The record of `key`.
+    pub async fn get(&self, key: &str, consistency: Consistency) -> Result<Option<Record>, KvError> {
+        crate::command::validate_key(key)?;
+        self.read_barrier(consistency).await?;
+        self.inner.sm.get(key)
+    }
+
+    /// Every key starting with `prefix`, in key order, and the revision the answer is at.
+    pub async fn scan(&self, prefix: &str, consistency: Consistency) -> Result<(Vec<(String, Record)>, u64), KvError> {
+        self.read_barrier(consistency).await?;
+        // Read the revision first: the scan sees at least this revision.
+        let rev = self.inner.sm.applied_rev();
+        Ok((self.inner.sm.scan(prefix)?, rev))
+    }
+
+    /// The revision of the last change applied on this node.
+    pub fn applied_rev(&self) -> u64 {
+        self.inner.sm.applied_rev()
+    }
+
+    /// Changes of keys under `prefix` after revision `after_rev` (None: from now on).
+    pub fn watch(&self, prefix: &str, after_rev: Option<u64>) -> Result<Watch, KvError> {
+        let after = after_rev.unwrap_or_else(|| self.inner.sm.applied_rev());
+        Watch::new(self.inner.sm.clone(), prefix, after)
+    }
+
+    /// Waits until this node has applied every write acknowledged before the call.
+    pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), KvError> {
+        if consistency == Consistency::Stale {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.timeout();
+        let index: Option<u64> = self
+            .on_leader(deadline, "read-index", &serde_json::Value::Null, |kv| async move {
+                kv.read_index_as_leader().await
+            })
+            .await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.inner
+            .raft
+            .wait(Some(remaining))
+            .applied_index_at_least(index, "read barrier")
+            .await
+            .map_err(|e| KvError::unavailable(format!("waiting to apply up to the read index: {e}")))?;
+        Ok(())
+    }
+
+    /// The node's view of the cluster.
+    pub async fn status(&self) -> ClusterStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members: BTreeMap<String, String> = membership
+            .nodes()
+            .map(|(id, node)| (id.to_string(), node.addr.clone()))
+            .collect();
+        let learners = membership.learner_ids().collect();
+        ClusterStatus {
+            node_id: self.inner.id,
+            leader_id: m.current_leader,
+            term: m.current_term,
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            state: format!("{:?}", m.state),
+            initialized: !voters.is_empty(),
+            members,
+            voters: voters.into_iter().collect(),
+            learners,
+        }
+    }
+
+    /// Stops the raft node.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    /// Runs `local` if this node leads, else sends `rpc` to the leader, retrying through leader
+    /// changes until `deadline`.
+    async fn on_leader<T, Req, F, Fut>(&self, deadline: Instant, rpc: &str, req: &Req, local: F) -> Result<T, KvError>
+    where
+        T: serde::de::DeserializeOwned,
+        Req: Serialize + Sync,
+        F: Fn(Kv) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RpcError>>,
+    {
+        let mut last_error = String::from("no leader");
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(KvError::unavailable(format!("{rpc}: {last_error}")));
+            }
+            let result = match tokio::time::timeout(remaining, local(self.clone())).await {
+                Err(_) => Err(RpcError::Unavailable("no quorum within the timeout".into())),
+                Ok(Err(RpcError::ForwardToLeader { leader_addr: Some(addr) })) => {
+                    let path = format!("{RPC_PREFIX}{rpc}");
+                    match self.inner.client.post::<_, Result<T, RpcError>>(&addr, &path, req, remaining).await {
+                        Ok(answer) => answer,
+                        Err(e) => Err(RpcError::Unavailable(format!("leader {addr}: {e}"))),
+                    }
+                }
+                Ok(other) => other,
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(RpcError::Invalid(msg)) => return Err(KvError::InvalidRequest(msg)),
+                Err(RpcError::Failed(msg)) => return Err(KvError::Storage(msg)),
+                Err(e @ (RpcError::ForwardToLeader { .. } | RpcError::Unavailable(_))) => last_error = e.to_string(),
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(pause.min(remaining)).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    fn forward_error(&self, leader_id: Option<NodeId>) -> RpcError {
+        let leader_addr = leader_id.and_then(|id| {
+            let m = self.inner.raft.metrics().borrow().membership_config.clone();
+            let addr = m.membership().get_node(&id).map(|n| n.addr.clone());
+            addr
+        });
+        RpcError::ForwardToLeader { leader_addr }
+    }
+
+    /// The leader half of [`Kv::write`].
+    pub(crate) async fn write_as_leader(&self, req: Request) -> Result<Response, RpcError> {
+        if let Err(e) = req.validate() {
+            return Err(RpcError::Invalid(e.to_string()));
+        }
+        match self.inner.raft.client_write(req).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self.forward_error(f.leader_id)),
+            Err(e) => Err(RpcError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// The leader half of [`Kv::read_barrier`]: confirms leadership with a quorum and returns the
+    /// index a reader must have applied.
+    pub(crate) async fn read_index_as_leader(&self) -> Result<Option<u64>, RpcError> {
+        match self.inner.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read.map(|l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(self.forward_error(f.leader_id)),
+            Err(e) => Err(RpcError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// The leader half of [`Kv::add_member`].
+    pub(crate) async fn add_member_as_leader(&self, id: NodeId, addr: String) -> Result<(), RpcError> {
+        let raft = &self.inner.raft;
+        let membership = raft.metrics().borrow().membership_config.clone();
+        let membership = membership.membership();
+        if membership.voter_ids().any(|v| v == id) {
+            return match membership.get_node(&id) {
+                Some(node) if node.addr == addr => Ok(()),
+                _ => Err(RpcError::Invalid(format!(
+                    "node {id} is already a member with another address; remove it first"
+                ))),
+            };
+        }
+        let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.forward_error(f.leader_id),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => RpcError::Unavailable(e.to_string()),
+            e => RpcError::Unavailable(e.to_string()),
+        };
+        tracing::info!(node_id = id, %addr, "adding learner");
+        raft.add_learner(id, BasicNode::new(&addr), true).await.map_err(map_err)?;
+        tracing::info!(node_id = id, "promoting learner to voter");
+        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    /// The leader half of [`Kv::remove_member`].
+    pub(crate) async fn remove_member_as_leader(&self, id: NodeId) -> Result<(), RpcError> {
+        let raft = &self.inner.raft;
+        let membership = raft.metrics().borrow().membership_config.clone();
+        let membership = membership.membership();
+        let change = if membership.voter_ids().any(|v| v == id) {
+            if membership.voter_ids().count() == 1 {
+                return Err(RpcError::Invalid("cannot remove the last voter".into()));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else if membership.get_node(&id).is_some() {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else {
+            return Err(RpcError::Invalid(format!("node {id} is not a member")));
+        };
+        tracing::info!(node_id = id, "removing member");
+        raft.change_membership(change, false).await.map_err(|e| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.forward_error(f.leader_id),
+            e => RpcError::Unavailable(e.to_string()),
+        })?;
+        Ok(())
+    }
+
+    /// Whether this node is the raft leader now.
+    pub fn is_leader(&self) -> bool {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+    }
+}
+
+fn conflict_to_error(resp: Response) -> Result<Response, KvError> {
+    match resp.conflict {
+        Some(c) => Err(KvError::Conflict {
+            key: c.key,
+            current_rev: c.current_rev,
+        }),
+        None => Ok(resp),
+    }
+}
+
+fn peer_error(addr: &str, e: CallError) -> KvError {
+    match e {
+        CallError::Unreachable(reason) => KvError::unavailable(reason),
+        CallError::BadAnswer(reason) => KvError::Peer {
+            addr: addr.to_string(),
+            reason,
+        },
+    }
+}
+
+fn rpc_to_kv(e: RpcError) -> KvError {
+    match e {
+        RpcError::Invalid(m) => KvError::InvalidRequest(m),
+        RpcError::Failed(m) => KvError::Storage(m),
+        e => KvError::unavailable(e.to_string()),
+    }
+}

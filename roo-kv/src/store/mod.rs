@@ -1,0 +1,50 @@
+//! Durable storage on sled.
+//!
+//! One sled database per node, in the data dir, with three trees:
+//! - `log`: raft log entries keyed by big-endian index (so they sort), and `log_meta`: the vote,
+//!   the committed log id and the last purged log id ([`LogStore`]).
+//! - `sm`: the state machine ([`StateMachine`]): `d:<key>` records, `e:<rev><seq>` change history,
+//!   `m:*` applied log id and membership, all changed together by one atomic batch per apply.
+//! - `snapshot`: the last built or installed snapshot, so a restarted node can still send it.
+//!
+//! sled writes to one ordered log for all trees, so a flush makes every earlier write of every
+//! tree durable; the raft log is flushed before an append is acknowledged.
+
+mod log;
+mod state_machine;
+
+pub use log::LogStore;
+pub use state_machine::{StateMachine, StateMachineHandle};
+
+use openraft::{AnyError, StorageError, StorageIOError};
+
+use crate::NodeId;
+
+/// Opens (or creates) the store in `dir`.
+pub fn open(dir: &std::path::Path) -> Result<(LogStore, StateMachine), crate::KvError> {
+    let db = sled::Config::new()
+        .path(dir.join("sled"))
+        .mode(sled::Mode::HighThroughput)
+        .open()?;
+    let log = LogStore::open(&db)?;
+    let sm = StateMachine::open(&db)?;
+    Ok((log, sm))
+}
+
+pub(crate) fn io_err<E: std::error::Error + 'static>(
+    f: fn(AnyError) -> StorageIOError<NodeId>,
+    e: E,
+) -> StorageError<NodeId> {
+    StorageError::IO {
+        source: f(AnyError::new(&e)),
+    }
+}
+
+pub(crate) fn bad_data(
+    f: fn(AnyError) -> StorageIOError<NodeId>,
+    what: impl std::fmt::Display,
+) -> StorageError<NodeId> {
+    StorageError::IO {
+        source: f(AnyError::error(what)),
+    }
+}

@@ -1,0 +1,59 @@
+//! `/roo/v1/cluster`: status, joins, member removal.
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use roo_kv::network::JoinRequest;
+use serde_json::json;
+
+use super::{only, read_body, reply, Api, ApiError, Body};
+
+pub(super) async fn cluster(api: &Api, path: &str, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let rest = path.strip_prefix("/roo/v1/cluster").unwrap_or_default();
+    match rest {
+        "" | "/" => {
+            only(&req, &[Method::GET])?;
+            let status = api.kv.status().await;
+            let value = serde_json::to_value(status).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            Ok(reply::json(StatusCode::OK, &value))
+        }
+        "/join" => {
+            only(&req, &[Method::POST])?;
+            check_secret(api, &req)?;
+            let body = read_body(req, 64 * 1024).await?;
+            let join: JoinRequest = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::BadRequest(format!("malformed join request: {e}")))?;
+            if join.addr.parse::<std::net::SocketAddr>().is_err() && !join.addr.contains(':') {
+                return Err(ApiError::BadRequest(format!("addr {:?} is not host:port", join.addr)));
+            }
+            tracing::info!(node_id = join.node_id, addr = %join.addr, "join request");
+            // Answered in roo-kv's RPC shape so the joining node reads leader errors alike.
+            let answer: Result<(), roo_kv::network::RpcError> = match api.kv.add_member(join.node_id, join.addr).await {
+                Ok(()) => Ok(()),
+                Err(roo_kv::KvError::InvalidRequest(m)) => Err(roo_kv::network::RpcError::Invalid(m)),
+                Err(e) => Err(roo_kv::network::RpcError::Unavailable(e.to_string())),
+            };
+            let value = serde_json::to_value(answer).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            Ok(reply::json(StatusCode::OK, &value))
+        }
+        _ => {
+            let Some(id) = rest.strip_prefix("/members/") else {
+                return Err(ApiError::NotFound);
+            };
+            only(&req, &[Method::DELETE])?;
+            check_secret(api, &req)?;
+            let id: u64 = id
+                .parse()
+                .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a node id")))?;
+            api.kv.remove_member(id).await?;
+            Ok(reply::json(StatusCode::OK, &json!({"ok": true})))
+        }
+    }
+}
+
+fn check_secret<B>(api: &Api, req: &Request<B>) -> Result<(), ApiError> {
+    if roo_kv::network::server::has_cluster_secret(&api.kv, req.headers()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized("missing or wrong cluster secret".into()))
+    }
+}

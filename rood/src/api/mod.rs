@@ -1,0 +1,179 @@
+//! The HTTP API on the admin port (`--api-addr`, default :6299).
+//!
+//! Roo-compatible where Roo had it (`/roo/ping`, `/roo/v1/kv`, `/roo/v1/kvs`), plus cluster
+//! membership, watch streams, and the raft RPCs between nodes (mounted from `roo_kv::network`).
+//! Every error is one JSON line `{"ok":false,"error":"..."}` with the status that fits.
+
+mod cluster;
+mod kv;
+mod reply;
+mod watch;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use roo_kv::Kv;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use reply::{ApiError, Body};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct Api {
+    pub kv: Kv,
+    /// Cancelled when the node stops: long-lived answers (watch streams) end.
+    pub shutdown: CancellationToken,
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then drains open connections for
+/// up to `drain`.
+pub async fn serve(listener: TcpListener, api: Api, drain: Duration) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "api accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = api.shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let api = api.clone();
+        let service = service_fn(move |req| {
+            let api = api.clone();
+            async move { Ok::<_, Infallible>(route(&api, req).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "api connection");
+            }
+        });
+    }
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!("api connections still open after the drain timeout");
+    }
+}
+
+/// Finds the handler for a request.
+pub async fn route(api: &Api, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let result = if path == "/roo/ping" {
+        only(&req, &[Method::GET, Method::HEAD]).map(|()| reply::text(StatusCode::OK, "PONG"))
+    } else if let Some(key) = path.strip_prefix("/roo/v1/kv/") {
+        kv::kv(api, key, req).await
+    } else if path == "/roo/v1/kvs" || path.starts_with("/roo/v1/kvs/") {
+        let prefix = path.strip_prefix("/roo/v1/kvs").unwrap_or_default();
+        let prefix = prefix.strip_prefix('/').unwrap_or(prefix);
+        match only(&req, &[Method::GET]) {
+            Ok(()) => kv::scan(api, prefix, &req).await,
+            Err(e) => Err(e),
+        }
+    } else if path == "/roo/v1/watch" || path.starts_with("/roo/v1/watch/") {
+        let prefix = path.strip_prefix("/roo/v1/watch").unwrap_or_default();
+        let prefix = prefix.strip_prefix('/').unwrap_or(prefix);
+        match only(&req, &[Method::GET]) {
+            Ok(()) => watch::watch(api, prefix, &req),
+            Err(e) => Err(e),
+        }
+    } else if path == "/roo/v1/cluster" || path.starts_with("/roo/v1/cluster/") {
+        cluster::cluster(api, &path, req).await
+    } else if path.starts_with(roo_kv::network::RPC_PREFIX) {
+        Ok(roo_kv::network::server::handle(&api.kv, req).await.map(reply::boxed))
+    } else {
+        Err(ApiError::NotFound)
+    };
+    result.unwrap_or_else(|e| e.into_response())
+}
+
+/// Fails with 405 unless the request uses one of `methods`.
+fn only<B>(req: &Request<B>, methods: &[Method]) -> Result<(), ApiError> {
+    if methods.contains(req.method()) {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed(methods.to_vec()))
+    }
+}
+
+/// The value of query parameter `name`, percent-decoded.
+fn query_param(uri: &http::Uri, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(query) = uri.query() else {
+        return Ok(None);
+    };
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name {
+            let v = percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .map_err(|_| ApiError::BadRequest(format!("query parameter {name} is not UTF-8")))?;
+            return Ok(Some(v.into_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// Query parameter `name` as a number.
+fn query_u64(uri: &http::Uri, name: &str) -> Result<Option<u64>, ApiError> {
+    query_param(uri, name)?
+        .map(|v| {
+            v.parse()
+                .map_err(|_| ApiError::BadRequest(format!("query parameter {name}={v:?} is not a revision number")))
+        })
+        .transpose()
+}
+
+/// `?consistency=stale` reads the local copy; anything else but `linearizable` is refused.
+fn consistency(uri: &http::Uri) -> Result<roo_kv::Consistency, ApiError> {
+    match query_param(uri, "consistency")?.as_deref() {
+        None | Some("linearizable") => Ok(roo_kv::Consistency::Linearizable),
+        Some("stale") => Ok(roo_kv::Consistency::Stale),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "consistency={other:?}: use linearizable or stale"
+        ))),
+    }
+}
+
+/// A key or prefix from the path, percent-decoded.
+fn decode_path(raw: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::BadRequest("key is not valid UTF-8".into()))
+}
+
+/// Request body up to `limit` bytes; 413 beyond.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    if let Some(len) = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(ApiError::TooLarge(format!("body is {len} bytes, the limit is {limit}")));
+        }
+    }
+    match http_body_util::Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::TooLarge(format!("body is over the limit of {limit} bytes")))
+        }
+        Err(e) => Err(ApiError::BadRequest(format!("reading body: {e}"))),
+    }
+}

@@ -1,0 +1,121 @@
+//! Every setting of a node: flags, each with a `ROO_*` environment variable, and defaults.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A roo node: raft-replicated KV store and admin API.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "rood", version, about)]
+pub struct Config {
+    /// Raft node id (u64). Default: generated once and kept in the data dir.
+    #[arg(long, env = "ROO_NODE_ID")]
+    pub node_id: Option<u64>,
+
+    /// Data dir: sled database and node identity.
+    #[arg(long, env = "ROO_DATA_DIR", default_value = "./roo-data")]
+    pub data_dir: PathBuf,
+
+    /// Address of the KV/admin API; raft RPCs between nodes share it.
+    #[arg(long, env = "ROO_API_ADDR", default_value = "0.0.0.0:6299")]
+    pub api_addr: SocketAddr,
+
+    /// Address peers use to reach this node's API. Default: the API address if it names an IP,
+    /// else this host's first non-loopback IP with the API port.
+    #[arg(long, env = "ROO_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// API addresses of existing members to join through (comma separated).
+    #[arg(long, env = "ROO_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+
+    /// Discover peers by resolving this name (e.g. tasks.roo_roo); they listen on our API port.
+    #[arg(long, env = "ROO_DNS")]
+    pub dns: Option<String>,
+
+    /// DNS server for peers and upstreams, `IP` or `IP:PORT` (swarm: 127.0.0.11). Default: the
+    /// system's.
+    #[arg(long, env = "ROO_RESOLVER", value_parser = parse_resolver)]
+    pub resolver: Option<SocketAddr>,
+
+    /// Shared secret that every raft RPC and join request carries. Unset: peers are not
+    /// authenticated (a warning is logged).
+    #[arg(long, env = "ROO_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+
+    /// Build a raft snapshot and purge the log before it after this many entries.
+    #[arg(long, env = "ROO_SNAPSHOT_EVERY", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every: u64,
+
+    /// How long a request may wait for a leader and a quorum before it gets 503, in ms.
+    #[arg(long, env = "ROO_REQUEST_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub request_timeout_ms: u64,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info,roo_kv=debug`.
+    #[arg(long, env = "ROO_LOG", default_value = "info,openraft=warn")]
+    pub log: String,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "ROO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("{s:?} is neither an IP nor IP:PORT"))
+}
+
+impl Config {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The address peers reach this node at.
+    pub fn advertise_addr(&self) -> Result<String, String> {
+        if let Some(a) = &self.advertise {
+            return Ok(a.clone());
+        }
+        let api = self.api_addr;
+        if !api.ip().is_unspecified() {
+            return Ok(api.to_string());
+        }
+        let ip = if_addrs::get_if_addrs()
+            .map_err(|e| format!("listing network interfaces: {e}"))?
+            .into_iter()
+            .map(|i| i.ip())
+            .find(|ip| !ip.is_loopback() && ip.is_ipv4())
+            .ok_or("no non-loopback IPv4 address found: set --advertise")?;
+        Ok(SocketAddr::new(ip, api.port()).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolver_takes_ip_or_ip_port() {
+        assert_eq!(parse_resolver("127.0.0.11").unwrap(), "127.0.0.11:53".parse().unwrap());
+        assert_eq!(parse_resolver("127.0.0.1:5353").unwrap(), "127.0.0.1:5353".parse().unwrap());
+        assert!(parse_resolver("dns.example").is_err());
+    }
+
+    #[test]
+    fn defaults_and_bad_values() {
+        let c = Config::try_parse_from(["rood"]).unwrap();
+        assert_eq!(c.api_addr, "0.0.0.0:6299".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./roo-data"));
+        let c = Config::try_parse_from(["rood", "--join", "a:1,b:2", "--api-addr", "127.0.0.2:7000"]).unwrap();
+        assert_eq!(c.join, vec!["a:1", "b:2"]);
+        assert_eq!(c.advertise_addr().unwrap(), "127.0.0.2:7000");
+        let err = Config::try_parse_from(["rood", "--api-addr", "nope"]).unwrap_err();
+        assert!(err.to_string().contains("--api-addr"), "{err}");
+        assert!(Config::try_parse_from(["rood", "--snapshot-every", "0"]).is_err());
+    }
+}

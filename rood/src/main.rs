@@ -1,0 +1,33 @@
+use anyhow::Context;
+use clap::Parser;
+use rood::config::Config;
+use rood::node::Node;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let filter = EnvFilter::try_new(&config.log).with_context(|| format!("invalid ROO_LOG filter {:?}", config.log))?;
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+
+    let node = Node::start(config).await.context("starting rood")?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    node.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+    }
+    Ok(())
+}
