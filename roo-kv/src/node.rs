@@ -420,6 +420,16 @@ impl Kv {
         RpcError::ForwardToLeader { leader_addr }
     }
 
+    /// Runs a leader half within the request timeout.
+    pub(crate) async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, RpcError>>,
+    ) -> Result<T, RpcError> {
+        tokio::time::timeout(self.timeout(), f)
+            .await
+            .unwrap_or_else(|_| Err(RpcError::Unavailable("no quorum within the timeout".into())))
+    }
+
     /// The leader half of [`Kv::write`].
     pub(crate) async fn write_as_leader(&self, req: Request) -> Result<Response, RpcError> {
         if let Err(e) = req.validate() {

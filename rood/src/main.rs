@@ -4,11 +4,18 @@ use rood::config::Config;
 use rood::node::Node;
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let filter = EnvFilter::try_new(&config.log).with_context(|| format!("invalid ROO_LOG filter {:?}", config.log))?;
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    use std::io::IsTerminal;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if config.log_format == "json" {
         logs.json().init();
     } else {

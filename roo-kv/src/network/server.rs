@@ -92,10 +92,11 @@ where
         "append" => ok(&raft.append_entries(body!()).await),
         "vote" => ok(&raft.vote(body!()).await),
         "snapshot" => ok(&raft.install_snapshot(body!()).await),
-        "write" => ok(&kv.write_as_leader(body!()).await),
+        // The caller gives up after its own timeout; do not keep working for it past ours.
+        "write" => ok(&kv.bounded(kv.write_as_leader(body!())).await),
         "read-index" => {
             let _: serde_json::Value = body!();
-            ok(&kv.read_index_as_leader().await)
+            ok(&kv.bounded(kv.read_index_as_leader()).await)
         }
         "add-member" => {
             let join: JoinRequest = body!();

@@ -8,6 +8,7 @@ use openraft::{Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOErr
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::flusher::Flusher;
 use super::{bad_data, io_err};
 use crate::{NodeId, TypeConfig};
 
@@ -18,15 +19,15 @@ const LAST_PURGED: &[u8] = b"last_purged";
 /// The raft log store. Cheap to clone: sled trees are shared handles.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    flusher: Flusher,
     log: sled::Tree,
     meta: sled::Tree,
 }
 
 impl LogStore {
-    pub(super) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+    pub(super) fn open(db: &sled::Db, flusher: Flusher) -> Result<Self, sled::Error> {
         Ok(LogStore {
-            db: db.clone(),
+            flusher,
             log: db.open_tree("log")?,
             meta: db.open_tree("log_meta")?,
         })
@@ -49,12 +50,8 @@ impl LogStore {
         Ok(())
     }
 
-    async fn flush(&self) -> Result<(), StorageError<NodeId>> {
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| io_err(StorageIOError::write_logs, e))?;
-        Ok(())
+    async fn flush(&self, what: fn(openraft::AnyError) -> StorageIOError<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.flusher.flush().await.map_err(|e| bad_data(what, e))
     }
 }
 
@@ -117,11 +114,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.put_meta(VOTE, vote)?;
         // A vote must be durable before it is answered.
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| io_err(StorageIOError::write_vote, e))?;
-        Ok(())
+        self.flush(StorageIOError::write_vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
@@ -150,17 +143,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log
             .apply_batch(batch)
             .map_err(|e| io_err(StorageIOError::write_logs, e))?;
-        // Group commit: raft hands over every entry that queued up while the last flush ran, and
-        // one flush makes them all durable before any of them is acknowledged.
-        let flushed = self.db.flush_async().await;
-        match flushed {
-            Ok(_) => callback.log_io_completed(Ok(())),
-            Err(e) => {
-                let msg = e.to_string();
-                callback.log_io_completed(Err(std::io::Error::other(msg.clone())));
-                return Err(bad_data(StorageIOError::write_logs, msg));
-            }
-        }
+        // Durable later, together with whatever else is appended meanwhile; raft counts the
+        // entries as stored only when the callback runs.
+        self.flusher.after_flush(callback);
         Ok(())
     }
 
@@ -174,14 +159,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log
             .apply_batch(batch)
             .map_err(|e| io_err(StorageIOError::write_logs, e))?;
-        self.flush().await
+        self.flush(StorageIOError::write_logs).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         tracing::debug!(%log_id, "purging log");
         // Everything applied so far (the snapshot covering these entries) must be durable
         // before the entries go.
-        self.flush().await?;
+        self.flush(StorageIOError::write_logs).await?;
         self.put_meta(LAST_PURGED, &log_id)?;
         let mut batch = sled::Batch::default();
         for kv in self.log.range(..=index_key(log_id.index)) {
@@ -191,6 +176,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log
             .apply_batch(batch)
             .map_err(|e| io_err(StorageIOError::write_logs, e))?;
-        self.flush().await
+        self.flush(StorageIOError::write_logs).await
     }
 }

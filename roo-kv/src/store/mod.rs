@@ -8,8 +8,10 @@
 //! - `snapshot`: the last built or installed snapshot, so a restarted node can still send it.
 //!
 //! sled writes to one ordered log for all trees, so a flush makes every earlier write of every
-//! tree durable; the raft log is flushed before an append is acknowledged.
+//! tree durable; the raft log is flushed before an append is acknowledged, by one thread that
+//! group-commits every append queued meanwhile ([`flusher`]).
 
+mod flusher;
 mod log;
 mod state_machine;
 
@@ -26,8 +28,10 @@ pub fn open(dir: &std::path::Path) -> Result<(LogStore, StateMachine), crate::Kv
         .path(dir.join("sled"))
         .mode(sled::Mode::HighThroughput)
         .open()?;
-    let log = LogStore::open(&db)?;
-    let sm = StateMachine::open(&db)?;
+    let flusher = flusher::Flusher::start(db.clone())
+        .map_err(|e| crate::KvError::Storage(format!("starting the flusher thread: {e}")))?;
+    let log = LogStore::open(&db, flusher.clone())?;
+    let sm = StateMachine::open(&db, flusher)?;
     Ok((log, sm))
 }
 

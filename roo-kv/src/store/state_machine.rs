@@ -12,6 +12,7 @@ use openraft::{
 };
 use tokio::sync::broadcast;
 
+use super::flusher::Flusher;
 use super::{bad_data, io_err};
 use crate::command::{Conflict, Event, EventKind, Op, Record, Response};
 use crate::{KvError, NodeId, TypeConfig};
@@ -123,11 +124,11 @@ impl StateMachineHandle {
 pub struct StateMachine {
     handle: StateMachineHandle,
     snapshots: sled::Tree,
-    db: sled::Db,
+    flusher: Flusher,
 }
 
 impl StateMachine {
-    pub(super) fn open(db: &sled::Db) -> Result<Self, KvError> {
+    pub(super) fn open(db: &sled::Db, flusher: Flusher) -> Result<Self, KvError> {
         let tree = db.open_tree("sm")?;
         let snapshots = db.open_tree("snapshot")?;
         let applied = match tree.get(APPLIED)? {
@@ -144,7 +145,7 @@ impl StateMachine {
                 applied: Arc::new(AtomicU64::new(applied)),
             },
             snapshots,
-            db: db.clone(),
+            flusher,
         })
     }
 
@@ -241,7 +242,7 @@ pub struct SnapshotBuilder {
     applied: Option<LogId<NodeId>>,
     membership: StoredMembershipOf,
     snapshots: sled::Tree,
-    db: sled::Db,
+    flusher: Flusher,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -256,7 +257,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.membership.clone(),
             snapshot_id,
         };
-        save_snapshot(&self.snapshots, &self.db, &meta, &data).await?;
+        save_snapshot(&self.snapshots, &self.flusher, &meta, &data).await?;
         tracing::info!(snapshot = %meta.snapshot_id, keys = self.entries.len(), bytes = data.len(), "built snapshot");
         Ok(Snapshot {
             meta,
@@ -267,7 +268,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
 async fn save_snapshot(
     snapshots: &sled::Tree,
-    db: &sled::Db,
+    flusher: &Flusher,
     meta: &SnapshotMetaOf,
     data: &[u8],
 ) -> Result<(), StorageError<NodeId>> {
@@ -278,10 +279,10 @@ async fn save_snapshot(
     snapshots
         .apply_batch(batch)
         .map_err(|e| io_err(|e| StorageIOError::write_snapshot(None, e), e))?;
-    db.flush_async()
+    flusher
+        .flush()
         .await
-        .map_err(|e| io_err(|e| StorageIOError::write_snapshot(None, e), e))?;
-    Ok(())
+        .map_err(|e| bad_data(|e| StorageIOError::write_snapshot(None, e), e))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -427,7 +428,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied,
             membership,
             snapshots: self.snapshots.clone(),
-            db: self.db.clone(),
+            flusher: self.flusher.clone(),
         }
     }
 
@@ -463,7 +464,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         batch.insert(MEMBERSHIP, membership_raw);
         batch.insert(COMPACTED, &last_index.to_be_bytes());
         self.tree().apply_batch(batch).map_err(sm_err)?;
-        save_snapshot(&self.snapshots, &self.db, meta, &data).await?;
+        save_snapshot(&self.snapshots, &self.flusher, meta, &data).await?;
         self.handle.applied.store(last_index, Ordering::Release);
         tracing::info!(snapshot = %meta.snapshot_id, keys = entries.len(), "installed snapshot");
         let _ = self.handle.events.send(Arc::new(Event {

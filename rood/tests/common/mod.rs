@@ -1,0 +1,236 @@
+//! Helpers shared by rood's integration tests: an HTTP client, nodes in-process and as
+//! processes, and waiting on conditions with a deadline.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+pub const SECRET: &str = "test-cluster-secret";
+
+/// A reply, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A plain HTTP/1.1 client.
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl Http {
+    pub async fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Result<Reply, String> {
+        let mut req = http::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body.into())).map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .map_err(|_| format!("{method} {url}: no answer in 30s"))?
+            .map_err(|e| format!("{method} {url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Reply { status, headers, body })
+    }
+
+    pub async fn get(&self, url: &str) -> Result<Reply, String> {
+        self.send("GET", url, &[], Bytes::new()).await
+    }
+
+    pub async fn put(&self, url: &str, body: impl Into<Bytes>) -> Result<Reply, String> {
+        self.send("PUT", url, &[], body).await
+    }
+
+    pub async fn delete(&self, url: &str) -> Result<Reply, String> {
+        self.send("DELETE", url, &[], Bytes::new()).await
+    }
+
+    /// `GET /roo/v1/cluster` of the node at `addr`.
+    pub async fn cluster(&self, addr: &str) -> Result<Value, String> {
+        let r = self.get(&format!("http://{addr}/roo/v1/cluster")).await?;
+        if r.status != 200 {
+            return Err(format!("status {}", r.status));
+        }
+        Ok(r.json())
+    }
+}
+
+/// Waits until `check` returns Some, polling every 50 ms, or panics with `what` after `limit`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every node in `addrs` reports the same leader and `voters` voters; returns the
+/// leader's id.
+pub async fn wait_for_cluster(http: &Http, addrs: &[String], voters: usize) -> u64 {
+    wait_for(&format!("{voters} voters with one leader on {addrs:?}"), Duration::from_secs(60), || async {
+        let mut leader = None;
+        for addr in addrs {
+            let s = http.cluster(addr).await.ok()?;
+            if s["voters"].as_array()?.len() != voters {
+                return None;
+            }
+            let l = s["leader_id"].as_u64()?;
+            if leader.is_some_and(|x| x != l) {
+                return None;
+            }
+            leader = Some(l);
+        }
+        leader
+    })
+    .await
+}
+
+/// The API address of the node with raft id `id`, from a member's status.
+pub fn addr_of(status: &Value, id: u64) -> String {
+    status["members"][id.to_string()].as_str().unwrap().to_string()
+}
+
+/// A free TCP port on `ip`.
+pub fn free_port(ip: &str) -> u16 {
+    let l = std::net::TcpListener::bind((ip, 0)).unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A rood process.
+pub struct Proc {
+    pub addr: String,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts rood on `addr` with its data in `data_dir` and the extra `args`.
+    pub fn start(addr: &str, data_dir: &Path, args: &[&str]) -> Proc {
+        let mut p = Proc {
+            addr: addr.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log: data_dir.with_extension("log"),
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_rood"))
+            .arg("--api-addr")
+            .arg(&self.addr)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env("ROO_CLUSTER_SECRET", SECRET)
+            .env("ROO_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again with the same address, data dir and flags.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The last lines of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `n` rood processes on 127.0.0.1..n, the first bootstrapping and the others joining it,
+/// and waits for the cluster to form.
+pub async fn process_cluster(dir: &Path, n: usize, extra: &[&str]) -> Vec<Proc> {
+    let port = free_port("127.0.0.1");
+    let addrs: Vec<String> = (1..=n).map(|i| format!("127.0.0.{i}:{port}")).collect();
+    let mut procs = vec![Proc::start(&addrs[0], &dir.join("n1"), extra)];
+    let http = Http::default();
+    wait_for_cluster(&http, &addrs[..1], 1).await;
+    for (i, addr) in addrs.iter().enumerate().skip(1) {
+        let mut args = vec!["--join", addrs[0].as_str()];
+        args.extend_from_slice(extra);
+        procs.push(Proc::start(addr, &dir.join(format!("n{}", i + 1)), &args));
+    }
+    wait_for_cluster(&http, &addrs, n).await;
+    procs
+}
+
+pub fn socket(addr: &str) -> SocketAddr {
+    addr.parse().unwrap()
+}
