@@ -77,13 +77,14 @@ pub fn validate_key(key: &str) -> Result<(), KvError> {
         )));
     }
     if key.chars().any(char::is_control) {
-        return Err(KvError::InvalidKey("key contains a control character".into()));
+        return Err(KvError::InvalidKey(
+            "key contains a control character".into(),
+        ));
     }
     Ok(())
 }
 
-/// The application data of one raft entry: all its ops apply atomically, or none do when a guard
-/// fails.
+/// One client request: all its ops apply atomically, or none do when a guard fails.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub ops: Vec<Op>,
@@ -93,26 +94,31 @@ impl Request {
     /// Checks every op.
     pub fn validate(&self) -> Result<(), KvError> {
         if self.ops.is_empty() {
-            return Err(KvError::InvalidRequest("a request needs at least one op".into()));
+            return Err(KvError::InvalidRequest(
+                "a request needs at least one op".into(),
+            ));
         }
         self.ops.iter().try_for_each(Op::validate)
     }
 }
 
-impl std::fmt::Display for Request {
+/// The application data of one raft entry: requests from many clients, applied in order, each
+/// on its own (one failed guard fails only its request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub requests: Vec<Request>,
+}
+
+impl std::fmt::Display for Batch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Request({} ops", self.ops.len())?;
-        if let Some(op) = self.ops.first() {
-            write!(f, ", first key {}", op.key())?;
-        }
-        write!(f, ")")
+        write!(f, "Batch({} requests)", self.requests.len())
     }
 }
 
-/// What applying one entry produced.
+/// What applying one request produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
-    /// The entry's revision (its log index).
+    /// The store revision of the request's changes; on a conflict, the store revision it saw.
     pub rev: u64,
     /// How many ops changed something (a delete of an absent key changes nothing).
     pub changed: usize,
@@ -167,16 +173,14 @@ impl Record {
 pub enum EventKind {
     Put,
     Delete,
-    /// The whole state was replaced by an installed snapshot: re-read everything of interest.
-    Reset,
 }
 
 /// One applied change, as watchers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
-    /// Revision of the entry that made the change.
+    /// Store revision of the request that made the change.
     pub rev: u64,
-    /// Position of the op within its entry.
+    /// Position of the op within its request.
     pub seq: u32,
     #[serde(rename = "type")]
     pub kind: EventKind,
@@ -204,7 +208,9 @@ pub(crate) mod b64 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
+        STANDARD
+            .decode(s.as_bytes())
+            .map_err(serde::de::Error::custom)
     }
 
     pub mod option {
@@ -219,8 +225,12 @@ pub(crate) mod b64 {
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
             let s = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
-            s.map(|s| STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom))
-                .transpose()
+            s.map(|s| {
+                STANDARD
+                    .decode(s.as_bytes())
+                    .map_err(serde::de::Error::custom)
+            })
+            .transpose()
         }
     }
 }

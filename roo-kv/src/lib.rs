@@ -9,6 +9,8 @@
 //! - [`network`]: raft RPCs between nodes over HTTP: the client side ([`network::client`]) and the
 //!   handlers a node's HTTP server mounts ([`network::server`]), both authenticated by the cluster
 //!   secret.
+//! - `batch`: every write of a node queues there and travels to the leader and into raft
+//!   entries together with the others queued meanwhile.
 //! - [`node`]: [`Kv`], the handle the rest of roo uses: put, get, delete, scan, compare-and-set,
 //!   watch, membership and status. Any node takes any request: writes and linearizable reads on a
 //!   follower go through the leader.
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod batch;
 pub mod command;
 pub mod error;
 pub mod network;
@@ -27,7 +30,9 @@ pub mod watch;
 
 use std::io::Cursor;
 
-pub use command::{Event, EventKind, Op, Record, Request, Response, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use command::{
+    Batch, Event, EventKind, Op, Record, Request, Response, MAX_KEY_LEN, MAX_VALUE_LEN,
+};
 pub use error::KvError;
 pub use node::{ClusterStatus, Consistency, Kv, KvConfig};
 pub use watch::Watch;
@@ -38,8 +43,8 @@ pub type NodeId = u64;
 openraft::declare_raft_types!(
     /// The raft type configuration of roo's store.
     pub TypeConfig:
-        D = Request,
-        R = Response,
+        D = Batch,
+        R = Vec<Response>,
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

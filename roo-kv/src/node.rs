@@ -10,6 +10,7 @@ use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::batch::Batcher;
 use crate::command::{Op, Record, Request, Response};
 use crate::network::client::{CallError, NetworkFactory, PeerClient};
 use crate::network::{JoinRequest, RpcError, RPC_PREFIX};
@@ -61,8 +62,11 @@ pub struct ClusterStatus {
     pub node_id: NodeId,
     pub leader_id: Option<NodeId>,
     pub term: u64,
+    /// Raft log index of the last applied entry.
     pub last_applied: u64,
     pub last_log_index: u64,
+    /// Store revision: that of the last applied change.
+    pub revision: u64,
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
     pub state: String,
@@ -84,6 +88,7 @@ struct Inner {
     raft: Raft,
     sm: StateMachineHandle,
     client: PeerClient,
+    batcher: Batcher,
     config: KvConfig,
 }
 
@@ -128,10 +133,14 @@ fn node_identity(config: &KvConfig) -> Result<NodeId, KvError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // Ids stay below 2^53 so that JSON readers in any language keep them exact.
-            let id = config.node_id.unwrap_or_else(|| rand::random::<u64>() >> 11 | 1);
+            let id = config
+                .node_id
+                .unwrap_or_else(|| rand::random::<u64>() >> 11 | 1);
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, format!("{id}\n")).map_err(io)?;
-            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
             std::fs::rename(&tmp, &path).map_err(io)?;
             Ok(id)
         }
@@ -156,12 +165,14 @@ impl Kv {
             .await
             .map_err(|e| KvError::Storage(format!("starting raft: {e}")))?;
         tracing::info!(node_id = id, advertise = %config.advertise, "store opened");
+        let batcher = Batcher::start(id, raft.clone(), client.clone(), config.request_timeout);
         Ok(Kv {
             inner: Arc::new(Inner {
                 id,
                 raft,
                 sm: handle,
                 client,
+                batcher,
                 config,
             }),
         })
@@ -202,7 +213,8 @@ impl Kv {
         if self.is_initialized().await {
             return Ok(());
         }
-        let members = BTreeMap::from([(self.inner.id, BasicNode::new(&self.inner.config.advertise))]);
+        let members =
+            BTreeMap::from([(self.inner.id, BasicNode::new(&self.inner.config.advertise))]);
         match self.inner.raft.initialize(members).await {
             Ok(()) => {
                 tracing::info!(node_id = self.inner.id, "bootstrapped a new cluster");
@@ -252,20 +264,48 @@ impl Kv {
     }
 
     /// Replicates `req` and returns what applying it produced. Runs on the leader, wherever it
-    /// is called; fails with [`KvError::Unavailable`] when no quorum commits it in time.
+    /// is called, batched with other writes; fails with [`KvError::Unavailable`] when no quorum
+    /// commits it in time.
     pub async fn write(&self, req: Request) -> Result<Response, KvError> {
         req.validate()?;
         let deadline = Instant::now() + self.timeout();
-        self.on_leader(deadline, "write", &req, |kv| {
-            let req = req.clone();
-            async move { kv.write_as_leader(req).await }
-        })
-        .await
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let submitted = tokio::time::timeout(
+                remaining,
+                self.inner.batcher.submit(vec![req.clone()], true),
+            );
+            let error = match submitted.await {
+                Err(_) => return Err(KvError::unavailable("write: no quorum within the timeout")),
+                Ok(Ok(mut answers)) => {
+                    return answers
+                        .pop()
+                        .ok_or_else(|| KvError::Storage("write: no answer for the request".into()))
+                }
+                Ok(Err(e)) => rpc_to_kv(e),
+            };
+            if !matches!(error, KvError::Unavailable { .. }) {
+                return Err(error);
+            }
+            // No leader yet, or it just changed: try again until the deadline.
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(error);
+            }
+            tokio::time::sleep(pause.min(remaining)).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
     }
 
     /// Sets `key` to `value`; with `prev_rev`, only if the key's revision is that (0: absent).
     /// Returns the new revision.
-    pub async fn put(&self, key: &str, value: Vec<u8>, prev_rev: Option<u64>) -> Result<u64, KvError> {
+    pub async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        prev_rev: Option<u64>,
+    ) -> Result<u64, KvError> {
         let resp = self
             .write(Request {
                 ops: vec![Op::Put {
@@ -293,28 +333,36 @@ impl Kv {
     }
 
     /// The record of `key`.
-    pub async fn get(&self, key: &str, consistency: Consistency) -> Result<Option<Record>, KvError> {
+    pub async fn get(
+        &self,
+        key: &str,
+        consistency: Consistency,
+    ) -> Result<Option<Record>, KvError> {
         crate::command::validate_key(key)?;
         self.read_barrier(consistency).await?;
         self.inner.sm.get(key)
     }
 
     /// Every key starting with `prefix`, in key order, and the revision the answer is at.
-    pub async fn scan(&self, prefix: &str, consistency: Consistency) -> Result<(Vec<(String, Record)>, u64), KvError> {
+    pub async fn scan(
+        &self,
+        prefix: &str,
+        consistency: Consistency,
+    ) -> Result<(Vec<(String, Record)>, u64), KvError> {
         self.read_barrier(consistency).await?;
         // Read the revision first: the scan sees at least this revision.
-        let rev = self.inner.sm.applied_rev();
+        let rev = self.inner.sm.revision();
         Ok((self.inner.sm.scan(prefix)?, rev))
     }
 
-    /// The revision of the last change applied on this node.
-    pub fn applied_rev(&self) -> u64 {
-        self.inner.sm.applied_rev()
+    /// The store revision on this node: that of the last change it applied.
+    pub fn revision(&self) -> u64 {
+        self.inner.sm.revision()
     }
 
     /// Changes of keys under `prefix` after revision `after_rev` (None: from now on).
     pub fn watch(&self, prefix: &str, after_rev: Option<u64>) -> Result<Watch, KvError> {
-        let after = after_rev.unwrap_or_else(|| self.inner.sm.applied_rev());
+        let after = after_rev.unwrap_or_else(|| self.inner.sm.revision());
         Watch::new(self.inner.sm.clone(), prefix, after)
     }
 
@@ -325,9 +373,12 @@ impl Kv {
         }
         let deadline = Instant::now() + self.timeout();
         let index: Option<u64> = self
-            .on_leader(deadline, "read-index", &serde_json::Value::Null, |kv| async move {
-                kv.read_index_as_leader().await
-            })
+            .on_leader(
+                deadline,
+                "read-index",
+                &serde_json::Value::Null,
+                |kv| async move { kv.read_index_as_leader().await },
+            )
             .await?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         self.inner
@@ -335,7 +386,9 @@ impl Kv {
             .wait(Some(remaining))
             .applied_index_at_least(index, "read barrier")
             .await
-            .map_err(|e| KvError::unavailable(format!("waiting to apply up to the read index: {e}")))?;
+            .map_err(|e| {
+                KvError::unavailable(format!("waiting to apply up to the read index: {e}"))
+            })?;
         Ok(())
     }
 
@@ -355,6 +408,7 @@ impl Kv {
             term: m.current_term,
             last_applied: m.last_applied.map_or(0, |l| l.index),
             last_log_index: m.last_log_index.unwrap_or(0),
+            revision: self.inner.sm.revision(),
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
             state: format!("{:?}", m.state),
@@ -374,7 +428,13 @@ impl Kv {
 
     /// Runs `local` if this node leads, else sends `rpc` to the leader, retrying through leader
     /// changes until `deadline`.
-    async fn on_leader<T, Req, F, Fut>(&self, deadline: Instant, rpc: &str, req: &Req, local: F) -> Result<T, KvError>
+    async fn on_leader<T, Req, F, Fut>(
+        &self,
+        deadline: Instant,
+        rpc: &str,
+        req: &Req,
+        local: F,
+    ) -> Result<T, KvError>
     where
         T: serde::de::DeserializeOwned,
         Req: Serialize + Sync,
@@ -390,9 +450,16 @@ impl Kv {
             }
             let result = match tokio::time::timeout(remaining, local(self.clone())).await {
                 Err(_) => Err(RpcError::Unavailable("no quorum within the timeout".into())),
-                Ok(Err(RpcError::ForwardToLeader { leader_addr: Some(addr) })) => {
+                Ok(Err(RpcError::ForwardToLeader {
+                    leader_addr: Some(addr),
+                })) => {
                     let path = format!("{RPC_PREFIX}{rpc}");
-                    match self.inner.client.post::<_, Result<T, RpcError>>(&addr, &path, req, remaining).await {
+                    match self
+                        .inner
+                        .client
+                        .post::<_, Result<T, RpcError>>(&addr, &path, req, remaining)
+                        .await
+                    {
                         Ok(answer) => answer,
                         Err(e) => Err(RpcError::Unavailable(format!("leader {addr}: {e}"))),
                     }
@@ -403,7 +470,9 @@ impl Kv {
                 Ok(v) => return Ok(v),
                 Err(RpcError::Invalid(msg)) => return Err(KvError::InvalidRequest(msg)),
                 Err(RpcError::Failed(msg)) => return Err(KvError::Storage(msg)),
-                Err(e @ (RpcError::ForwardToLeader { .. } | RpcError::Unavailable(_))) => last_error = e.to_string(),
+                Err(e @ (RpcError::ForwardToLeader { .. } | RpcError::Unavailable(_))) => {
+                    last_error = e.to_string()
+                }
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(pause.min(remaining)).await;
@@ -430,16 +499,15 @@ impl Kv {
             .unwrap_or_else(|_| Err(RpcError::Unavailable("no quorum within the timeout".into())))
     }
 
-    /// The leader half of [`Kv::write`].
-    pub(crate) async fn write_as_leader(&self, req: Request) -> Result<Response, RpcError> {
-        if let Err(e) = req.validate() {
+    /// The leader half of [`Kv::write`]: a batch a follower forwarded.
+    pub(crate) async fn write_from_peer(
+        &self,
+        requests: Vec<Request>,
+    ) -> Result<Vec<Response>, RpcError> {
+        if let Err(e) = requests.iter().try_for_each(Request::validate) {
             return Err(RpcError::Invalid(e.to_string()));
         }
-        match self.inner.raft.client_write(req).await {
-            Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self.forward_error(f.leader_id)),
-            Err(e) => Err(RpcError::Unavailable(e.to_string())),
-        }
+        self.inner.batcher.submit(requests, false).await
     }
 
     /// The leader half of [`Kv::read_barrier`]: confirms leadership with a quorum and returns the
@@ -447,13 +515,19 @@ impl Kv {
     pub(crate) async fn read_index_as_leader(&self) -> Result<Option<u64>, RpcError> {
         match self.inner.raft.get_read_log_id().await {
             Ok((read, _applied)) => Ok(read.map(|l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(self.forward_error(f.leader_id)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(self.forward_error(f.leader_id))
+            }
             Err(e) => Err(RpcError::Unavailable(e.to_string())),
         }
     }
 
     /// The leader half of [`Kv::add_member`].
-    pub(crate) async fn add_member_as_leader(&self, id: NodeId, addr: String) -> Result<(), RpcError> {
+    pub(crate) async fn add_member_as_leader(
+        &self,
+        id: NodeId,
+        addr: String,
+    ) -> Result<(), RpcError> {
         let raft = &self.inner.raft;
         let membership = raft.metrics().borrow().membership_config.clone();
         let membership = membership.membership();
@@ -466,12 +540,18 @@ impl Kv {
             };
         }
         let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.forward_error(f.leader_id),
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => RpcError::Unavailable(e.to_string()),
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                self.forward_error(f.leader_id)
+            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                RpcError::Unavailable(e.to_string())
+            }
             e => RpcError::Unavailable(e.to_string()),
         };
         tracing::info!(node_id = id, %addr, "adding learner");
-        raft.add_learner(id, BasicNode::new(&addr), true).await.map_err(map_err)?;
+        raft.add_learner(id, BasicNode::new(&addr), true)
+            .await
+            .map_err(map_err)?;
         tracing::info!(node_id = id, "promoting learner to voter");
         raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
@@ -495,10 +575,14 @@ impl Kv {
             return Err(RpcError::Invalid(format!("node {id} is not a member")));
         };
         tracing::info!(node_id = id, "removing member");
-        raft.change_membership(change, false).await.map_err(|e| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.forward_error(f.leader_id),
-            e => RpcError::Unavailable(e.to_string()),
-        })?;
+        raft.change_membership(change, false)
+            .await
+            .map_err(|e| match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    self.forward_error(f.leader_id)
+                }
+                e => RpcError::Unavailable(e.to_string()),
+            })?;
         Ok(())
     }
 

@@ -1,46 +1,46 @@
 //! Watches: every applied change under a key prefix, in order, from a given revision.
 //!
-//! A watch reads the stored change history until it has caught up, then follows the live events
-//! of the apply loop. Subscribing before reading history and skipping positions already delivered
-//! means no change is missed or repeated; a watcher that falls behind the live channel goes back
-//! to the history.
+//! A watch reads the node's recent history ([`crate::store::History`]) from the position it has
+//! reached, and sleeps on the applied revision when it has caught up. It marks the revision seen
+//! before reading, so a change applied between the read and the sleep still wakes it.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 
-use crate::command::{Event, EventKind};
+use crate::command::Event;
 use crate::store::StateMachineHandle;
 use crate::KvError;
 
-const HISTORY_CHUNK: usize = 1024;
+const CHUNK: usize = 1024;
 
 /// A subscription to the changes of keys starting with a prefix.
 pub struct Watch {
     prefix: String,
     sm: StateMachineHandle,
-    live: tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>,
-    /// Position of the last change delivered (or skipped by the prefix filter).
+    applied: watch::Receiver<u64>,
+    /// Position of the last change passed (delivered, or skipped by the prefix filter).
     pos: (u64, u32),
-    backlog: VecDeque<Event>,
-    catching_up: bool,
+    backlog: VecDeque<Arc<Event>>,
 }
 
 impl Watch {
     /// Changes with a revision above `after_rev`.
-    pub(crate) fn new(sm: StateMachineHandle, prefix: &str, after_rev: u64) -> Result<Watch, KvError> {
-        let live = sm.subscribe();
-        let compacted = sm.compacted()?;
-        if after_rev < compacted {
-            return Err(KvError::Compacted { compacted });
-        }
+    pub(crate) fn new(
+        sm: StateMachineHandle,
+        prefix: &str,
+        after_rev: u64,
+    ) -> Result<Watch, KvError> {
+        let pos = (after_rev, u32::MAX);
+        // Fail now, not at the first change, when the history does not reach back that far.
+        sm.history().after(pos, 0)?;
         Ok(Watch {
             prefix: prefix.to_string(),
+            applied: sm.history().subscribe(),
             sm,
-            live,
-            pos: (after_rev, u32::MAX),
+            pos,
             backlog: VecDeque::new(),
-            catching_up: true,
         })
     }
 
@@ -49,45 +49,26 @@ impl Watch {
         self.pos.0
     }
 
-    /// The next change. [`EventKind::Reset`] means a snapshot replaced the whole state: re-read
-    /// what you keep. Fails with [`KvError::Compacted`] when the history it needs is gone.
+    /// The next change. Fails with [`KvError::Compacted`] when the history it needs is gone (a
+    /// snapshot replaced the state, or it fell too far behind): scan again and watch from the
+    /// scan's revision.
     pub async fn next(&mut self) -> Result<Event, KvError> {
         loop {
-            if let Some(ev) = self.backlog.pop_front() {
+            while let Some(ev) = self.backlog.pop_front() {
                 self.pos = ev.position();
                 if ev.key.starts_with(&self.prefix) {
-                    return Ok(ev);
-                }
-                continue;
-            }
-            if self.catching_up {
-                let chunk = self.sm.history(self.pos, HISTORY_CHUNK)?;
-                if chunk.is_empty() {
-                    self.catching_up = false;
-                } else {
-                    self.backlog.extend(chunk);
-                }
-                continue;
-            }
-            match self.live.recv().await {
-                Ok(ev) if ev.kind == EventKind::Reset => {
-                    self.pos = (ev.rev, u32::MAX);
                     return Ok((*ev).clone());
                 }
-                Ok(ev) => {
-                    if ev.position() <= self.pos {
-                        continue;
-                    }
-                    self.pos = ev.position();
-                    if ev.key.starts_with(&self.prefix) {
-                        return Ok((*ev).clone());
-                    }
-                }
-                Err(RecvError::Lagged(n)) => {
-                    tracing::debug!(missed = n, prefix = %self.prefix, "watch lagged, reading history");
-                    self.catching_up = true;
-                }
-                Err(RecvError::Closed) => return Err(KvError::Shutdown),
+            }
+            self.applied.borrow_and_update();
+            let chunk = self.sm.history().after(self.pos, CHUNK)?;
+            if chunk.is_empty() {
+                self.applied
+                    .changed()
+                    .await
+                    .map_err(|_| KvError::Shutdown)?;
+            } else {
+                self.backlog.extend(chunk);
             }
         }
     }

@@ -20,7 +20,11 @@ use tokio_util::sync::CancellationToken;
 pub enum Formation {
     Bootstrap,
     Join(Vec<String>),
-    Dns { name: String, resolver: TokioResolver, port: u16 },
+    Dns {
+        name: String,
+        resolver: Box<TokioResolver>,
+        port: u16,
+    },
 }
 
 /// How many identical DNS answers in a row the lowest peer waits for before it bootstraps.
@@ -30,7 +34,10 @@ const ROUND: Duration = Duration::from_secs(1);
 /// Brings `kv` into a cluster; returns once it is a member (or on shutdown).
 pub async fn form(kv: &Kv, formation: Formation, shutdown: &CancellationToken) {
     if kv.is_initialized().await {
-        tracing::info!(node_id = kv.node_id(), "restarting as a member of the cluster in the data dir");
+        tracing::info!(
+            node_id = kv.node_id(),
+            "restarting as a member of the cluster in the data dir"
+        );
         return;
     }
     let result = tokio::select! {
@@ -50,7 +57,11 @@ async fn run(kv: &Kv, formation: Formation) -> Result<(), roo_kv::KvError> {
             join_any(kv, &seeds).await;
             Ok(())
         }
-        Formation::Dns { name, resolver, port } => {
+        Formation::Dns {
+            name,
+            resolver,
+            port,
+        } => {
             discover(kv, &name, &resolver, port).await;
             Ok(())
         }
@@ -84,7 +95,10 @@ async fn discover(kv: &Kv, name: &str, resolver: &TokioResolver, port: u16) {
             return;
         }
         let peers: Vec<String> = match crate::dns::lookup(resolver, name).await {
-            Ok(ips) => ips.into_iter().map(|ip| SocketAddr::new(ip, port).to_string()).collect(),
+            Ok(ips) => ips
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, port).to_string())
+                .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "peer discovery");
                 Vec::new()
@@ -92,7 +106,8 @@ async fn discover(kv: &Kv, name: &str, resolver: &TokioResolver, port: u16) {
         };
         // Any peer already in a cluster: join through it.
         for peer in peers.iter().filter(|p| **p != me) {
-            let status: Result<ClusterStatus, _> = kv.peer_client().get(peer, "/roo/v1/cluster", ROUND).await;
+            let status: Result<ClusterStatus, _> =
+                kv.peer_client().get(peer, "/roo/v1/cluster", ROUND).await;
             if matches!(status, Ok(s) if s.initialized) {
                 match kv.join(peer, Duration::from_secs(120)).await {
                     Ok(()) => return,
@@ -102,7 +117,9 @@ async fn discover(kv: &Kv, name: &str, resolver: &TokioResolver, port: u16) {
         }
         stable = if peers == last_seen { stable + 1 } else { 1 };
         last_seen = peers;
-        let lowest = last_seen.iter().min_by_key(|p| p.parse::<SocketAddr>().ok());
+        let lowest = last_seen
+            .iter()
+            .min_by_key(|p| p.parse::<SocketAddr>().ok());
         if lowest == Some(&me) && stable >= STABLE_ROUNDS {
             tracing::info!(peers = ?last_seen, "lowest address among the peers: bootstrapping");
             if let Err(e) = kv.bootstrap().await {

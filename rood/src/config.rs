@@ -101,8 +101,14 @@ mod tests {
 
     #[test]
     fn resolver_takes_ip_or_ip_port() {
-        assert_eq!(parse_resolver("127.0.0.11").unwrap(), "127.0.0.11:53".parse().unwrap());
-        assert_eq!(parse_resolver("127.0.0.1:5353").unwrap(), "127.0.0.1:5353".parse().unwrap());
+        assert_eq!(
+            parse_resolver("127.0.0.11").unwrap(),
+            "127.0.0.11:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_resolver("127.0.0.1:5353").unwrap(),
+            "127.0.0.1:5353".parse().unwrap()
+        );
         assert!(parse_resolver("dns.example").is_err());
     }
 
@@ -111,7 +117,9 @@ mod tests {
         let c = Config::try_parse_from(["rood"]).unwrap();
         assert_eq!(c.api_addr, "0.0.0.0:6299".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("./roo-data"));
-        let c = Config::try_parse_from(["rood", "--join", "a:1,b:2", "--api-addr", "127.0.0.2:7000"]).unwrap();
+        let c =
+            Config::try_parse_from(["rood", "--join", "a:1,b:2", "--api-addr", "127.0.0.2:7000"])
+                .unwrap();
         assert_eq!(c.join, vec!["a:1", "b:2"]);
         assert_eq!(c.advertise_addr().unwrap(), "127.0.0.2:7000");
         let err = Config::try_parse_from(["rood", "--api-addr", "nope"]).unwrap_err();

@@ -26,7 +26,10 @@ pub fn resolver(server: Option<SocketAddr>, max_ttl: Duration) -> Result<TokioRe
             for c in &mut ns.connections {
                 c.port = addr.port();
             }
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![ns]), provider)
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![ns]),
+                provider,
+            )
         }
         None => TokioResolver::builder(provider).map_err(|e| DnsError::Build(e.to_string()))?,
     };
@@ -39,10 +42,13 @@ pub fn resolver(server: Option<SocketAddr>, max_ttl: Duration) -> Result<TokioRe
 
 /// Every address `name` resolves to, sorted.
 pub async fn lookup(resolver: &TokioResolver, name: &str) -> Result<Vec<IpAddr>, DnsError> {
-    let answer = resolver.lookup_ip(name).await.map_err(|e| DnsError::Lookup {
-        name: name.to_string(),
-        reason: e.to_string(),
-    })?;
+    let answer = resolver
+        .lookup_ip(name)
+        .await
+        .map_err(|e| DnsError::Lookup {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })?;
     let mut ips: Vec<IpAddr> = answer.iter().collect();
     ips.sort();
     ips.dedup();

@@ -10,7 +10,8 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let filter = EnvFilter::try_new(&config.log).with_context(|| format!("invalid ROO_LOG filter {:?}", config.log))?;
+    let filter = EnvFilter::try_new(&config.log)
+        .with_context(|| format!("invalid ROO_LOG filter {:?}", config.log))?;
     use std::io::IsTerminal;
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -18,7 +18,10 @@ pub enum StartError {
     #[error("invalid setting: {0}")]
     Config(String),
     #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Kv(#[from] roo_kv::KvError),
     #[error(transparent)]
@@ -36,23 +39,22 @@ pub struct Node {
 impl Node {
     /// Binds the API, opens the store and starts joining the cluster in the background.
     pub async fn start(config: Config) -> Result<Node, StartError> {
-        let listener = TcpListener::bind(config.api_addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.api_addr,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.api_addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.api_addr,
+                    source,
+                })?;
         Node::start_on(config, listener).await
     }
 
     /// Like [`Node::start`], on an API listener already bound (tests bind port 0).
     pub async fn start_on(config: Config, listener: TcpListener) -> Result<Node, StartError> {
-        let api_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.api_addr,
-                source,
-            })?;
+        let api_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.api_addr,
+            source,
+        })?;
         let mut config = config;
         config.api_addr = api_addr;
         let advertise = config.advertise_addr().map_err(StartError::Config)?;
@@ -64,7 +66,10 @@ impl Node {
         } else if let Some(name) = &config.dns {
             Formation::Dns {
                 name: name.clone(),
-                resolver: crate::dns::resolver(config.resolver, Duration::from_secs(1))?,
+                resolver: Box::new(crate::dns::resolver(
+                    config.resolver,
+                    Duration::from_secs(1),
+                )?),
                 port: api_addr.port(),
             }
         } else {
@@ -85,7 +90,11 @@ impl Node {
             kv: kv.clone(),
             shutdown: shutdown.clone(),
         };
-        let mut tasks = vec![tokio::spawn(api::serve(listener, api, Duration::from_secs(10)))];
+        let mut tasks = vec![tokio::spawn(api::serve(
+            listener,
+            api,
+            Duration::from_secs(10),
+        ))];
         let (form_kv, form_shutdown) = (kv.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move {
             cluster::form(&form_kv, formation, &form_shutdown).await;

@@ -25,7 +25,11 @@ impl Cluster {
     /// Index of the leader and of the followers.
     async fn roles(&self, http: &Http) -> (usize, Vec<usize>) {
         let leader = wait_for_cluster(http, &self.addrs, self.nodes.len()).await;
-        let li = self.nodes.iter().position(|n| n.kv.node_id() == leader).unwrap();
+        let li = self
+            .nodes
+            .iter()
+            .position(|n| n.kv.node_id() == leader)
+            .unwrap();
         (li, (0..self.nodes.len()).filter(|i| *i != li).collect())
     }
 }
@@ -44,7 +48,9 @@ async fn start_node(dir: &std::path::Path, join: Option<&str>) -> Node {
     if let Some(j) = join {
         args.extend(["--join".into(), j.to_string()]);
     }
-    Node::start_on(Config::try_parse_from(args).unwrap(), listener).await.unwrap()
+    Node::start_on(Config::try_parse_from(args).unwrap(), listener)
+        .await
+        .unwrap()
 }
 
 async fn cluster(n: usize) -> Cluster {
@@ -55,8 +61,15 @@ async fn cluster(n: usize) -> Cluster {
     for i in 1..n {
         nodes.push(start_node(&dir.path().join(format!("n{i}")), Some(&seed)).await);
     }
-    let addrs = nodes.iter().map(|n| n.api_addr.to_string()).collect::<Vec<_>>();
-    let c = Cluster { nodes, addrs, _dir: dir };
+    let addrs = nodes
+        .iter()
+        .map(|n| n.api_addr.to_string())
+        .collect::<Vec<_>>();
+    let c = Cluster {
+        nodes,
+        addrs,
+        _dir: dir,
+    };
     wait_for_cluster(&Http::default(), &c.addrs, n).await;
     c
 }
@@ -69,7 +82,10 @@ async fn write_on_follower_reads_on_all() {
     let http = Http::default();
     let (leader, followers) = c.roles(&http).await;
 
-    let r = http.put(&c.url(followers[0], ROUTE), "http://tasks.app_web:80").await.unwrap();
+    let r = http
+        .put(&c.url(followers[0], ROUTE), "http://tasks.app_web:80")
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["ok"], true);
 
@@ -89,11 +105,21 @@ async fn write_on_follower_reads_on_all() {
         .await;
     }
     // Roo's scan shape: base64 values by key, and the query.
-    let r = http.get(&c.url(followers[1], "/roo/v1/kvs/com.roo.host:")).await.unwrap();
+    let r = http
+        .get(&c.url(followers[1], "/roo/v1/kvs/com.roo.host:"))
+        .await
+        .unwrap();
     let v = r.json();
     assert_eq!(v["query"], "com.roo.host:");
-    assert_eq!(v["results"]["com.roo.host:example.com:https"], "aHR0cDovL3Rhc2tzLmFwcF93ZWI6ODA=");
-    let all = http.get(&c.url(leader, "/roo/v1/kvs")).await.unwrap().json();
+    assert_eq!(
+        v["results"]["com.roo.host:example.com:https"],
+        "aHR0cDovL3Rhc2tzLmFwcF93ZWI6ODA="
+    );
+    let all = http
+        .get(&c.url(leader, "/roo/v1/kvs"))
+        .await
+        .unwrap()
+        .json();
     assert_eq!(all["results"].as_object().unwrap().len(), 1);
 
     // Delete through a follower removes it everywhere.
@@ -114,36 +140,64 @@ async fn compare_and_set_on_revision() {
     let f = followers[0];
     let key = "/roo/v1/kv/com.roo.lock";
 
-    let created = http.put(&c.url(f, &format!("{key}?prev_rev=0")), "a").await.unwrap();
+    let created = http
+        .put(&c.url(f, &format!("{key}?prev_rev=0")), "a")
+        .await
+        .unwrap();
     assert_eq!(created.status, 200);
     let rev = created.json()["rev"].as_u64().unwrap();
 
     // Creating again fails: the key exists.
-    let again = http.put(&c.url(f, &format!("{key}?prev_rev=0")), "b").await.unwrap();
+    let again = http
+        .put(&c.url(f, &format!("{key}?prev_rev=0")), "b")
+        .await
+        .unwrap();
     assert_eq!(again.status, 409);
     assert_eq!(again.json()["ok"], false);
     // A stale revision fails and leaves the value.
-    let stale = http.put(&c.url(followers[1], &format!("{key}?prev_rev={}", rev - 1)), "c").await.unwrap();
+    let stale = http
+        .put(
+            &c.url(followers[1], &format!("{key}?prev_rev={}", rev - 1)),
+            "c",
+        )
+        .await
+        .unwrap();
     assert_eq!(stale.status, 409, "{}", stale.text());
     let r = http.get(&c.url(f, key)).await.unwrap();
     assert_eq!(r.text(), "a");
-    assert_eq!(r.headers["x-roo-revision"].to_str().unwrap(), rev.to_string());
+    assert_eq!(
+        r.headers["x-roo-revision"].to_str().unwrap(),
+        rev.to_string()
+    );
 
     // The right revision wins, exactly once among concurrent writers.
     let mut tasks = Vec::new();
     for i in 0..6 {
         let (http, url) = (http.clone(), c.url(i % 3, &format!("{key}?prev_rev={rev}")));
-        tasks.push(tokio::spawn(async move { http.put(&url, format!("w{i}")).await.unwrap().status }));
+        tasks.push(tokio::spawn(async move {
+            http.put(&url, format!("w{i}")).await.unwrap().status
+        }));
     }
     let mut statuses = Vec::new();
     for t in tasks {
         statuses.push(t.await.unwrap());
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 5, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        5,
+        "{statuses:?}"
+    );
 
     // Guarded delete.
-    let r = http.delete(&c.url(f, &format!("{key}?prev_rev={rev}"))).await.unwrap();
+    let r = http
+        .delete(&c.url(f, &format!("{key}?prev_rev={rev}")))
+        .await
+        .unwrap();
     assert_eq!(r.status, 409);
     assert_eq!(http.get(&c.url(f, key)).await.unwrap().status, 200);
 }
@@ -153,7 +207,7 @@ async fn watch_delivers_every_change_in_order() {
     let c = cluster(3).await;
     let http = Http::default();
     let (leader, followers) = c.roles(&http).await;
-    let start = c.nodes[leader].kv.applied_rev();
+    let start = c.nodes[leader].kv.revision();
 
     // Writers on every node, interleaved, plus keys outside the watched prefix.
     let mut tasks = Vec::new();
@@ -162,10 +216,15 @@ async fn watch_delivers_every_change_in_order() {
         tasks.push(tokio::spawn(async move {
             let mut revs = Vec::new();
             for i in 0..20 {
-                let r = http.put(&format!("{base}w.{w}.{i}"), format!("{w}-{i}")).await.unwrap();
+                let r = http
+                    .put(&format!("{base}w.{w}.{i}"), format!("{w}-{i}"))
+                    .await
+                    .unwrap();
                 assert_eq!(r.status, 200, "{}", r.text());
                 revs.push(r.json()["rev"].as_u64().unwrap());
-                http.put(&format!("{base}other.{w}.{i}"), "x").await.unwrap();
+                http.put(&format!("{base}other.{w}.{i}"), "x")
+                    .await
+                    .unwrap();
             }
             revs
         }));
@@ -175,18 +234,26 @@ async fn watch_delivers_every_change_in_order() {
         acked.extend(t.await.unwrap());
     }
     acked.sort();
-    http.delete(&c.url(leader, "/roo/v1/kv/w.0.0")).await.unwrap();
+    http.delete(&c.url(leader, "/roo/v1/kv/w.0.0"))
+        .await
+        .unwrap();
 
     // The in-process API, from the revision before the writes, on a follower.
     let mut watch = c.nodes[followers[0]].kv.watch("w.", Some(start)).unwrap();
     let mut seen = Vec::new();
     while seen.len() < 61 {
-        let ev = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.unwrap().unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(ev.key.starts_with("w."), "{ev:?}");
         seen.push(ev);
     }
     let revs: Vec<u64> = seen.iter().map(|e| e.rev).collect();
-    assert!(revs.windows(2).all(|w| w[0] < w[1]), "out of order: {revs:?}");
+    assert!(
+        revs.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {revs:?}"
+    );
     assert_eq!(revs[..60], acked[..]);
     assert_eq!(seen[60].kind, roo_kv::EventKind::Delete);
     assert_eq!(seen[60].key, "w.0.0");
@@ -205,7 +272,9 @@ async fn watch_delivers_every_change_in_order() {
     assert_eq!(lines[0]["type"], "put");
 
     // Live changes keep coming on the open stream.
-    http.put(&c.url(leader, "/roo/v1/kv/w.live"), "now").await.unwrap();
+    http.put(&c.url(leader, "/roo/v1/kv/w.live"), "now")
+        .await
+        .unwrap();
     let live = stream.next_line().await;
     assert_eq!(live["key"], "w.live");
     assert_eq!(live["value"], "bm93");
@@ -241,9 +310,10 @@ async fn watch_stream(url: &str) -> LineStream {
     let uri: http::Uri = url.parse().unwrap();
     let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let req = http::Request::get(uri.path_and_query().unwrap().as_str())
         .header("host", uri.authority().unwrap().as_str())
@@ -263,8 +333,16 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let http = Http::default();
     let (leader, followers) = c.roles(&http).await;
     let f = followers[0];
-    assert_eq!(http.put(&c.url(f, ROUTE), "original").await.unwrap().status, 200);
-    let before = http.get(&c.url(leader, "/roo/v1/kvs")).await.unwrap().json()["results"].clone();
+    assert_eq!(
+        http.put(&c.url(f, ROUTE), "original").await.unwrap().status,
+        200
+    );
+    let before = http
+        .get(&c.url(leader, "/roo/v1/kvs"))
+        .await
+        .unwrap()
+        .json()["results"]
+        .clone();
 
     let long_key = format!("/roo/v1/kv/{}", "k".repeat(1025));
     let ok_key = format!("/roo/v1/kv/{}", "k".repeat(1024));
@@ -278,7 +356,13 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ("PUT", "/roo/v1/kv/ctl%00key", b"x".to_vec(), vec![], 400),
         ("PUT", ROUTE, big.clone(), vec![], 413),
         ("PUT", route_prev_abc.as_str(), b"x".to_vec(), vec![], 400),
-        ("GET", "/roo/v1/kv/x?consistency=sometimes", vec![], vec![], 400),
+        (
+            "GET",
+            "/roo/v1/kv/x?consistency=sometimes",
+            vec![],
+            vec![],
+            400,
+        ),
         ("GET", "/roo/v2/kv/x", vec![], vec![], 404),
         ("GET", "/", vec![], vec![], 404),
         ("POST", ROUTE, b"x".to_vec(), vec![], 405),
@@ -288,41 +372,117 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ("POST", "/roo/v1/raft/nope", b"{}".to_vec(), vec![], 404),
         // Raft RPCs: no secret, wrong secret, malformed JSON.
         ("POST", "/roo/v1/raft/append", b"{}".to_vec(), vec![], 401),
-        ("POST", "/roo/v1/raft/vote", b"{}".to_vec(), vec![("x-roo-cluster-secret", "wrong")], 401),
-        ("POST", "/roo/v1/raft/append", b"{not json".to_vec(), vec![("x-roo-cluster-secret", SECRET)], 400),
-        ("POST", "/roo/v1/raft/vote", br#"{"vote":1}"#.to_vec(), vec![("x-roo-cluster-secret", SECRET)], 400),
-        ("POST", "/roo/v1/raft/write", br#"{"ops":[{"op":"put","key":"","value":""}]}"#.to_vec(), vec![("x-roo-cluster-secret", SECRET)], 200),
-        ("POST", "/roo/v1/cluster/join", br#"{"node_id":9,"addr":"127.0.0.9:1"}"#.to_vec(), vec![], 401),
-        ("POST", "/roo/v1/cluster/join", b"garbage".to_vec(), vec![("x-roo-cluster-secret", SECRET)], 400),
-        ("DELETE", "/roo/v1/cluster/members/abc", vec![], vec![("x-roo-cluster-secret", SECRET)], 400),
-        ("DELETE", "/roo/v1/cluster/members/12345", vec![], vec![("x-roo-cluster-secret", SECRET)], 400),
+        (
+            "POST",
+            "/roo/v1/raft/vote",
+            b"{}".to_vec(),
+            vec![("x-roo-cluster-secret", "wrong")],
+            401,
+        ),
+        (
+            "POST",
+            "/roo/v1/raft/append",
+            b"{not json".to_vec(),
+            vec![("x-roo-cluster-secret", SECRET)],
+            400,
+        ),
+        (
+            "POST",
+            "/roo/v1/raft/vote",
+            br#"{"vote":1}"#.to_vec(),
+            vec![("x-roo-cluster-secret", SECRET)],
+            400,
+        ),
+        (
+            "POST",
+            "/roo/v1/raft/write",
+            br#"[{"ops":[{"op":"put","key":"","value":""}]}]"#.to_vec(),
+            vec![("x-roo-cluster-secret", SECRET)],
+            200,
+        ),
+        (
+            "POST",
+            "/roo/v1/cluster/join",
+            br#"{"node_id":9,"addr":"127.0.0.9:1"}"#.to_vec(),
+            vec![],
+            401,
+        ),
+        (
+            "POST",
+            "/roo/v1/cluster/join",
+            b"garbage".to_vec(),
+            vec![("x-roo-cluster-secret", SECRET)],
+            400,
+        ),
+        (
+            "DELETE",
+            "/roo/v1/cluster/members/abc",
+            vec![],
+            vec![("x-roo-cluster-secret", SECRET)],
+            400,
+        ),
+        (
+            "DELETE",
+            "/roo/v1/cluster/members/12345",
+            vec![],
+            vec![("x-roo-cluster-secret", SECRET)],
+            400,
+        ),
         ("GET", "/roo/v1/watch/x?rev=notanumber", vec![], vec![], 400),
     ];
     for (method, path, body, headers, want) in cases {
         for node in [leader, f] {
-            let r = http.send(method, &c.url(node, path), &headers, body.clone()).await.unwrap();
-            assert_eq!(r.status, want, "{method} {path} on node {node}: {}", r.text());
+            let r = http
+                .send(method, &c.url(node, path), &headers, body.clone())
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status,
+                want,
+                "{method} {path} on node {node}: {}",
+                r.text()
+            );
             if want != 200 {
                 let v = r.json();
                 assert_eq!(v["ok"], false, "{method} {path}");
-                assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path}");
+                assert!(
+                    v["error"].as_str().is_some_and(|e| !e.is_empty()),
+                    "{method} {path}"
+                );
             }
         }
     }
     // The leader refuses an invalid forwarded write inside a 200 RPC answer, applying nothing.
     let r = http
-        .send("POST", &c.url(leader, "/roo/v1/raft/write"), &[("x-roo-cluster-secret", SECRET)], r#"{"ops":[{"op":"put","key":"","value":""}]}"#)
+        .send(
+            "POST",
+            &c.url(leader, "/roo/v1/raft/write"),
+            &[("x-roo-cluster-secret", SECRET)],
+            r#"[{"ops":[{"op":"put","key":"","value":""}]}]"#,
+        )
         .await
         .unwrap();
     assert!(r.json()["Err"].is_object(), "{}", r.text());
     // A 1 KiB key is fine.
-    assert_eq!(http.put(&c.url(f, &ok_key), "edge").await.unwrap().status, 200);
+    assert_eq!(
+        http.put(&c.url(f, &ok_key), "edge").await.unwrap().status,
+        200
+    );
     http.delete(&c.url(f, &ok_key)).await.unwrap();
 
     let after = http.get(&c.url(f, "/roo/v1/kvs")).await.unwrap().json()["results"].clone();
     assert_eq!(before, after, "bad input changed stored data");
-    assert_eq!(http.get(&c.url(leader, ROUTE)).await.unwrap().text(), "original");
-    assert_eq!(http.cluster(&c.addrs[leader]).await.unwrap()["voters"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        http.get(&c.url(leader, ROUTE)).await.unwrap().text(),
+        "original"
+    );
+    assert_eq!(
+        http.cluster(&c.addrs[leader]).await.unwrap()["voters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -330,7 +490,13 @@ async fn no_quorum_gets_503_not_a_hang() {
     let mut c = cluster(3).await;
     let http = Http::default();
     let (_, followers) = c.roles(&http).await;
-    assert_eq!(http.put(&c.url(followers[0], ROUTE), "kept").await.unwrap().status, 200);
+    assert_eq!(
+        http.put(&c.url(followers[0], ROUTE), "kept")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     // Stop two nodes; the one left has no quorum.
     let keep = followers[0];
     let mut others: Vec<Node> = Vec::new();
@@ -343,15 +509,30 @@ async fn no_quorum_gets_503_not_a_hang() {
     for n in others {
         n.stop().await;
     }
-    for (method, path) in [("PUT", ROUTE), ("GET", ROUTE), ("GET", "/roo/v1/kvs"), ("DELETE", ROUTE)] {
+    for (method, path) in [
+        ("PUT", ROUTE),
+        ("GET", ROUTE),
+        ("GET", "/roo/v1/kvs"),
+        ("DELETE", ROUTE),
+    ] {
         let started = Instant::now();
-        let r = http.send(method, &keep_url(path), &[], "new").await.unwrap();
+        let r = http
+            .send(method, &keep_url(path), &[], "new")
+            .await
+            .unwrap();
         assert_eq!(r.status, 503, "{method} {path}: {}", r.text());
         assert!(r.headers.contains_key("retry-after"), "{method} {path}");
         assert_eq!(r.json()["ok"], false);
-        assert!(started.elapsed() < Duration::from_secs(15), "{method} {path} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{method} {path} took {:?}",
+            started.elapsed()
+        );
     }
     // The local copy still answers stale reads, unchanged.
-    let r = http.get(&keep_url(&format!("{ROUTE}?consistency=stale"))).await.unwrap();
+    let r = http
+        .get(&keep_url(&format!("{ROUTE}?consistency=stale")))
+        .await
+        .unwrap();
     assert_eq!((r.status, r.text()), (200, "kept".to_string()));
 }

@@ -12,7 +12,11 @@ use rand::Rng;
 
 /// Finds the process that leads, by asking one that answers.
 async fn leader_index(http: &Http, procs: &[Proc]) -> usize {
-    let addrs: Vec<String> = procs.iter().filter(|p| p.is_running()).map(|p| p.addr.clone()).collect();
+    let addrs: Vec<String> = procs
+        .iter()
+        .filter(|p| p.is_running())
+        .map(|p| p.addr.clone())
+        .collect();
     let leader = wait_for_cluster(http, &addrs, procs.len()).await;
     let status = http.cluster(&addrs[0]).await.unwrap();
     let addr = common::addr_of(&status, leader);
@@ -25,32 +29,58 @@ async fn leader_killed_new_leader_takes_writes_and_old_one_catches_up() {
     let mut procs = process_cluster(dir.path(), 3, &[]).await;
     let http = Http::default();
     let li = leader_index(&http, &procs).await;
-    assert_eq!(http.put(&procs[li].url("/roo/v1/kv/before"), "1").await.unwrap().status, 200);
+    assert_eq!(
+        http.put(&procs[li].url("/roo/v1/kv/before"), "1")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
 
     procs[li].kill();
     let killed_at = Instant::now();
     let survivor = (li + 1) % 3;
     // A write through a survivor succeeds once a new leader is elected.
     let url = procs[survivor].url("/roo/v1/kv/after");
-    wait_for("a write after the leader died", Duration::from_secs(20), || async {
-        let r = http.put(&url, "2").await.ok()?;
-        (r.status == 200).then_some(())
-    })
+    wait_for(
+        "a write after the leader died",
+        Duration::from_secs(20),
+        || async {
+            let r = http.put(&url, "2").await.ok()?;
+            (r.status == 200).then_some(())
+        },
+    )
     .await;
-    eprintln!("new leader took a write {:?} after kill -9", killed_at.elapsed());
+    eprintln!(
+        "new leader took a write {:?} after kill -9",
+        killed_at.elapsed()
+    );
     let status = http.cluster(&procs[survivor].addr).await.unwrap();
-    assert_ne!(common::addr_of(&status, status["leader_id"].as_u64().unwrap()), procs[li].addr);
+    assert_ne!(
+        common::addr_of(&status, status["leader_id"].as_u64().unwrap()),
+        procs[li].addr
+    );
     for i in 0..50 {
-        assert_eq!(http.put(&procs[survivor].url(&format!("/roo/v1/kv/during.{i}")), "x").await.unwrap().status, 200);
+        assert_eq!(
+            http.put(&procs[survivor].url(&format!("/roo/v1/kv/during.{i}")), "x")
+                .await
+                .unwrap()
+                .status,
+            200
+        );
     }
 
     // The old leader restarts from its data dir and catches up.
     procs[li].restart();
     let url = procs[li].url("/roo/v1/kvs/during.?consistency=stale");
-    wait_for("the restarted node to catch up", Duration::from_secs(30), || async {
-        let r = http.get(&url).await.ok()?;
-        (r.status == 200 && r.json()["results"].as_object()?.len() == 50).then_some(())
-    })
+    wait_for(
+        "the restarted node to catch up",
+        Duration::from_secs(30),
+        || async {
+            let r = http.get(&url).await.ok()?;
+            (r.status == 200 && r.json()["results"].as_object()?.len() == 50).then_some(())
+        },
+    )
     .await;
     let r = http.get(&procs[li].url("/roo/v1/kv/after")).await.unwrap();
     assert_eq!(r.text(), "2");
@@ -64,7 +94,13 @@ async fn node_joining_after_purge_gets_a_snapshot() {
     let mut procs = process_cluster(dir.path(), 1, &["--snapshot-every", "50"]).await;
     let http = Http::default();
     for i in 0..300 {
-        let r = http.put(&procs[0].url(&format!("/roo/v1/kv/k.{i:03}")), format!("v{i}")).await.unwrap();
+        let r = http
+            .put(
+                &procs[0].url(&format!("/roo/v1/kv/k.{i:03}")),
+                format!("v{i}"),
+            )
+            .await
+            .unwrap();
         assert_eq!(r.status, 200);
     }
     let status = wait_for("the log to be purged", Duration::from_secs(20), || async {
@@ -77,16 +113,39 @@ async fn node_joining_after_purge_gets_a_snapshot() {
     let port = procs[0].addr.rsplit(':').next().unwrap().to_string();
     let addr = format!("127.0.0.2:{port}");
     let seed = procs[0].addr.clone();
-    procs.push(Proc::start(&addr, &dir.path().join("n2"), &["--join", &seed, "--snapshot-every", "50"]));
+    procs.push(Proc::start(
+        &addr,
+        &dir.path().join("n2"),
+        &["--join", &seed, "--snapshot-every", "50"],
+    ));
     wait_for_cluster(&http, &[seed, addr.clone()], 2).await;
     let joined = http.cluster(&addr).await.unwrap();
-    assert!(joined["snapshot_index"].as_u64().unwrap() > 100, "no snapshot installed: {joined}");
-    let r = http.get(&procs[1].url("/roo/v1/kvs/k.?consistency=stale")).await.unwrap();
+    assert!(
+        joined["snapshot_index"].as_u64().unwrap() > 100,
+        "no snapshot installed: {joined}"
+    );
+    let r = http
+        .get(&procs[1].url("/roo/v1/kvs/k.?consistency=stale"))
+        .await
+        .unwrap();
     let results = r.json()["results"].as_object().unwrap().clone();
     assert_eq!(results.len(), 300);
     assert_eq!(results["k.299"], "djI5OQ==");
+    // Its change history starts at the snapshot: a watch from before is refused, clearly.
+    let r = http
+        .get(&procs[1].url("/roo/v1/watch/k.?rev=1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 410, "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("compacted"));
     // And it keeps following: a new write reaches it through the log.
-    assert_eq!(http.put(&procs[0].url("/roo/v1/kv/k.new"), "n").await.unwrap().status, 200);
+    assert_eq!(
+        http.put(&procs[0].url("/roo/v1/kv/k.new"), "n")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     let r = http.get(&procs[1].url("/roo/v1/kv/k.new")).await.unwrap();
     assert_eq!(r.text(), "n");
 }
@@ -105,7 +164,12 @@ async fn kill_9_everything_during_writes_loses_no_acknowledged_write() {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut writers = Vec::new();
         for w in 0..12 {
-            let (http, addrs, acked, stop) = (http.clone(), addrs.clone(), round_acked.clone(), stop.clone());
+            let (http, addrs, acked, stop) = (
+                http.clone(),
+                addrs.clone(),
+                round_acked.clone(),
+                stop.clone(),
+            );
             writers.push(tokio::spawn(async move {
                 let mut i = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -132,8 +196,14 @@ async fn kill_9_everything_during_writes_loses_no_acknowledged_write() {
             w.await.unwrap();
         }
         let new: Vec<(String, String)> = round_acked.lock().unwrap().clone();
-        eprintln!("round {round}: {} writes acknowledged in {run_for:?}", new.len());
-        assert!(!new.is_empty(), "no write was acknowledged in round {round}");
+        eprintln!(
+            "round {round}: {} writes acknowledged in {run_for:?}",
+            new.len()
+        );
+        assert!(
+            !new.is_empty(),
+            "no write was acknowledged in round {round}"
+        );
         acked.extend(new);
 
         for p in procs.iter_mut() {
@@ -143,17 +213,25 @@ async fn kill_9_everything_during_writes_loses_no_acknowledged_write() {
         wait_for_cluster(&http, &addrs, 3).await;
         // Every acknowledged write of every round is there, on a linearizable read.
         let r = wait_for("a scan after restart", Duration::from_secs(20), || async {
-            let r = http.get(&procs[round % 3].url("/roo/v1/kvs/r")).await.ok()?;
+            let r = http
+                .get(&procs[round % 3].url("/roo/v1/kvs/r"))
+                .await
+                .ok()?;
             (r.status == 200).then_some(r)
         })
         .await;
         let results = r.json()["results"].as_object().unwrap().clone();
         use base64::Engine;
         for (key, value) in &acked {
-            let got = results
-                .get(key)
-                .unwrap_or_else(|| panic!("acknowledged {key} lost after round {round}\n{}", procs[0].log_tail()));
-            let got = base64::engine::general_purpose::STANDARD.decode(got.as_str().unwrap()).unwrap();
+            let got = results.get(key).unwrap_or_else(|| {
+                panic!(
+                    "acknowledged {key} lost after round {round}\n{}",
+                    procs[0].log_tail()
+                )
+            });
+            let got = base64::engine::general_purpose::STANDARD
+                .decode(got.as_str().unwrap())
+                .unwrap();
             assert_eq!(String::from_utf8(got).unwrap(), *value);
         }
     }
@@ -162,7 +240,22 @@ async fn kill_9_everything_during_writes_loses_no_acknowledged_write() {
 /// Starts pebble-challtestsrv as a DNS server on `dns`, with its own challenge servers off.
 fn challtestsrv(dns: &str, management: &str) -> Option<std::process::Child> {
     let found = std::process::Command::new("pebble-challtestsrv")
-        .args(["-dns01", dns, "-http01", "", "-https01", "", "-tlsalpn01", "", "-defaultIPv6", "", "-defaultIPv4", "", "-management", management])
+        .args([
+            "-dns01",
+            dns,
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+            "-defaultIPv6",
+            "",
+            "-defaultIPv4",
+            "",
+            "-management",
+            management,
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn();
@@ -188,16 +281,31 @@ impl Drop for KillOnDrop {
 async fn nodes_started_together_with_dns_form_one_cluster() {
     let dns = format!("127.0.0.1:{}", common::free_port("127.0.0.1"));
     let mgmt = format!("127.0.0.1:{}", common::free_port("127.0.0.1"));
-    let Some(srv) = challtestsrv(&dns, &mgmt) else { return };
+    let Some(srv) = challtestsrv(&dns, &mgmt) else {
+        return;
+    };
     let _srv = KillOnDrop(srv);
     let http = Http::default();
     let port = common::free_port("127.0.0.1");
-    let ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
+    let ips = [
+        "127.0.0.1",
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+    ];
     let body = serde_json::json!({"host": "roo.test", "addresses": ips}).to_string();
-    wait_for("challtestsrv to take a record", Duration::from_secs(10), || async {
-        let r = http.send("POST", &format!("http://{mgmt}/add-a"), &[], body.clone()).await.ok()?;
-        (r.status == 200).then_some(())
-    })
+    wait_for(
+        "challtestsrv to take a record",
+        Duration::from_secs(10),
+        || async {
+            let r = http
+                .send("POST", &format!("http://{mgmt}/add-a"), &[], body.clone())
+                .await
+                .ok()?;
+            (r.status == 200).then_some(())
+        },
+    )
     .await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -208,7 +316,11 @@ async fn nodes_started_together_with_dns_form_one_cluster() {
     let mut procs = Vec::new();
     for i in order {
         let addr = format!("{}:{port}", ips[i]);
-        procs.push(Proc::start(&addr, &dir.path().join(format!("n{i}")), &["--dns", "roo.test", "--resolver", &dns]));
+        procs.push(Proc::start(
+            &addr,
+            &dir.path().join(format!("n{i}")),
+            &["--dns", "roo.test", "--resolver", &dns],
+        ));
     }
     let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
     let leader = wait_for_cluster(&http, &addrs, ips.len()).await;
@@ -220,9 +332,18 @@ async fn nodes_started_together_with_dns_form_one_cluster() {
         views.push(s["voters"].clone());
     }
     assert!(views.windows(2).all(|w| w[0] == w[1]), "{views:?}");
-    let r = http.put(&procs[4].url("/roo/v1/kv/formed"), "yes").await.unwrap();
+    let r = http
+        .put(&procs[4].url("/roo/v1/kv/formed"), "yes")
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(http.get(&procs[0].url("/roo/v1/kv/formed")).await.unwrap().text(), "yes");
+    assert_eq!(
+        http.get(&procs[0].url("/roo/v1/kv/formed"))
+            .await
+            .unwrap()
+            .text(),
+        "yes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -243,22 +364,37 @@ async fn wrong_cluster_secret_cannot_join_or_send_raft_messages() {
         .unwrap();
     let _intruder = KillOnDrop(intruder);
     // It tries, twice at least, and is refused each time.
-    wait_for("two refused joins in the intruder's log", Duration::from_secs(15), || async {
-        let text = std::fs::read_to_string(&intruder_log).ok()?;
-        (text.matches("join failed").count() >= 2 && text.contains("401 Unauthorized")).then_some(())
-    })
+    wait_for(
+        "two refused joins in the intruder's log",
+        Duration::from_secs(15),
+        || async {
+            let text = std::fs::read_to_string(&intruder_log).ok()?;
+            (text.matches("join failed").count() >= 2 && text.contains("401 Unauthorized"))
+                .then_some(())
+        },
+    )
     .await;
     let s = http.cluster(&intruder_addr).await.unwrap();
     assert_eq!(s["initialized"], false, "{s}");
     let s = http.cluster(&procs[0].addr).await.unwrap();
     assert_eq!(s["members"].as_object().unwrap().len(), 1, "{s}");
     let r = http
-        .send("POST", &procs[0].url("/roo/v1/cluster/join"), &[("x-roo-cluster-secret", "not-the-secret")], r#"{"node_id":5,"addr":"127.0.0.2:1"}"#)
+        .send(
+            "POST",
+            &procs[0].url("/roo/v1/cluster/join"),
+            &[("x-roo-cluster-secret", "not-the-secret")],
+            r#"{"node_id":5,"addr":"127.0.0.2:1"}"#,
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 401);
     let r = http
-        .send("POST", &procs[0].url("/roo/v1/raft/vote"), &[("x-roo-cluster-secret", "not-the-secret")], r#"{}"#)
+        .send(
+            "POST",
+            &procs[0].url("/roo/v1/raft/vote"),
+            &[("x-roo-cluster-secret", "not-the-secret")],
+            r#"{}"#,
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 401);

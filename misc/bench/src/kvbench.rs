@@ -50,7 +50,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let value = "v".repeat(args.value_size);
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let per_client = if args.total > 0 { args.total.div_ceil(args.clients as u64) } else { u64::MAX };
+    let per_client = if args.total > 0 {
+        args.total.div_ceil(args.clients as u64)
+    } else {
+        u64::MAX
+    };
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients {

@@ -1,6 +1,5 @@
 //! The calling side of node-to-node RPCs: openraft's network, and the leader calls of followers.
 
-use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -65,8 +64,14 @@ impl PeerClient {
         Resp: DeserializeOwned,
     {
         let payload = serde_json::to_vec(body).map_err(|e| CallError::BadAnswer(e.to_string()))?;
-        self.request(http::Method::POST, addr, path, Bytes::from(payload), timeout)
-            .await
+        self.request(
+            http::Method::POST,
+            addr,
+            path,
+            Bytes::from(payload),
+            timeout,
+        )
+        .await
     }
 
     /// GETs `addr` + `path` and decodes the JSON answer.
@@ -112,7 +117,10 @@ impl PeerClient {
                 .to_bytes();
             if !status.is_success() {
                 let text = String::from_utf8_lossy(&body);
-                return Err(CallError::BadAnswer(format!("{addr}: {status}: {}", text.trim())));
+                return Err(CallError::BadAnswer(format!(
+                    "{addr}: {status}: {}",
+                    text.trim()
+                )));
             }
             serde_json::from_slice(&body).map_err(|e| CallError::BadAnswer(format!("{addr}: {e}")))
         };
@@ -148,29 +156,27 @@ pub struct PeerNetwork {
 }
 
 impl PeerNetwork {
-    fn call<Req, Resp, E>(
+    async fn call<Req, Resp, E>(
         &self,
         rpc: &'static str,
         req: Req,
         option: RPCOption,
-    ) -> impl Future<Output = Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>> + Send + '_
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
         Req: Serialize + Send + Sync + 'static,
         Resp: DeserializeOwned + Send,
         E: std::error::Error + DeserializeOwned + Send,
     {
-        async move {
-            let path = format!("{RPC_PREFIX}{rpc}");
-            let answer: Result<Resp, RaftError<NodeId, E>> = self
-                .client
-                .post(&self.addr, &path, &req, option.hard_ttl())
-                .await
-                .map_err(|e| match e {
-                    CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
-                    CallError::BadAnswer(_) => RPCError::Network(NetworkError::new(&e)),
-                })?;
-            answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-        }
+        let path = format!("{RPC_PREFIX}{rpc}");
+        let answer: Result<Resp, RaftError<NodeId, E>> = self
+            .client
+            .post(&self.addr, &path, &req, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
+                CallError::BadAnswer(_) => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 

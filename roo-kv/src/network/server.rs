@@ -41,7 +41,10 @@ fn error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
 fn ok<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec(value) {
         Ok(body) => json_response(StatusCode::OK, body),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding answer: {e}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("encoding answer: {e}"),
+        ),
     }
 }
 
@@ -52,9 +55,15 @@ where
 {
     let bytes = match Limited::new(body, MAX_RPC_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return Err(error(StatusCode::PAYLOAD_TOO_LARGE, &format!("reading body: {e}"))),
+        Err(e) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("reading body: {e}"),
+            ))
+        }
     };
-    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("malformed JSON: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("malformed JSON: {e}")))
 }
 
 /// Answers one RPC. The caller has matched the path prefix; method, secret and body are checked
@@ -64,10 +73,23 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let Some(rpc) = req.uri().path().strip_prefix(RPC_PREFIX).map(str::to_string) else {
+    let Some(rpc) = req
+        .uri()
+        .path()
+        .strip_prefix(RPC_PREFIX)
+        .map(str::to_string)
+    else {
         return error(StatusCode::NOT_FOUND, "not found");
     };
-    const RPCS: [&str; 7] = ["append", "vote", "snapshot", "write", "read-index", "add-member", "remove-member"];
+    const RPCS: [&str; 7] = [
+        "append",
+        "vote",
+        "snapshot",
+        "write",
+        "read-index",
+        "add-member",
+        "remove-member",
+    ];
     if !RPCS.contains(&rpc.as_str()) {
         return error(StatusCode::NOT_FOUND, "not found");
     }
@@ -93,7 +115,7 @@ where
         "vote" => ok(&raft.vote(body!()).await),
         "snapshot" => ok(&raft.install_snapshot(body!()).await),
         // The caller gives up after its own timeout; do not keep working for it past ours.
-        "write" => ok(&kv.bounded(kv.write_as_leader(body!())).await),
+        "write" => ok(&kv.bounded(kv.write_from_peer(body!())).await),
         "read-index" => {
             let _: serde_json::Value = body!();
             ok(&kv.bounded(kv.read_index_as_leader()).await)
@@ -106,6 +128,8 @@ where
             let rm: RemoveRequest = body!();
             ok(&kv.remove_member_as_leader(rm.node_id).await)
         }
-        _ => ok(&Err::<(), _>(RpcError::Invalid(format!("unknown rpc {rpc}")))),
+        _ => ok(&Err::<(), _>(RpcError::Invalid(format!(
+            "unknown rpc {rpc}"
+        )))),
     }
 }

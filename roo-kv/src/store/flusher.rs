@@ -37,7 +37,9 @@ impl Flusher {
                     }
                     for w in batch {
                         match w {
-                            Waiter::Append(cb) => cb.log_io_completed(result.clone().map_err(std::io::Error::other)),
+                            Waiter::Append(cb) => {
+                                cb.log_io_completed(result.clone().map_err(std::io::Error::other))
+                            }
                             Waiter::Sync(tx) => {
                                 let _ = tx.send(result.clone());
                             }

@@ -34,7 +34,11 @@ impl LogStore {
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
-        let Some(raw) = self.meta.get(key).map_err(|e| io_err(StorageIOError::read, e))? else {
+        let Some(raw) = self
+            .meta
+            .get(key)
+            .map_err(|e| io_err(StorageIOError::read, e))?
+        else {
             return Ok(None);
         };
         serde_json::from_slice(&raw)
@@ -50,7 +54,10 @@ impl LogStore {
         Ok(())
     }
 
-    async fn flush(&self, what: fn(openraft::AnyError) -> StorageIOError<NodeId>) -> Result<(), StorageError<NodeId>> {
+    async fn flush(
+        &self,
+        what: fn(openraft::AnyError) -> StorageIOError<NodeId>,
+    ) -> Result<(), StorageError<NodeId>> {
         self.flusher.flush().await.map_err(|e| bad_data(what, e))
     }
 }
@@ -121,7 +128,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(VOTE)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
         // Not flushed: it only lets a restart re-apply sooner; raft recomputes it otherwise.
         self.put_meta(COMMITTED, &committed)
     }
@@ -130,14 +140,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId<NodeId>>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            let raw = serde_json::to_vec(&entry).map_err(|e| io_err(StorageIOError::write_logs, e))?;
+            let raw =
+                serde_json::to_vec(&entry).map_err(|e| io_err(StorageIOError::write_logs, e))?;
             batch.insert(&index_key(entry.log_id.index), raw);
         }
         self.log

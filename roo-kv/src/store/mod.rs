@@ -3,18 +3,24 @@
 //! One sled database per node, in the data dir, with three trees:
 //! - `log`: raft log entries keyed by big-endian index (so they sort), and `log_meta`: the vote,
 //!   the committed log id and the last purged log id ([`LogStore`]).
-//! - `sm`: the state machine ([`StateMachine`]): `d:<key>` records, `e:<rev><seq>` change history,
-//!   `m:*` applied log id and membership, all changed together by one atomic batch per apply.
+//! - `sm`: the state machine ([`StateMachine`]): `d:<key>` records, `m:*` applied log id and
+//!   membership, changed together by one atomic batch per apply. The change history watches read
+//!   is kept in memory ([`History`]).
 //! - `snapshot`: the last built or installed snapshot, so a restarted node can still send it.
 //!
 //! sled writes to one ordered log for all trees, so a flush makes every earlier write of every
 //! tree durable; the raft log is flushed before an append is acknowledged, by one thread that
 //! group-commits every append queued meanwhile ([`flusher`]).
 
+// openraft's storage traits fix the error type, `StorageError`, large as it is.
+#![allow(clippy::result_large_err)]
+
 mod flusher;
+mod history;
 mod log;
 mod state_machine;
 
+pub use history::History;
 pub use log::LogStore;
 pub use state_machine::{StateMachine, StateMachineHandle};
 

@@ -7,13 +7,18 @@ use serde_json::json;
 
 use super::{only, read_body, reply, Api, ApiError, Body};
 
-pub(super) async fn cluster(api: &Api, path: &str, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn cluster(
+    api: &Api,
+    path: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let rest = path.strip_prefix("/roo/v1/cluster").unwrap_or_default();
     match rest {
         "" | "/" => {
             only(&req, &[Method::GET])?;
             let status = api.kv.status().await;
-            let value = serde_json::to_value(status).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let value =
+                serde_json::to_value(status).map_err(|e| ApiError::BadRequest(e.to_string()))?;
             Ok(reply::json(StatusCode::OK, &value))
         }
         "/join" => {
@@ -23,16 +28,23 @@ pub(super) async fn cluster(api: &Api, path: &str, req: Request<Incoming>) -> Re
             let join: JoinRequest = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::BadRequest(format!("malformed join request: {e}")))?;
             if join.addr.parse::<std::net::SocketAddr>().is_err() && !join.addr.contains(':') {
-                return Err(ApiError::BadRequest(format!("addr {:?} is not host:port", join.addr)));
+                return Err(ApiError::BadRequest(format!(
+                    "addr {:?} is not host:port",
+                    join.addr
+                )));
             }
             tracing::info!(node_id = join.node_id, addr = %join.addr, "join request");
             // Answered in roo-kv's RPC shape so the joining node reads leader errors alike.
-            let answer: Result<(), roo_kv::network::RpcError> = match api.kv.add_member(join.node_id, join.addr).await {
-                Ok(()) => Ok(()),
-                Err(roo_kv::KvError::InvalidRequest(m)) => Err(roo_kv::network::RpcError::Invalid(m)),
-                Err(e) => Err(roo_kv::network::RpcError::Unavailable(e.to_string())),
-            };
-            let value = serde_json::to_value(answer).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let answer: Result<(), roo_kv::network::RpcError> =
+                match api.kv.add_member(join.node_id, join.addr).await {
+                    Ok(()) => Ok(()),
+                    Err(roo_kv::KvError::InvalidRequest(m)) => {
+                        Err(roo_kv::network::RpcError::Invalid(m))
+                    }
+                    Err(e) => Err(roo_kv::network::RpcError::Unavailable(e.to_string())),
+                };
+            let value =
+                serde_json::to_value(answer).map_err(|e| ApiError::BadRequest(e.to_string()))?;
             Ok(reply::json(StatusCode::OK, &value))
         }
         _ => {
@@ -54,6 +66,8 @@ fn check_secret<B>(api: &Api, req: &Request<B>) -> Result<(), ApiError> {
     if roo_kv::network::server::has_cluster_secret(&api.kv, req.headers()) {
         Ok(())
     } else {
-        Err(ApiError::Unauthorized("missing or wrong cluster secret".into()))
+        Err(ApiError::Unauthorized(
+            "missing or wrong cluster secret".into(),
+        ))
     }
 }

@@ -14,8 +14,15 @@ use super::{consistency, decode_path, only, query_u64, read_body, reply, Api, Ap
 /// Header carrying a key's revision on `GET /roo/v1/kv/{key}`.
 const REVISION_HEADER: &str = "x-roo-revision";
 
-pub(super) async fn kv(api: &Api, raw_key: &str, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    only(&req, &[Method::GET, Method::HEAD, Method::PUT, Method::DELETE])?;
+pub(super) async fn kv(
+    api: &Api,
+    raw_key: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    only(
+        &req,
+        &[Method::GET, Method::HEAD, Method::PUT, Method::DELETE],
+    )?;
     let key = decode_path(raw_key)?;
     roo_kv::command::validate_key(&key)?;
     let uri = req.uri().clone();
@@ -35,7 +42,10 @@ pub(super) async fn kv(api: &Api, raw_key: &str, req: Request<Incoming>) -> Resu
             let prev_rev = query_u64(&uri, "prev_rev")?;
             let value = read_body(req, MAX_VALUE_LEN).await?;
             let rev = api.kv.put(&key, value.to_vec(), prev_rev).await?;
-            Ok(reply::json(StatusCode::OK, &json!({"ok": true, "rev": rev})))
+            Ok(reply::json(
+                StatusCode::OK,
+                &json!({"ok": true, "rev": rev}),
+            ))
         }
         Method::DELETE => {
             let prev_rev = query_u64(&uri, "prev_rev")?;
@@ -49,7 +59,11 @@ pub(super) async fn kv(api: &Api, raw_key: &str, req: Request<Incoming>) -> Resu
     }
 }
 
-pub(super) async fn scan(api: &Api, raw_prefix: &str, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn scan(
+    api: &Api,
+    raw_prefix: &str,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let prefix = decode_path(raw_prefix)?;
     if prefix.len() > roo_kv::MAX_KEY_LEN {
         return Err(KvError::InvalidKey("prefix is longer than a key may be".into()).into());
@@ -63,6 +77,7 @@ pub(super) async fn scan(api: &Api, raw_prefix: &str, req: &Request<Incoming>) -
         StatusCode::OK,
         &json!({"results": results, "query": prefix, "rev": rev}),
     );
-    resp.headers_mut().insert(REVISION_HEADER, HeaderValue::from(rev));
+    resp.headers_mut()
+        .insert(REVISION_HEADER, HeaderValue::from(rev));
     Ok(resp)
 }

@@ -57,7 +57,9 @@ pub async fn serve(listener: TcpListener, api: Api, drain: Duration) {
             let api = api.clone();
             async move { Ok::<_, Infallible>(route(&api, req).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -65,7 +67,10 @@ pub async fn serve(listener: TcpListener, api: Api, drain: Duration) {
             }
         });
     }
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("api connections still open after the drain timeout");
     }
 }
@@ -94,7 +99,9 @@ pub async fn route(api: &Api, req: Request<Incoming>) -> Response<Body> {
     } else if path == "/roo/v1/cluster" || path.starts_with("/roo/v1/cluster/") {
         cluster::cluster(api, &path, req).await
     } else if path.starts_with(roo_kv::network::RPC_PREFIX) {
-        Ok(roo_kv::network::server::handle(&api.kv, req).await.map(reply::boxed))
+        Ok(roo_kv::network::server::handle(&api.kv, req)
+            .await
+            .map(reply::boxed))
     } else {
         Err(ApiError::NotFound)
     };
@@ -120,7 +127,9 @@ fn query_param(uri: &http::Uri, name: &str) -> Result<Option<String>, ApiError> 
         if k == name {
             let v = percent_encoding::percent_decode_str(v)
                 .decode_utf8()
-                .map_err(|_| ApiError::BadRequest(format!("query parameter {name} is not UTF-8")))?;
+                .map_err(|_| {
+                    ApiError::BadRequest(format!("query parameter {name} is not UTF-8"))
+                })?;
             return Ok(Some(v.into_owned()));
         }
     }
@@ -131,8 +140,11 @@ fn query_param(uri: &http::Uri, name: &str) -> Result<Option<String>, ApiError> 
 fn query_u64(uri: &http::Uri, name: &str) -> Result<Option<u64>, ApiError> {
     query_param(uri, name)?
         .map(|v| {
-            v.parse()
-                .map_err(|_| ApiError::BadRequest(format!("query parameter {name}={v:?} is not a revision number")))
+            v.parse().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "query parameter {name}={v:?} is not a revision number"
+                ))
+            })
         })
         .transpose()
 }
@@ -166,14 +178,19 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErr
         .and_then(|v| v.parse::<u64>().ok())
     {
         if len > limit as u64 {
-            return Err(ApiError::TooLarge(format!("body is {len} bytes, the limit is {limit}")));
+            return Err(ApiError::TooLarge(format!(
+                "body is {len} bytes, the limit is {limit}"
+            )));
         }
     }
-    match http_body_util::Limited::new(req.into_body(), limit).collect().await {
+    match http_body_util::Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+    {
         Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::TooLarge(format!("body is over the limit of {limit} bytes")))
-        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(format!(
+            "body is over the limit of {limit} bytes"
+        ))),
         Err(e) => Err(ApiError::BadRequest(format!("reading body: {e}"))),
     }
 }

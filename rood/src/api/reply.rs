@@ -55,10 +55,17 @@ impl ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %self, %status, "api request failed");
         }
-        let mut resp = json(status, &serde_json::json!({"ok": false, "error": self.to_string()}));
+        let mut resp = json(
+            status,
+            &serde_json::json!({"ok": false, "error": self.to_string()}),
+        );
         match &self {
             ApiError::MethodNotAllowed(methods) => {
-                let allow = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+                let allow = methods
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 if let Ok(v) = HeaderValue::from_str(&allow) {
                     resp.headers_mut().insert(header::ALLOW, v);
                 }
@@ -68,8 +75,10 @@ impl ApiError {
                     .insert(header::RETRY_AFTER, retry_after_value(*retry_after));
             }
             ApiError::Kv(KvError::Shutdown) => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, retry_after_value(Duration::from_secs(1)));
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    retry_after_value(Duration::from_secs(1)),
+                );
             }
             _ => {}
         }
@@ -91,8 +100,10 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     body.push('\n');
     let mut resp = Response::new(boxed(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -108,7 +119,9 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 /// Raw bytes, as stored.
 pub fn bytes(body: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(boxed(Full::new(Bytes::from(body))));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     resp
 }

@@ -1,8 +1,9 @@
 //! `GET /roo/v1/watch/{prefix}?rev=N`: changes after revision N, one JSON object a line.
 //!
 //! Without `rev` the stream starts at the node's current revision. A history that no longer
-//! reaches back to N gets 410 (scan again, then watch from the scan's revision); a snapshot that
-//! replaces the state mid-stream sends a `{"type":"reset"}` line and the same advice.
+//! reaches back to N gets 410; when that happens mid-stream (a snapshot replaced the state, or the
+//! reader fell too far behind) the stream ends with an `{"ok":false,"error":...}` line. Either way:
+//! scan again, then watch from the scan's `rev`.
 
 use bytes::Bytes;
 use futures_util::stream;
@@ -13,7 +14,11 @@ use roo_kv::KvError;
 
 use super::{decode_path, query_u64, Api, ApiError, Body};
 
-pub(super) fn watch<B>(api: &Api, raw_prefix: &str, req: &Request<B>) -> Result<Response<Body>, ApiError> {
+pub(super) fn watch<B>(
+    api: &Api,
+    raw_prefix: &str,
+    req: &Request<B>,
+) -> Result<Response<Body>, ApiError> {
     let prefix = decode_path(raw_prefix)?;
     let after = query_u64(req.uri(), "rev")?;
     let watch = api.kv.watch(&prefix, after)?;
@@ -48,7 +53,9 @@ pub(super) fn watch<B>(api: &Api, raw_prefix: &str, req: &Request<B>) -> Result<
     });
     let mut resp = Response::new(StreamBody::new(frames).boxed());
     *resp.status_mut() = StatusCode::OK;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
     Ok(resp)
 }

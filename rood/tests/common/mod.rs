@@ -50,20 +50,43 @@ impl Default for Http {
 }
 
 impl Http {
-    pub async fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Result<Reply, String> {
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Reply, String> {
         let mut req = http::Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(body.into())).map_err(|e| e.to_string())?;
-        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+        let req = req
+            .body(Full::new(body.into()))
+            .map_err(|e| e.to_string())?;
+        let call = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("{method} {url}: {e}"))?;
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok(Reply {
+                status,
+                headers,
+                body,
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(30), call)
             .await
-            .map_err(|_| format!("{method} {url}: no answer in 30s"))?
-            .map_err(|e| format!("{method} {url}: {e}"))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok(Reply { status, headers, body })
+            .map_err(|_| format!("{method} {url}: no whole answer in 30s"))?
     }
 
     pub async fn get(&self, url: &str) -> Result<Reply, String> {
@@ -109,27 +132,34 @@ where
 /// Waits until every node in `addrs` reports the same leader and `voters` voters; returns the
 /// leader's id.
 pub async fn wait_for_cluster(http: &Http, addrs: &[String], voters: usize) -> u64 {
-    wait_for(&format!("{voters} voters with one leader on {addrs:?}"), Duration::from_secs(60), || async {
-        let mut leader = None;
-        for addr in addrs {
-            let s = http.cluster(addr).await.ok()?;
-            if s["voters"].as_array()?.len() != voters {
-                return None;
+    wait_for(
+        &format!("{voters} voters with one leader on {addrs:?}"),
+        Duration::from_secs(60),
+        || async {
+            let mut leader = None;
+            for addr in addrs {
+                let s = http.cluster(addr).await.ok()?;
+                if s["voters"].as_array()?.len() != voters {
+                    return None;
+                }
+                let l = s["leader_id"].as_u64()?;
+                if leader.is_some_and(|x| x != l) {
+                    return None;
+                }
+                leader = Some(l);
             }
-            let l = s["leader_id"].as_u64()?;
-            if leader.is_some_and(|x| x != l) {
-                return None;
-            }
-            leader = Some(l);
-        }
-        leader
-    })
+            leader
+        },
+    )
     .await
 }
 
 /// The API address of the node with raft id `id`, from a member's status.
 pub fn addr_of(status: &Value, id: u64) -> String {
-    status["members"][id.to_string()].as_str().unwrap().to_string()
+    status["members"][id.to_string()]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// A free TCP port on `ip`.
@@ -162,7 +192,11 @@ impl Proc {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_rood"))
             .arg("--api-addr")
             .arg(&self.addr)
