@@ -327,6 +327,9 @@ async fn watch_stream(url: &str) -> LineStream {
     }
 }
 
+/// Method, path, body, headers, expected status.
+type Case<'a> = (&'a str, &'a str, Vec<u8>, Vec<(&'a str, &'a str)>, u16);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_is_refused_and_changes_nothing() {
     let c = cluster(3).await;
@@ -348,7 +351,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let ok_key = format!("/roo/v1/kv/{}", "k".repeat(1024));
     let big = vec![b'v'; 1024 * 1024 + 1];
     let route_prev_abc = format!("{ROUTE}?prev_rev=abc");
-    let cases: Vec<(&str, &str, Vec<u8>, Vec<(&str, &str)>, u16)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("PUT", long_key.as_str(), b"x".to_vec(), vec![], 400),
         ("GET", long_key.as_str(), vec![], vec![], 400),
         ("PUT", "/roo/v1/kv/bad%ff%fekey", b"x".to_vec(), vec![], 400),
