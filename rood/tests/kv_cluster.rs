@@ -539,3 +539,86 @@ async fn no_quorum_gets_503_not_a_hang() {
         .unwrap();
     assert_eq!((r.status, r.text()), (200, "kept".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_member_leaves_and_the_rest_keep_working() {
+    let mut c = cluster(3).await;
+    let http = Http::default();
+    let (leader, followers) = c.roles(&http).await;
+    let gone = followers[1];
+    let gone_id = c.nodes[gone].kv.node_id();
+    let url = c.url(followers[0], &format!("/roo/v1/cluster/members/{gone_id}"));
+
+    // Without the cluster secret: refused, nothing changes.
+    let r = http.delete(&url).await.unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        http.cluster(&c.addrs[leader]).await.unwrap()["voters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // Through a follower, with the secret.
+    let r = http
+        .send("DELETE", &url, &[("x-roo-cluster-secret", SECRET)], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rest = vec![c.addrs[leader].clone(), c.addrs[followers[0]].clone()];
+    wait_for_cluster(&http, &rest, 2).await;
+    let status = http.cluster(&rest[0]).await.unwrap();
+    assert!(
+        status["members"].get(gone_id.to_string()).is_none(),
+        "{status}"
+    );
+    c.nodes.remove(gone).stop().await;
+
+    // Two of two voters: writes still commit.
+    let r = http
+        .put(&format!("http://{}{ROUTE}", rest[1]), "after-removal")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = http
+        .get(&format!("http://{}{ROUTE}", rest[0]))
+        .await
+        .unwrap();
+    assert_eq!(r.text(), "after-removal");
+    // The last voter cannot be removed.
+    let leader_id = c
+        .nodes
+        .iter()
+        .find(|n| n.api_addr.to_string() == rest[0])
+        .unwrap()
+        .kv
+        .node_id();
+    let follower_id = c
+        .nodes
+        .iter()
+        .find(|n| n.api_addr.to_string() == rest[1])
+        .unwrap()
+        .kv
+        .node_id();
+    let r = http
+        .send(
+            "DELETE",
+            &format!("http://{}/roo/v1/cluster/members/{follower_id}", rest[0]),
+            &[("x-roo-cluster-secret", SECRET)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = http
+        .send(
+            "DELETE",
+            &format!("http://{}/roo/v1/cluster/members/{leader_id}", rest[0]),
+            &[("x-roo-cluster-secret", SECRET)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+}

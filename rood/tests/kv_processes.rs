@@ -399,3 +399,35 @@ async fn wrong_cluster_secret_cannot_join_or_send_raft_messages() {
         .unwrap();
     assert_eq!(r.status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_a_node_cleanly_and_it_restarts_as_a_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = process_cluster(dir.path(), 3, &[]).await;
+    let http = Http::default();
+    assert_eq!(
+        http.put(&procs[0].url("/roo/v1/kv/t"), "1")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let code = procs[2].terminate(Duration::from_secs(15));
+    assert_eq!(
+        code,
+        Some(0),
+        "exit status after SIGTERM\n{}",
+        procs[2].log_tail()
+    );
+    assert!(procs[2].log_tail().contains("shutting down"));
+    procs[2].restart();
+    let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+    wait_for_cluster(&http, &addrs, 3).await;
+    assert_eq!(
+        http.get(&procs[2].url("/roo/v1/kv/t"))
+            .await
+            .unwrap()
+            .text(),
+        "1"
+    );
+}
