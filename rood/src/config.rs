@@ -22,6 +22,19 @@ pub struct Config {
     #[arg(long, env = "ROO_API_ADDR", default_value = "0.0.0.0:6299")]
     pub api_addr: SocketAddr,
 
+    /// Plain HTTP listener (ACME HTTP-01, redirects to https, http routes).
+    #[arg(long, env = "ROO_HTTP_ADDR", default_value = "0.0.0.0:80")]
+    pub http_addr: SocketAddr,
+
+    /// TLS listener (h2 and http/1.1 by ALPN).
+    #[arg(long, env = "ROO_HTTPS_ADDR", default_value = "0.0.0.0:443")]
+    pub https_addr: SocketAddr,
+
+    /// How long an upstream may take to answer a request's headers before the client gets 504,
+    /// in ms.
+    #[arg(long, env = "ROO_UPSTREAM_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upstream_timeout_ms: u64,
+
     /// Address peers use to reach this node's API. Default: the API address if it names an IP,
     /// else this host's first non-loopback IP with the API port.
     #[arg(long, env = "ROO_ADVERTISE")]

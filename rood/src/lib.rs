@@ -5,8 +5,14 @@
 //! - [`api`]: the HTTP API on the admin port (Roo-compatible KV, cluster, watch) and the raft
 //!   RPCs between nodes it mounts.
 //! - [`cluster`]: how a node finds its cluster at start: restart, bootstrap, `--join` or `--dns`.
-//! - [`dns`]: the DNS resolver for peers (and upstreams), `--resolver` or the system's.
-//! - [`node`]: wires a node together from its config: store, API server, cluster formation,
+//! - [`dns`]: the DNS resolver for peers and upstreams, `--resolver` or the system's.
+//! - [`routes`]: where a request is routed: the route table, a pure lookup by host.
+//! - [`certs`]: where a certificate comes from: `com.roo.cert:` values, the table and the SNI
+//!   resolver.
+//! - [`feed`]: routes and certificates from the KV (scan, then watch), as typed changes applied
+//!   to the tables the proxy reads.
+//! - [`proxy`]: the HTTP and HTTPS listeners and the request path to the upstreams.
+//! - [`node`]: wires a node together from its config: store, servers, cluster formation,
 //!   shutdown.
 //!
 //! The store itself is the `roo-kv` crate.
@@ -14,7 +20,11 @@
 #![deny(rust_2018_idioms)]
 
 pub mod api;
+pub mod certs;
 pub mod cluster;
 pub mod config;
 pub mod dns;
+pub mod feed;
 pub mod node;
+pub mod proxy;
+pub mod routes;

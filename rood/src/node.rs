@@ -1,6 +1,8 @@
-//! A running node: store, API server and cluster formation, wired from a [`Config`].
+//! A running node: store, API server, proxy listeners, route feed and cluster formation, wired
+//! from a [`Config`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use roo_kv::{Kv, KvConfig};
@@ -9,8 +11,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Api};
+use crate::certs;
 use crate::cluster::{self, Formation};
 use crate::config::Config;
+use crate::feed::{self, Tables};
+use crate::proxy::upstream::Upstreams;
+use crate::proxy::{self, ProxyState};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -28,34 +34,62 @@ pub enum StartError {
     Dns(#[from] crate::dns::DnsError),
 }
 
+/// The bound sockets of a node.
+pub struct Listeners {
+    pub api: TcpListener,
+    pub http: TcpListener,
+    pub https: TcpListener,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn local(listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })
+}
+
+impl Listeners {
+    /// Binds the three addresses of `config`.
+    pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
+        Ok(Listeners {
+            api: bind(config.api_addr).await?,
+            http: bind(config.http_addr).await?,
+            https: bind(config.https_addr).await?,
+        })
+    }
+}
+
 /// A started node.
 pub struct Node {
     pub kv: Kv,
     pub api_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub https_addr: SocketAddr,
+    /// The routes and certificates the proxy serves.
+    pub tables: Arc<Tables>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Node {
-    /// Binds the API, opens the store and starts joining the cluster in the background.
+    /// Binds the listeners, opens the store, starts serving, and joins the cluster in the
+    /// background.
     pub async fn start(config: Config) -> Result<Node, StartError> {
-        let listener =
-            TcpListener::bind(config.api_addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.api_addr,
-                    source,
-                })?;
-        Node::start_on(config, listener).await
+        let listeners = Listeners::bind(&config).await?;
+        Node::start_on(config, listeners).await
     }
 
-    /// Like [`Node::start`], on an API listener already bound (tests bind port 0).
-    pub async fn start_on(config: Config, listener: TcpListener) -> Result<Node, StartError> {
-        let api_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.api_addr,
-            source,
-        })?;
-        let mut config = config;
+    /// Like [`Node::start`], on listeners already bound (tests bind port 0).
+    pub async fn start_on(mut config: Config, listeners: Listeners) -> Result<Node, StartError> {
+        let api_addr = local(&listeners.api)?;
+        let http_addr = local(&listeners.http)?;
+        let https_addr = local(&listeners.https)?;
         config.api_addr = api_addr;
         let advertise = config.advertise_addr().map_err(StartError::Config)?;
         if config.cluster_secret.is_none() {
@@ -86,23 +120,44 @@ impl Node {
         .await?;
 
         let shutdown = CancellationToken::new();
+        let tables = Arc::new(Tables::default());
+        let tls = certs::server_config(tables.certs.clone())
+            .map_err(|e| StartError::Config(format!("TLS: {e}")))?;
+        let proxy = Arc::new(ProxyState {
+            tables: tables.clone(),
+            upstreams: Upstreams::new(
+                crate::dns::resolver(config.resolver, Duration::from_secs(30))?,
+                Duration::from_millis(config.upstream_timeout_ms),
+            ),
+        });
         let api = Api {
             kv: kv.clone(),
             shutdown: shutdown.clone(),
         };
-        let mut tasks = vec![tokio::spawn(api::serve(
-            listener,
-            api,
-            Duration::from_secs(10),
-        ))];
         let (form_kv, form_shutdown) = (kv.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move {
-            cluster::form(&form_kv, formation, &form_shutdown).await;
-        }));
-        tracing::info!(api = %api_addr, node_id = kv.node_id(), "rood started");
+        let tasks = vec![
+            tokio::spawn(api::serve(listeners.api, api, Duration::from_secs(10))),
+            tokio::spawn(feed::run(kv.clone(), tables.clone(), shutdown.clone())),
+            tokio::spawn(proxy::serve_http(
+                listeners.http,
+                proxy.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(proxy::serve_https(
+                listeners.https,
+                proxy,
+                Arc::new(tls),
+                shutdown.clone(),
+            )),
+            tokio::spawn(async move { cluster::form(&form_kv, formation, &form_shutdown).await }),
+        ];
+        tracing::info!(api = %api_addr, http = %http_addr, https = %https_addr, node_id = kv.node_id(), "rood started");
         Ok(Node {
             kv,
             api_addr,
+            http_addr,
+            https_addr,
+            tables,
             shutdown,
             tasks,
         })

@@ -9,7 +9,6 @@ use clap::Parser;
 use common::{wait_for, wait_for_cluster, Http, SECRET};
 use rood::config::Config;
 use rood::node::Node;
-use tokio::net::TcpListener;
 
 struct Cluster {
     nodes: Vec<Node>,
@@ -35,7 +34,7 @@ impl Cluster {
 }
 
 async fn start_node(dir: &std::path::Path, join: Option<&str>) -> Node {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listeners = common::listeners("127.0.0.1").await;
     let mut args = vec![
         "rood".to_string(),
         "--data-dir".into(),
@@ -48,7 +47,7 @@ async fn start_node(dir: &std::path::Path, join: Option<&str>) -> Node {
     if let Some(j) = join {
         args.extend(["--join".into(), j.to_string()]);
     }
-    Node::start_on(Config::try_parse_from(args).unwrap(), listener)
+    Node::start_on(Config::try_parse_from(args).unwrap(), listeners)
         .await
         .unwrap()
 }

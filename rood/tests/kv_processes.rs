@@ -356,6 +356,7 @@ async fn wrong_cluster_secret_cannot_join_or_send_raft_messages() {
     let intruder_log = dir.path().join("intruder.log");
     let intruder = std::process::Command::new(env!("CARGO_BIN_EXE_rood"))
         .args(["--api-addr", &intruder_addr, "--join", &procs[0].addr])
+        .args(["--http-addr", "127.0.0.2:0", "--https-addr", "127.0.0.2:0"])
         .arg("--data-dir")
         .arg(dir.path().join("intruder"))
         .env("ROO_CLUSTER_SECRET", "not-the-secret")

@@ -162,6 +162,16 @@ pub fn addr_of(status: &Value, id: u64) -> String {
         .to_string()
 }
 
+/// API, HTTP and HTTPS listeners on free ports of `ip`.
+pub async fn listeners(ip: &str) -> rood::node::Listeners {
+    let bind = || tokio::net::TcpListener::bind((ip.to_string(), 0));
+    rood::node::Listeners {
+        api: bind().await.unwrap(),
+        http: bind().await.unwrap(),
+        https: bind().await.unwrap(),
+    }
+}
+
 /// A free TCP port on `ip`.
 pub fn free_port(ip: &str) -> u16 {
     let l = std::net::TcpListener::bind((ip, 0)).unwrap();
@@ -192,6 +202,11 @@ impl Proc {
     }
 
     fn spawn(&mut self) {
+        let ip = self
+            .addr
+            .rsplit_once(':')
+            .map_or("127.0.0.1", |(ip, _)| ip)
+            .to_string();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -202,6 +217,12 @@ impl Proc {
             .arg(&self.addr)
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args([
+                "--http-addr",
+                &format!("{ip}:0"),
+                "--https-addr",
+                &format!("{ip}:0"),
+            ])
             .args(&self.args)
             .env("ROO_CLUSTER_SECRET", SECRET)
             .env("ROO_LOG", "info,openraft=warn")

@@ -1,0 +1,145 @@
+//! Certificates: `com.roo.cert:<host>` values turned into rustls keys, the table of them the TLS
+//! listener reads, and the SNI resolver over it.
+//!
+//! Manual and ACME certificates are the same JSON:
+//! `{"cert_pem":"<chain>","key_pem":"<key>","not_after":...,"source":"acme"|"manual"}`;
+//! `<host>` may be `*.example.com`, which serves one label below `example.com`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::routes::normalize_host;
+
+/// Prefix of certificate keys in the KV.
+pub const CERT_PREFIX: &str = "com.roo.cert:";
+
+/// Why a certificate value was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("invalid host in {0:?}")]
+    Host(String),
+    #[error("certificate JSON: {0}")]
+    Json(String),
+    #[error("certificate chain: {0}")]
+    Chain(String),
+    #[error("private key: {0}")]
+    Key(String),
+}
+
+/// The stored form of a certificate.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StoredCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// Parses the host of a `com.roo.cert:<host>` key.
+pub fn cert_host(key: &str) -> Result<String, CertError> {
+    let host = key
+        .strip_prefix(CERT_PREFIX)
+        .ok_or_else(|| CertError::Host(key.to_string()))?;
+    normalize_host(host).map_err(|_| CertError::Host(key.to_string()))
+}
+
+/// Turns a stored certificate into a key rustls serves; the key must match the leaf.
+pub fn load(value: &[u8]) -> Result<Arc<CertifiedKey>, CertError> {
+    let stored: StoredCert =
+        serde_json::from_slice(value).map_err(|e| CertError::Json(e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(stored.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| CertError::Chain(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(CertError::Chain("no certificate in cert_pem".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(stored.key_pem.as_bytes())
+        .map_err(|e| CertError::Key(e.to_string()))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let certified =
+        CertifiedKey::from_der(chain, key, &provider).map_err(|e| CertError::Key(e.to_string()))?;
+    Ok(Arc::new(certified))
+}
+
+/// An immutable table of certificates by host.
+#[derive(Debug, Clone, Default)]
+pub struct CertTable {
+    certs: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl CertTable {
+    pub fn insert(&mut self, host: String, key: Arc<CertifiedKey>) {
+        self.certs.insert(host, key);
+    }
+
+    pub fn remove(&mut self, host: &str) {
+        self.certs.remove(host);
+    }
+
+    pub fn len(&self) -> usize {
+        self.certs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
+
+    /// The certificate for an SNI name: exact, else the wildcard one label up.
+    pub fn lookup(&self, server_name: &str) -> Option<&Arc<CertifiedKey>> {
+        let name = server_name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(k) = self.certs.get(&name) {
+            return Some(k);
+        }
+        let (_, parent) = name.split_once('.')?;
+        self.certs.get(&format!("*.{parent}"))
+    }
+}
+
+/// Chooses the certificate for each TLS handshake from the current table. No SNI, or a name
+/// without a certificate: no certificate, so the handshake fails cleanly.
+#[derive(Debug)]
+pub struct SniResolver {
+    table: Arc<ArcSwap<CertTable>>,
+}
+
+impl SniResolver {
+    pub fn new(table: Arc<ArcSwap<CertTable>>) -> Self {
+        SniResolver { table }
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name()?;
+        let found = self.table.load().lookup(name).cloned();
+        if found.is_none() {
+            tracing::debug!(sni = name, "no certificate");
+        }
+        found
+    }
+}
+
+/// The TLS server configuration of the HTTPS listener.
+///
+/// Defaults: TLS 1.2 and 1.3 only (rustls has nothing older), aws-lc-rs crypto, ALPN `h2` then
+/// `http/1.1`, certificate per SNI from `table`.
+pub fn server_config(
+    table: Arc<ArcSwap<CertTable>>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver::new(table)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}

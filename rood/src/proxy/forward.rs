@@ -1,0 +1,90 @@
+//! Sending a request upstream and streaming the answer back.
+
+use std::net::SocketAddr;
+
+use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::headers;
+use super::upstream::UpstreamBody;
+use super::{ConnInfo, ProxyError, ProxyState};
+use crate::routes::Route;
+
+/// Sends `req` to one of the route's addresses; on a refused connection of a request that is
+/// safe to send again (idempotent, no body), once more to another address.
+pub async fn forward(
+    state: &ProxyState,
+    route: &Route,
+    host: &str,
+    req: Request<Incoming>,
+    info: ConnInfo,
+) -> Result<(Response<Incoming>, SocketAddr), ProxyError> {
+    if route.destinations.iter().any(|d| d.tls) {
+        return Err(ProxyError::Unsupported(
+            "TLS to upstreams is not supported yet".into(),
+        ));
+    }
+    let addrs = state.upstreams.resolve(&route.destinations).await?;
+    let (mut parts, body) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    headers::add_forwarded(&mut parts.headers, info.peer.ip(), info.scheme, host);
+    parts.version = Version::HTTP_11;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let resendable = parts.method.is_idempotent() && hyper::body::Body::is_end_stream(&body);
+    let mut body = Some(body);
+
+    let mut tried = None;
+    loop {
+        let addr = state
+            .upstreams
+            .pick(&addrs, tried)
+            .ok_or_else(|| ProxyError::Upstream {
+                addr: host.to_string(),
+                reason: "no address left to try".into(),
+            })?;
+        let uri: Uri = format!("http://{addr}{path}")
+            .parse()
+            .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))?;
+        let upstream_body: UpstreamBody = match body.take() {
+            Some(b) if !resendable => b.boxed(),
+            _ => http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        };
+        let mut upstream_req = Request::from_parts(parts.clone(), upstream_body);
+        *upstream_req.uri_mut() = uri;
+        let sent = tokio::time::timeout(
+            state.upstreams.timeout,
+            state.upstreams.client.request(upstream_req),
+        )
+        .await;
+        let error = match sent {
+            Ok(Ok(resp)) => return Ok((resp, addr)),
+            Err(_) => ProxyError::Timeout {
+                addr: addr.to_string(),
+                secs: state.upstreams.timeout.as_secs(),
+            },
+            Ok(Err(e)) if e.is_connect() => {
+                state.upstreams.eject(addr);
+                ProxyError::Connect {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                }
+            }
+            Ok(Err(e)) => ProxyError::Upstream {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            },
+        };
+        if tried.is_some() || !error.retry_safe() || !resendable || addrs.len() < 2 {
+            return Err(error);
+        }
+        tracing::debug!(error = %error, "retrying on another address");
+        tried = Some(addr);
+    }
+}

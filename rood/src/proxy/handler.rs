@@ -1,0 +1,125 @@
+//! One request: find the host's route, then forward, redirect or refuse.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use super::{forward, headers, ConnInfo, ProxyError, ProxyState};
+use crate::routes::{normalize_host, split_host_port, Scheme};
+
+/// The body of every answer the proxy gives.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Answers one request.
+pub async fn handle(
+    state: &ProxyState,
+    req: Request<Incoming>,
+    info: ConnInfo,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let host = request_host(&req);
+    let (resp, upstream) = match host {
+        Ok(host) => match route(state, req, info, &host).await {
+            Ok((resp, upstream)) => (resp, upstream),
+            Err(e) => (error_response(&e), None),
+        },
+        Err(e) => (error_response(&e), None),
+    };
+    tracing::info!(
+        target: "rood::access",
+        scheme = %info.scheme,
+        client = %info.peer,
+        %method,
+        path,
+        status = resp.status().as_u16(),
+        upstream = upstream.as_deref().unwrap_or("-"),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+    );
+    resp
+}
+
+async fn route(
+    state: &ProxyState,
+    req: Request<Incoming>,
+    info: ConnInfo,
+    host: &str,
+) -> Result<(Response<ProxyBody>, Option<String>), ProxyError> {
+    let routes = state.tables.routes.load();
+    let Some(route) = routes.lookup(host, info.scheme).cloned() else {
+        if info.scheme == Scheme::Http && routes.lookup(host, Scheme::Https).is_some() {
+            return Ok((redirect_to_https(host, &req), None));
+        }
+        return Err(ProxyError::NoRoute(host.to_string()));
+    };
+    drop(routes);
+    let (resp, addr) = forward::forward(state, &route, host, req, info).await?;
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    Ok((
+        Response::from_parts(parts, body.boxed()),
+        Some(addr.to_string()),
+    ))
+}
+
+/// The host a request is for: HTTP/2's `:authority`, else the Host header; checked.
+fn request_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str().to_string(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .ok_or_else(|| ProxyError::BadRequest("no Host header".into()))?
+            .to_str()
+            .map_err(|_| ProxyError::BadRequest("Host header is not text".into()))?
+            .to_string(),
+    };
+    let (name, _) =
+        split_host_port(&raw).ok_or_else(|| ProxyError::BadRequest(format!("bad Host {raw:?}")))?;
+    if name.parse::<std::net::IpAddr>().is_err() {
+        normalize_host(name).map_err(|_| ProxyError::BadRequest(format!("bad Host {raw:?}")))?;
+    }
+    Ok(raw)
+}
+
+/// 308 to the same host and path over https (the default port).
+fn redirect_to_https<B>(host: &str, req: &Request<B>) -> Response<ProxyBody> {
+    let name = split_host_port(host).map_or(host, |(n, _)| n);
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{name}{path}");
+    let mut resp = text(
+        StatusCode::PERMANENT_REDIRECT,
+        format!("redirecting to {location}\n"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn error_response(e: &ProxyError) -> Response<ProxyBody> {
+    let status = e.status();
+    if status.is_server_error() {
+        tracing::warn!(error = %e, %status, "proxy error");
+    }
+    text(status, format!("{e}\n"))
+}
+
+fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

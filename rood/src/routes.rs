@@ -1,0 +1,441 @@
+//! The routing table: where a request for a host goes. A pure data structure; the proxy reads an
+//! immutable snapshot of it on every request, and [`crate::feed`] builds new snapshots from KV
+//! changes.
+//!
+//! Keys are Roo's: `com.roo.host:<host>[:<port>]:<scheme>`, where `<scheme>` is the incoming
+//! scheme (`http` or `https`) and the port is left out when it is the scheme's default. Hosts
+//! match case-insensitively and exactly; a `*.example.com` route matches one label below
+//! `example.com` (not `example.com` itself, not `a.b.example.com`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Prefix of route keys in the KV.
+pub const ROUTE_PREFIX: &str = "com.roo.host:";
+
+/// The incoming scheme a route applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+
+    fn parse(s: &str) -> Option<Scheme> {
+        match s {
+            "http" => Some(Scheme::Http),
+            "https" => Some(Scheme::Https),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        })
+    }
+}
+
+/// What a route key names: incoming host (lowercase, maybe `*.`-prefixed), port, scheme.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteKey {
+    pub host: String,
+    /// None: the scheme's default port.
+    pub port: Option<u16>,
+    pub scheme: Scheme,
+}
+
+/// Why a route key or value was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("not a route key: {0}")]
+    NotARouteKey(String),
+    #[error("invalid host {0:?}")]
+    InvalidHost(String),
+    #[error("invalid port in {0:?}")]
+    InvalidPort(String),
+    #[error("invalid scheme {0:?}: use http or https")]
+    InvalidScheme(String),
+    #[error("invalid destination {0:?}: {1}")]
+    InvalidDestination(String, String),
+}
+
+/// Checks a DNS host name (optionally `*.`-prefixed) and returns it lowercased.
+pub fn normalize_host(host: &str) -> Result<String, RouteError> {
+    let lower = host.trim_end_matches('.').to_ascii_lowercase();
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if valid {
+        Ok(lower)
+    } else {
+        Err(RouteError::InvalidHost(host.to_string()))
+    }
+}
+
+impl RouteKey {
+    /// Parses `com.roo.host:<host>[:<port>]:<scheme>`.
+    pub fn parse(key: &str) -> Result<RouteKey, RouteError> {
+        let rest = key
+            .strip_prefix(ROUTE_PREFIX)
+            .ok_or_else(|| RouteError::NotARouteKey(key.to_string()))?;
+        let (host_port, scheme) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| RouteError::InvalidScheme(String::new()))?;
+        let scheme =
+            Scheme::parse(scheme).ok_or_else(|| RouteError::InvalidScheme(scheme.to_string()))?;
+        let (host, port) = match host_port.split_once(':') {
+            Some((host, port)) => {
+                let port: u16 = port
+                    .parse()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| RouteError::InvalidPort(key.to_string()))?;
+                (host, (port != scheme.default_port()).then_some(port))
+            }
+            None => (host_port, None),
+        };
+        Ok(RouteKey {
+            host: normalize_host(host)?,
+            port,
+            scheme,
+        })
+    }
+}
+
+impl fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{ROUTE_PREFIX}{}", self.host)?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        write!(f, ":{}", self.scheme)
+    }
+}
+
+/// An upstream address as the route names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+impl Destination {
+    /// Parses `http://host[:port]` or `https://host[:port]` (a trailing `/` is allowed).
+    pub fn parse(url: &str) -> Result<Destination, RouteError> {
+        let bad = |why: &str| RouteError::InvalidDestination(url.to_string(), why.to_string());
+        let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else {
+            return Err(bad("it must start with http:// or https://"));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') || rest.contains('?') {
+            return Err(bad("a destination has no path"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| bad("bad port"))?,
+            ),
+            None => (rest, if tls { 443 } else { 80 }),
+        };
+        let host = if host.parse::<std::net::Ipv4Addr>().is_ok() {
+            host.to_string()
+        } else {
+            normalize_host(host).map_err(|_| bad("bad host"))?
+        };
+        if host.starts_with("*.") {
+            return Err(bad("a destination cannot be a wildcard"));
+        }
+        Ok(Destination { tls, host, port })
+    }
+}
+
+/// Where matching requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub destinations: Vec<Destination>,
+}
+
+impl Route {
+    /// Parses a route value: Roo's destination URL, or the JSON form
+    /// `{"destinations":["http://a:80","http://b:80"]}`.
+    pub fn parse(value: &[u8]) -> Result<Route, RouteError> {
+        let text = std::str::from_utf8(value)
+            .map_err(|_| RouteError::InvalidDestination("<binary>".into(), "not UTF-8".into()))?
+            .trim();
+        if text.starts_with('{') {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Json {
+                destinations: Vec<String>,
+            }
+            let json: Json = serde_json::from_str(text)
+                .map_err(|e| RouteError::InvalidDestination(text.to_string(), e.to_string()))?;
+            if json.destinations.is_empty() {
+                return Err(RouteError::InvalidDestination(
+                    text.to_string(),
+                    "no destinations".into(),
+                ));
+            }
+            let destinations = json
+                .destinations
+                .iter()
+                .map(|d| Destination::parse(d))
+                .collect::<Result<_, _>>()?;
+            return Ok(Route { destinations });
+        }
+        Ok(Route {
+            destinations: vec![Destination::parse(text)?],
+        })
+    }
+}
+
+/// An immutable routing table.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: HashMap<RouteKey, Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn insert(&mut self, key: RouteKey, route: Route) {
+        self.routes.insert(key, Arc::new(route));
+    }
+
+    pub fn remove(&mut self, key: &RouteKey) {
+        self.routes.remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Whether any route of `scheme` names `host` exactly (wildcards not included): the hosts
+    /// allowed to get a certificate.
+    pub fn hosts(&self, scheme: Scheme) -> impl Iterator<Item = &str> {
+        self.routes
+            .keys()
+            .filter(move |k| k.scheme == scheme)
+            .map(|k| k.host.as_str())
+    }
+
+    /// The route for a request to `host` (as in the Host header, maybe with a port) arriving on
+    /// `scheme`: `host:port:scheme` first, then `host:scheme`, then the wildcard one label up.
+    pub fn lookup(&self, host: &str, scheme: Scheme) -> Option<&Arc<Route>> {
+        let (name, port) = split_host_port(host)?;
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let port = port.filter(|p| *p != scheme.default_port());
+        let find = |h: &str| -> Option<&Arc<Route>> {
+            let mut key = RouteKey {
+                host: h.to_string(),
+                port,
+                scheme,
+            };
+            if port.is_some() {
+                if let Some(r) = self.routes.get(&key) {
+                    return Some(r);
+                }
+                key.port = None;
+            }
+            self.routes.get(&key)
+        };
+        if let Some(r) = find(&name) {
+            return Some(r);
+        }
+        let (_, parent) = name.split_once('.')?;
+        find(&format!("*.{parent}"))
+    }
+}
+
+/// Splits `host[:port]`; None when the port is not a number.
+pub fn split_host_port(host: &str) -> Option<(&str, Option<u16>)> {
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => Some((h, Some(p.parse().ok()?))),
+        Some(_) => None,
+        None => Some((host, None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(entries: &[(&str, &str)]) -> RouteTable {
+        let mut t = RouteTable::default();
+        for (k, v) in entries {
+            t.insert(
+                RouteKey::parse(k).unwrap(),
+                Route::parse(v.as_bytes()).unwrap(),
+            );
+        }
+        t
+    }
+
+    fn dest(t: &RouteTable, host: &str, scheme: Scheme) -> Option<String> {
+        t.lookup(host, scheme)
+            .map(|r| r.destinations[0].to_string())
+    }
+
+    #[test]
+    fn parses_roo_keys() {
+        let k = RouteKey::parse("com.roo.host:Example.COM:https").unwrap();
+        assert_eq!(
+            (k.host.as_str(), k.port, k.scheme),
+            ("example.com", None, Scheme::Https)
+        );
+        let k = RouteKey::parse("com.roo.host:example.com:8443:https").unwrap();
+        assert_eq!(k.port, Some(8443));
+        // The default port is the same as none.
+        assert_eq!(
+            RouteKey::parse("com.roo.host:example.com:443:https")
+                .unwrap()
+                .port,
+            None
+        );
+        assert_eq!(k.to_string(), "com.roo.host:example.com:8443:https");
+        assert!(RouteKey::parse("com.roo.host:*.example.com:http").is_ok());
+        for bad in [
+            "com.roo.hostexample.com:https",
+            "com.roo.host:example.com:ftp",
+            "com.roo.host:example.com",
+            "com.roo.host:exa mple.com:https",
+            "com.roo.host:-bad.com:https",
+            "com.roo.host:example.com:99999:https",
+            "com.roo.host:example.com:0:https",
+            "com.roo.host::https",
+        ] {
+            assert!(RouteKey::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_destinations() {
+        let r = Route::parse(b"http://tasks.app_web:80").unwrap();
+        assert_eq!(
+            r.destinations[0],
+            Destination {
+                tls: false,
+                host: "tasks.app_web".into(),
+                port: 80
+            }
+        );
+        assert_eq!(
+            Route::parse(b"https://10.0.0.5").unwrap().destinations[0].port,
+            443
+        );
+        let r = Route::parse(br#"{"destinations":["http://a:81","http://b:82/"]}"#).unwrap();
+        assert_eq!(r.destinations.len(), 2);
+        for bad in [
+            &b"tasks.app_web:80"[..],
+            b"http://a:80/path",
+            b"http://a:notaport",
+            b"http://*.a.com:80",
+            b"{\"destinations\":[]}",
+            b"{\"destinations\":[\"ftp://a\"]}",
+            b"{\"other\":1}",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                Route::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn lookup_is_exact_case_insensitive_with_port_fallback() {
+        let t = table(&[
+            ("com.roo.host:example.com:https", "http://web:80"),
+            ("com.roo.host:example.com:8443:https", "http://alt:80"),
+            ("com.roo.host:example.com:http", "http://plain:80"),
+        ]);
+        assert_eq!(
+            dest(&t, "EXAMPLE.com", Scheme::Https).as_deref(),
+            Some("http://web:80")
+        );
+        assert_eq!(
+            dest(&t, "example.com:443", Scheme::Https).as_deref(),
+            Some("http://web:80")
+        );
+        assert_eq!(
+            dest(&t, "example.com.", Scheme::Https).as_deref(),
+            Some("http://web:80")
+        );
+        assert_eq!(
+            dest(&t, "example.com:8443", Scheme::Https).as_deref(),
+            Some("http://alt:80")
+        );
+        // A port with no route of its own falls back to the host's route.
+        assert_eq!(
+            dest(&t, "example.com:9000", Scheme::Https).as_deref(),
+            Some("http://web:80")
+        );
+        assert_eq!(
+            dest(&t, "example.com", Scheme::Http).as_deref(),
+            Some("http://plain:80")
+        );
+        // Exact only: Roo's prefix check let these through.
+        assert_eq!(dest(&t, "example.co", Scheme::Https), None);
+        assert_eq!(dest(&t, "example.com.evil.net", Scheme::Https), None);
+        assert_eq!(dest(&t, "www.example.com", Scheme::Https), None);
+        assert_eq!(dest(&t, "example.com:notaport", Scheme::Https), None);
+    }
+
+    #[test]
+    fn wildcards_match_one_label() {
+        let t = table(&[
+            ("com.roo.host:*.example.com:https", "http://any:80"),
+            ("com.roo.host:api.example.com:https", "http://api:80"),
+        ]);
+        assert_eq!(
+            dest(&t, "www.example.com", Scheme::Https).as_deref(),
+            Some("http://any:80")
+        );
+        assert_eq!(
+            dest(&t, "API.example.com", Scheme::Https).as_deref(),
+            Some("http://api:80")
+        );
+        assert_eq!(dest(&t, "example.com", Scheme::Https), None);
+        assert_eq!(dest(&t, "a.b.example.com", Scheme::Https), None);
+        assert_eq!(dest(&t, "www.example.com", Scheme::Http), None);
+    }
+}

@@ -1,0 +1,478 @@
+//! The proxy over real sockets: upstream servers started here, a node's HTTP and HTTPS
+//! listeners, routes and certificates put in its KV, real TLS and HTTP/2 clients.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use common::{wait_for, Http};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rood::config::Config;
+use rood::node::Node;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+/// An upstream that answers every request with JSON naming itself and what it received.
+async fn upstream(name: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| async move {
+                        let headers: BTreeMap<String, String> = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                            .collect();
+                        let method = req.method().to_string();
+                        let uri = req.uri().to_string();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .unwrap_or(0);
+                        let json = serde_json::json!({"name": name, "method": method, "uri": uri, "headers": headers, "body_len": body});
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(json.to_string()),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A port nothing listens on.
+fn dead_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn node() -> (Node, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        Config::try_parse_from(["rood", "--data-dir", dir.path().to_str().unwrap()]).unwrap();
+    let node = Node::start_on(config, common::listeners("127.0.0.1").await)
+        .await
+        .unwrap();
+    let http = Http::default();
+    common::wait_for_cluster(&http, &[node.api_addr.to_string()], 1).await;
+    (node, dir)
+}
+
+async fn put(node: &Node, key: &str, value: &str) {
+    node.kv
+        .put(key, value.as_bytes().to_vec(), None)
+        .await
+        .unwrap();
+}
+
+/// GET through the node's HTTP listener with a Host header.
+async fn get(http: &Http, node: &Node, host: &str, path: &str) -> common::Reply {
+    http.send(
+        "GET",
+        &format!("http://{}{path}", node.http_addr),
+        &[("host", host)],
+        Bytes::new(),
+    )
+    .await
+    .unwrap()
+}
+
+fn served_by(r: &common::Reply) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["name"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn routes_by_host_wildcard_and_port_and_follows_the_kv() {
+    let (node, _dir) = node().await;
+    let (a, b, c) = (
+        upstream("a").await,
+        upstream("b").await,
+        upstream("c").await,
+    );
+    let http = Http::default();
+    put(&node, "com.roo.host:a.test:http", &format!("http://{a}")).await;
+    put(
+        &node,
+        "com.roo.host:*.wild.test:http",
+        &format!("http://{b}"),
+    )
+    .await;
+    put(
+        &node,
+        "com.roo.host:a.test:8080:http",
+        &format!("http://{c}"),
+    )
+    .await;
+    wait_for("routes to load", Duration::from_secs(5), || async {
+        (get(&http, &node, "a.test", "/").await.status == 200).then_some(())
+    })
+    .await;
+
+    assert_eq!(served_by(&get(&http, &node, "A.Test", "/x").await), "a");
+    assert_eq!(served_by(&get(&http, &node, "a.test:80", "/").await), "a");
+    assert_eq!(served_by(&get(&http, &node, "a.test:8080", "/").await), "c");
+    assert_eq!(served_by(&get(&http, &node, "a.test:9999", "/").await), "a");
+    assert_eq!(served_by(&get(&http, &node, "x.wild.test", "/").await), "b");
+    for unknown in [
+        "wild.test",
+        "y.x.wild.test",
+        "a.tes",
+        "a.test.evil.net",
+        "b.test",
+    ] {
+        let r = get(&http, &node, unknown, "/").await;
+        assert_eq!(r.status, 404, "{unknown}");
+        assert_eq!(r.text().lines().count(), 1, "{unknown}: {}", r.text());
+    }
+    // Path and query reach the upstream as sent.
+    let r = get(&http, &node, "a.test", "/some/path?q=1&r=%20").await;
+    assert_eq!(r.json()["uri"], "/some/path?q=1&r=%20");
+
+    // A route change is live without a restart; a delete removes it.
+    let started = Instant::now();
+    put(&node, "com.roo.host:a.test:http", &format!("http://{b}")).await;
+    wait_for("the route change", Duration::from_secs(1), || async {
+        (served_by(&get(&http, &node, "a.test", "/").await) == "b").then_some(())
+    })
+    .await;
+    eprintln!("route change live after {:?}", started.elapsed());
+    node.kv
+        .delete("com.roo.host:a.test:http", None)
+        .await
+        .unwrap();
+    wait_for("the route removal", Duration::from_secs(1), || async {
+        (get(&http, &node, "a.test", "/").await.status == 404).then_some(())
+    })
+    .await;
+    // A bad route value is refused and does not break the others.
+    put(&node, "com.roo.host:bad.test:http", "not a url").await;
+    put(
+        &node,
+        "com.roo.host:after.test:http",
+        &format!("http://{c}"),
+    )
+    .await;
+    wait_for("the next route", Duration::from_secs(1), || async {
+        (get(&http, &node, "after.test", "/").await.status == 200).then_some(())
+    })
+    .await;
+    assert_eq!(get(&http, &node, "bad.test", "/").await.status, 404);
+    assert_eq!(served_by(&get(&http, &node, "x.wild.test", "/").await), "b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn https_only_hosts_redirect_and_headers_are_forwarded() {
+    let (node, _dir) = node().await;
+    let a = upstream("a").await;
+    let http = Http::default();
+    put(
+        &node,
+        "com.roo.host:secure.test:https",
+        &format!("http://{a}"),
+    )
+    .await;
+    put(
+        &node,
+        "com.roo.host:plain.test:http",
+        &format!("http://{a}"),
+    )
+    .await;
+    wait_for("routes", Duration::from_secs(5), || async {
+        (get(&http, &node, "plain.test", "/").await.status == 200).then_some(())
+    })
+    .await;
+
+    let r = get(&http, &node, "secure.test", "/a/b?c=d").await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.headers["location"], "https://secure.test/a/b?c=d");
+
+    let r = http
+        .send(
+            "GET",
+            &format!("http://{}/h", node.http_addr),
+            &[
+                ("host", "plain.test"),
+                ("x-forwarded-for", "203.0.113.7"),
+                ("connection", "x-drop-me"),
+                ("x-drop-me", "1"),
+                ("x-keep-me", "1"),
+            ],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    let h = &r.json()["headers"];
+    assert_eq!(h["host"], "plain.test");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "plain.test");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    assert_eq!(h["x-keep-me"], "1");
+    assert!(h.get("x-drop-me").is_none(), "{h}");
+
+    // Bad Host headers never reach an upstream.
+    for bad in ["bad host", "a.test:port", ""] {
+        let r = get(&http, &node, bad, "/").await;
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_upstreams_give_502_quickly_and_safe_requests_retry_elsewhere() {
+    let (node, _dir) = node().await;
+    let live = upstream("live").await;
+    let dead = dead_port();
+    let http = Http::default();
+    put(
+        &node,
+        "com.roo.host:dead.test:http",
+        &format!("http://{dead}"),
+    )
+    .await;
+    put(
+        &node,
+        "com.roo.host:two.test:http",
+        &format!(r#"{{"destinations":["http://{dead}","http://{live}"]}}"#),
+    )
+    .await;
+    wait_for("routes", Duration::from_secs(5), || async {
+        (get(&http, &node, "two.test", "/").await.status == 200).then_some(())
+    })
+    .await;
+
+    let started = Instant::now();
+    let r = get(&http, &node, "dead.test", "/").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "502 took {:?}",
+        started.elapsed()
+    );
+
+    // Every GET succeeds: a refused connection is retried on the other address, and the dead one
+    // is ejected for a while.
+    for _ in 0..20 {
+        assert_eq!(served_by(&get(&http, &node, "two.test", "/").await), "live");
+    }
+}
+
+/// A test CA and certificates it signs.
+struct Ca {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        Ca { issuer }
+    }
+
+    /// The stored JSON of a certificate for `names`, and its DER.
+    fn leaf(&self, names: &[&str]) -> (String, CertificateDer<'static>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let json = serde_json::json!({"cert_pem": cert.pem(), "key_pem": key.serialize_pem(), "source": "manual"});
+        (json.to_string(), cert.der().clone())
+    }
+
+    fn client(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn handshake(ca: &Ca, addr: SocketAddr, sni: &str, alpn: &[&[u8]]) -> Result<Tls, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+    ca.client(alpn)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn leaf_of(tls: &Tls) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_picks_the_certificate_by_sni_and_serves_h2_and_replacements() {
+    let (node, _dir) = node().await;
+    let a = upstream("a").await;
+    let ca = Ca::new();
+    let (a_json, a_der) = ca.leaf(&["a.test"]);
+    let (w_json, w_der) = ca.leaf(&["*.wild.test"]);
+    put(&node, "com.roo.cert:a.test", &a_json).await;
+    put(&node, "com.roo.cert:*.wild.test", &w_json).await;
+    put(&node, "com.roo.host:a.test:https", &format!("http://{a}")).await;
+    put(
+        &node,
+        "com.roo.host:x.wild.test:https",
+        &format!("http://{a}"),
+    )
+    .await;
+    // A broken certificate value is refused without touching the others.
+    put(
+        &node,
+        "com.roo.cert:broken.test",
+        r#"{"cert_pem":"nope","key_pem":"nope"}"#,
+    )
+    .await;
+    let addr = node.https_addr;
+    wait_for("certificates to load", Duration::from_secs(5), || async {
+        handshake(&ca, addr, "x.wild.test", &[]).await.ok()
+    })
+    .await;
+
+    let tls = handshake(&ca, addr, "a.test", &[]).await.unwrap();
+    assert_eq!(leaf_of(&tls), a_der);
+    assert_eq!(
+        leaf_of(&handshake(&ca, addr, "x.wild.test", &[]).await.unwrap()),
+        w_der
+    );
+    for unknown in ["unknown.test", "wild.test", "broken.test"] {
+        assert!(
+            handshake(&ca, addr, unknown, &[]).await.is_err(),
+            "{unknown}"
+        );
+    }
+
+    // HTTP/2 by ALPN, routed by :authority.
+    let tls = handshake(&ca, addr, "a.test", &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("https://a.test/over-h2")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["uri"], "/over-h2");
+    assert_eq!(body["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(body["headers"]["host"], "a.test");
+
+    // HTTP/1.1 over TLS too.
+    let tls = handshake(&ca, addr, "a.test", &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/over-h1")
+        .header("host", "a.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(h1.send_request(req).await.unwrap().status(), 200);
+
+    // A certificate replaced in the KV is served on the next handshake.
+    let (a2_json, a2_der) = ca.leaf(&["a.test"]);
+    assert_ne!(a2_der, a_der);
+    put(&node, "com.roo.cert:a.test", &a2_json).await;
+    wait_for("the new certificate", Duration::from_secs(1), || async {
+        let tls = handshake(&ca, addr, "a.test", &[]).await.ok()?;
+        (leaf_of(&tls) == a2_der).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn route_flips_under_load_fail_no_request() {
+    let (node, _dir) = node().await;
+    let (a, b) = (upstream("a").await, upstream("b").await);
+    let http = Http::default();
+    put(&node, "com.roo.host:load.test:http", &format!("http://{a}")).await;
+    wait_for("route", Duration::from_secs(5), || async {
+        (get(&http, &node, "load.test", "/").await.status == 200).then_some(())
+    })
+    .await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = format!("http://{}/", node.http_addr);
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let (http, url, stop) = (http.clone(), url.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut names) = (0, Vec::new(), std::collections::HashSet::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http
+                    .send("GET", &url, &[("host", "load.test")], Bytes::new())
+                    .await
+                {
+                    Ok(r) if r.status == 200 => {
+                        ok += 1;
+                        names.insert(r.json()["name"].as_str().unwrap().to_string());
+                    }
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed, names)
+        }));
+    }
+    for i in 0..10 {
+        let to = if i % 2 == 0 { b } else { a };
+        put(
+            &node,
+            "com.roo.host:load.test:http",
+            &format!("http://{to}"),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut total, mut seen) = (0, std::collections::HashSet::new());
+    for c in clients {
+        let (ok, failed, names) = c.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        total += ok;
+        seen.extend(names);
+    }
+    assert!(total > 100, "only {total} requests");
+    assert_eq!(seen.len(), 2, "both upstreams served: {seen:?}");
+}
