@@ -35,6 +35,14 @@ pub struct Config {
     #[arg(long, env = "ROO_UPSTREAM_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub upstream_timeout_ms: u64,
 
+    /// Most client connections open at once on the proxy listeners; more get 503.
+    #[arg(long, env = "ROO_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Largest request header section accepted, in bytes (more: 431). At least 8192.
+    #[arg(long, env = "ROO_MAX_HEADER_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(8192..))]
+    pub max_header_bytes: u32,
+
     /// Address peers use to reach this node's API. Default: the API address if it names an IP,
     /// else this host's first non-loopback IP with the API port.
     #[arg(long, env = "ROO_ADVERTISE")]

@@ -129,6 +129,10 @@ impl Node {
                 crate::dns::resolver(config.resolver, Duration::from_secs(30))?,
                 Duration::from_millis(config.upstream_timeout_ms),
             ),
+            limits: proxy::Limits {
+                max_connections: config.max_connections as usize,
+                max_header_bytes: config.max_header_bytes as usize,
+            },
         });
         let api = Api {
             kv: kv.clone(),

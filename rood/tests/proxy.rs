@@ -476,3 +476,214 @@ async fn route_flips_under_load_fail_no_request() {
     assert!(total > 100, "only {total} requests");
     assert_eq!(seen.len(), 2, "both upstreams served: {seen:?}");
 }
+
+/// A WebSocket upstream that echoes every message, prefixed with its name.
+async fn ws_upstream(name: &'static str) -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() {
+                        let reply = format!("{name}:{}", msg.to_text().unwrap_or_default());
+                        if ws
+                            .send(tokio_tungstenite::tungstenite::Message::text(reply))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websockets_pass_through_and_survive_route_changes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (node, _dir) = node().await;
+    let (a, b) = (ws_upstream("a").await, ws_upstream("b").await);
+    put(&node, "com.roo.host:ws.test:http", &format!("http://{a}")).await;
+    let proxy = node.http_addr;
+    let connect = || async move {
+        let tcp = tokio::net::TcpStream::connect(proxy).await.ok()?;
+        let (ws, resp) = tokio_tungstenite::client_async("ws://ws.test/chat", tcp)
+            .await
+            .ok()?;
+        (resp.status() == 101).then_some(ws)
+    };
+    let mut ws = wait_for(
+        "a websocket through the proxy",
+        Duration::from_secs(5),
+        connect,
+    )
+    .await;
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().to_text().unwrap(),
+        "a:hello"
+    );
+
+    // The route moves; the open socket stays with its upstream, new ones go to the new one.
+    put(&node, "com.roo.host:ws.test:http", &format!("http://{b}")).await;
+    let mut fresh = wait_for(
+        "a websocket to the new upstream",
+        Duration::from_secs(2),
+        || async {
+            let mut ws = connect().await?;
+            ws.send(Message::text("x")).await.ok()?;
+            let reply = ws.next().await?.ok()?;
+            (reply.to_text().ok()? == "b:x").then_some(ws)
+        },
+    )
+    .await;
+    for i in 0..20 {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap().to_text().unwrap(),
+            format!("a:m{i}")
+        );
+    }
+    fresh.send(Message::text("y")).await.unwrap();
+    assert_eq!(
+        fresh.next().await.unwrap().unwrap().to_text().unwrap(),
+        "b:y"
+    );
+}
+
+/// Sends raw bytes on a new connection and reads the answer's status line.
+async fn raw_status(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut buf = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("an answer within 5s")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_requests_never_reach_an_upstream() {
+    let (node, _dir) = node().await;
+    let a = upstream("a").await;
+    put(&node, "com.roo.host:a.test:http", &format!("http://{a}")).await;
+    let http = Http::default();
+    wait_for("route", Duration::from_secs(5), || async {
+        (get(&http, &node, "a.test", "/").await.status == 200).then_some(())
+    })
+    .await;
+    let addr = node.http_addr;
+    let ok = raw_status(addr, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(70_000)
+    );
+    let cases: Vec<(&[u8], &str)> = vec![
+        (b"GET / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", "400"),
+        (b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n", "400"),
+        (b"GET / HTTP/1.1\r\n\r\n", "400"),
+        (b"GET / HTTP/1.1\r\nHost: a test\r\n\r\n", "400"),
+        (b"NOT HTTP AT ALL\r\n\r\n", "400"),
+        (big.as_bytes(), "431"),
+    ];
+    // Content-Length with Transfer-Encoding: hyper drops the length (RFC 9112 6.1) and the
+    // request goes on re-framed, so no conflicting framing reaches the upstream.
+    let answer = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = b"POST / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        tcp.write_all(req).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let json: serde_json::Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(json["headers"].get("content-length").is_none(), "{json}");
+    assert_eq!(json["body_len"], 5);
+    for (req, want) in cases {
+        let status = raw_status(addr, req).await;
+        assert!(
+            status.starts_with(&format!("HTTP/1.1 {want}")),
+            "{:?} -> {status}",
+            String::from_utf8_lossy(&req[..req.len().min(80)])
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_over_the_limit_get_503() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::try_parse_from([
+        "rood",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--max-connections",
+        "2",
+    ])
+    .unwrap();
+    let node = Node::start_on(config, common::listeners("127.0.0.1").await)
+        .await
+        .unwrap();
+    let http = Http::default();
+    common::wait_for_cluster(&http, &[node.api_addr.to_string()], 1).await;
+    let a = upstream("a").await;
+    put(&node, "com.roo.host:a.test:http", &format!("http://{a}")).await;
+    let addr = node.http_addr;
+    // Two keep-alive connections that stay open.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = wait_for(
+            "a routed keep-alive connection",
+            Duration::from_secs(5),
+            || async {
+                let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+                tcp.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                    .await
+                    .ok()?;
+                let mut buf = vec![0; 4096];
+                let n = tcp.read(&mut buf).await.ok()?;
+                String::from_utf8_lossy(&buf[..n])
+                    .starts_with("HTTP/1.1 200")
+                    .then_some(tcp)
+            },
+        )
+        .await;
+        tcp.write_all(b"").await.unwrap();
+        held.push(tcp);
+    }
+    let status = raw_status(addr, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+    drop(held.pop());
+    wait_for("a free slot", Duration::from_secs(5), || async {
+        raw_status(addr, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
+    })
+    .await;
+}

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -11,13 +11,28 @@ use super::upstream::UpstreamBody;
 use super::{ConnInfo, ProxyError, ProxyState};
 use crate::routes::Route;
 
+/// Whether a request asks to switch protocols (WebSocket and the like).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(http::header::UPGRADE)
+        && req
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
 /// Sends `req` to one of the route's addresses; on a refused connection of a request that is
-/// safe to send again (idempotent, no body), once more to another address.
+/// safe to send again (idempotent, no body), once more to another address. An upgrade that the
+/// upstream accepts (101) becomes a tunnel between client and upstream, on its own task: it
+/// stays open whatever happens to the route afterwards.
 pub async fn forward(
     state: &ProxyState,
     route: &Route,
     host: &str,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     info: ConnInfo,
 ) -> Result<(Response<Incoming>, SocketAddr), ProxyError> {
     if route.destinations.iter().any(|d| d.tls) {
@@ -26,8 +41,10 @@ pub async fn forward(
         ));
     }
     let addrs = state.upstreams.resolve(&route.destinations).await?;
+    let upgrade = is_upgrade(&req);
+    let mut client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, false);
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarded(&mut parts.headers, info.peer.ip(), info.scheme, host);
     parts.version = Version::HTTP_11;
     let path = parts
@@ -64,7 +81,15 @@ pub async fn forward(
         )
         .await;
         let error = match sent {
-            Ok(Ok(resp)) => return Ok((resp, addr)),
+            Ok(Ok(mut resp)) => {
+                if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) =
+                    (client_upgrade.take(), resp.status())
+                {
+                    let upstream = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(tunnel(client, upstream, addr));
+                }
+                return Ok((resp, addr));
+            }
             Err(_) => ProxyError::Timeout {
                 addr: addr.to_string(),
                 secs: state.upstreams.timeout.as_secs(),
@@ -86,5 +111,27 @@ pub async fn forward(
         }
         tracing::debug!(error = %error, "retrying on another address");
         tried = Some(addr);
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and its upstream until either
+/// side closes.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    addr: SocketAddr,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(%addr, error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(%addr, up, down, "tunnel closed"),
+        Err(e) => tracing::debug!(%addr, error = %e, "tunnel closed"),
     }
 }

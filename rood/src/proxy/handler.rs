@@ -23,6 +23,17 @@ pub async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    if info.over_limit {
+        let mut resp = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections\n".into(),
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    }
     let host = request_host(&req);
     let (resp, upstream) = match host {
         Ok(host) => match route(state, req, info, &host).await {
@@ -60,7 +71,10 @@ async fn route(
     drop(routes);
     let (resp, addr) = forward::forward(state, &route, host, req, info).await?;
     let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, false);
+    headers::strip_hop_by_hop(
+        &mut parts.headers,
+        parts.status == StatusCode::SWITCHING_PROTOCOLS,
+    );
     Ok((
         Response::from_parts(parts, body.boxed()),
         Some(addr.to_string()),
@@ -69,6 +83,9 @@ async fn route(
 
 /// The host a request is for: HTTP/2's `:authority`, else the Host header; checked.
 fn request_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return Err(ProxyError::BadRequest("more than one Host header".into()));
+    }
     let raw = match req.uri().authority() {
         Some(a) => a.as_str().to_string(),
         None => req
@@ -107,7 +124,13 @@ fn error_response(e: &ProxyError) -> Response<ProxyBody> {
     if status.is_server_error() {
         tracing::warn!(error = %e, %status, "proxy error");
     }
-    text(status, format!("{e}\n"))
+    let mut resp = text(status, format!("{e}\n"));
+    if status == StatusCode::BAD_REQUEST {
+        // The request's framing may be wrong too: do not read another one from this connection.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {

@@ -38,6 +38,16 @@ const DRAIN: Duration = Duration::from_secs(10);
 pub struct ProxyState {
     pub tables: Arc<Tables>,
     pub upstreams: upstream::Upstreams,
+    pub limits: Limits,
+}
+
+/// Bounds on what clients may hold or send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once on each listener; beyond, every request gets 503.
+    pub max_connections: usize,
+    /// Largest request header section, in bytes; beyond, 431.
+    pub max_header_bytes: usize,
 }
 
 /// Who a request came from and on which listener.
@@ -45,14 +55,17 @@ pub struct ProxyState {
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub scheme: Scheme,
+    /// The connection is over [`Limits::max_connections`]: answer 503 and close.
+    pub over_limit: bool,
 }
 
-fn builder() -> auto::Builder<TokioExecutor> {
+fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(limits.max_header_bytes);
     builder.http2().timer(TokioTimer::new());
     builder
 }
@@ -88,7 +101,8 @@ async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
-    let builder = Arc::new(builder());
+    let builder = Arc::new(builder(state.limits));
+    let slots = Arc::new(tokio::sync::Semaphore::new(state.limits.max_connections));
     let graceful = GracefulShutdown::new();
     let scheme = if tls.is_some() {
         Scheme::Https
@@ -108,7 +122,13 @@ async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo { peer, scheme };
+        // Held for the connection's life; None: over the limit.
+        let slot = slots.clone().try_acquire_owned().ok();
+        let info = ConnInfo {
+            peer,
+            scheme,
+            over_limit: slot.is_none(),
+        };
         let state = state.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
@@ -145,6 +165,7 @@ async fn serve(
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "client connection");
             }
+            drop(slot);
         });
     }
     drop(listener);
