@@ -95,6 +95,16 @@ async fn get(http: &Http, node: &Node, host: &str, path: &str) -> common::Reply 
     .unwrap()
 }
 
+/// Waits until `host` is routed (its route loaded from the KV).
+async fn wait_routed(http: &Http, node: &Node, host: &str) {
+    wait_for(
+        &format!("a route for {host}"),
+        Duration::from_secs(5),
+        || async { (get(http, node, host, "/").await.status == 200).then_some(()) },
+    )
+    .await;
+}
+
 fn served_by(r: &common::Reply) -> String {
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()["name"].as_str().unwrap().to_string()
@@ -122,10 +132,7 @@ async fn routes_by_host_wildcard_and_port_and_follows_the_kv() {
         &format!("http://{c}"),
     )
     .await;
-    wait_for("routes to load", Duration::from_secs(5), || async {
-        (get(&http, &node, "a.test", "/").await.status == 200).then_some(())
-    })
-    .await;
+    wait_routed(&http, &node, "a.test").await;
 
     assert_eq!(served_by(&get(&http, &node, "A.Test", "/x").await), "a");
     assert_eq!(served_by(&get(&http, &node, "a.test:80", "/").await), "a");
@@ -196,10 +203,7 @@ async fn https_only_hosts_redirect_and_headers_are_forwarded() {
         &format!("http://{a}"),
     )
     .await;
-    wait_for("routes", Duration::from_secs(5), || async {
-        (get(&http, &node, "plain.test", "/").await.status == 200).then_some(())
-    })
-    .await;
+    wait_routed(&http, &node, "plain.test").await;
 
     let r = get(&http, &node, "secure.test", "/a/b?c=d").await;
     assert_eq!(r.status, 308);
@@ -254,10 +258,7 @@ async fn dead_upstreams_give_502_quickly_and_safe_requests_retry_elsewhere() {
         &format!(r#"{{"destinations":["http://{dead}","http://{live}"]}}"#),
     )
     .await;
-    wait_for("routes", Duration::from_secs(5), || async {
-        (get(&http, &node, "two.test", "/").await.status == 200).then_some(())
-    })
-    .await;
+    wait_routed(&http, &node, "two.test").await;
 
     let started = Instant::now();
     let r = get(&http, &node, "dead.test", "/").await;
@@ -429,10 +430,7 @@ async fn route_flips_under_load_fail_no_request() {
     let (a, b) = (upstream("a").await, upstream("b").await);
     let http = Http::default();
     put(&node, "com.roo.host:load.test:http", &format!("http://{a}")).await;
-    wait_for("route", Duration::from_secs(5), || async {
-        (get(&http, &node, "load.test", "/").await.status == 200).then_some(())
-    })
-    .await;
+    wait_routed(&http, &node, "load.test").await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let url = format!("http://{}/", node.http_addr);
     let mut clients = Vec::new();
@@ -586,10 +584,7 @@ async fn malformed_requests_never_reach_an_upstream() {
     let a = upstream("a").await;
     put(&node, "com.roo.host:a.test:http", &format!("http://{a}")).await;
     let http = Http::default();
-    wait_for("route", Duration::from_secs(5), || async {
-        (get(&http, &node, "a.test", "/").await.status == 200).then_some(())
-    })
-    .await;
+    wait_routed(&http, &node, "a.test").await;
     let addr = node.http_addr;
     let ok = raw_status(addr, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");

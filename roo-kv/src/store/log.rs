@@ -62,6 +62,20 @@ impl LogStore {
     }
 }
 
+impl LogStore {
+    /// Removes the entries in `range` (of index keys), in one batch.
+    fn remove<R: RangeBounds<[u8; 8]>>(&self, range: R) -> Result<(), StorageError<NodeId>> {
+        let mut batch = sled::Batch::default();
+        for kv in self.log.range(range) {
+            let (k, _) = kv.map_err(|e| io_err(StorageIOError::write_logs, e))?;
+            batch.remove(k);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_err(StorageIOError::write_logs, e))
+    }
+}
+
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
@@ -166,14 +180,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         tracing::debug!(%log_id, "truncating log");
-        let mut batch = sled::Batch::default();
-        for kv in self.log.range(index_key(log_id.index)..) {
-            let (k, _) = kv.map_err(|e| io_err(StorageIOError::write_logs, e))?;
-            batch.remove(k);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+        self.remove(index_key(log_id.index)..)?;
         self.flush(StorageIOError::write_logs).await
     }
 
@@ -183,14 +190,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // before the entries go.
         self.flush(StorageIOError::write_logs).await?;
         self.put_meta(LAST_PURGED, &log_id)?;
-        let mut batch = sled::Batch::default();
-        for kv in self.log.range(..=index_key(log_id.index)) {
-            let (k, _) = kv.map_err(|e| io_err(StorageIOError::write_logs, e))?;
-            batch.remove(k);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+        self.remove(..=index_key(log_id.index))?;
         self.flush(StorageIOError::write_logs).await
     }
 }
