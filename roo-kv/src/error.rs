@@ -24,8 +24,6 @@ pub enum KvError {
         reason: String,
         retry_after: Duration,
     },
-    #[error("unauthorized: {0}")]
-    Unauthorized(String),
     #[error("peer {addr}: {reason}")]
     Peer { addr: String, reason: String },
     #[error("storage: {0}")]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -584,13 +584,6 @@ impl Kv {
                 e => RpcError::Unavailable(e.to_string()),
             })?;
         Ok(())
-    }
-
-    /// Whether this node is the raft leader now.
-    pub fn is_leader(&self) -> bool {
-        let m = self.inner.raft.metrics();
-        let m = m.borrow();
-        m.state == ServerState::Leader
     }
 }
 

@@ -248,15 +248,6 @@ impl RouteTable {
         self.routes.is_empty()
     }
 
-    /// Whether any route of `scheme` names `host` exactly (wildcards not included): the hosts
-    /// allowed to get a certificate.
-    pub fn hosts(&self, scheme: Scheme) -> impl Iterator<Item = &str> {
-        self.routes
-            .keys()
-            .filter(move |k| k.scheme == scheme)
-            .map(|k| k.host.as_str())
-    }
-
     /// The route for a request to `host` (as in the Host header, maybe with a port) arriving on
     /// `scheme`: `host:port:scheme` first, then `host:scheme`, then the wildcard one label up.
     pub fn lookup(&self, host: &str, scheme: Scheme) -> Option<&Arc<Route>> {

@@ -43,7 +43,6 @@ impl ApiError {
                 KvError::Conflict { .. } => StatusCode::CONFLICT,
                 KvError::Compacted { .. } => StatusCode::GONE,
                 KvError::Unavailable { .. } | KvError::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
-                KvError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
                 KvError::Peer { .. } => StatusCode::BAD_GATEWAY,
                 KvError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },

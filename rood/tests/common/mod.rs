@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -304,8 +303,4 @@ pub async fn process_cluster(dir: &Path, n: usize, extra: &[&str]) -> Vec<Proc> 
     }
     wait_for_cluster(&http, &addrs, n).await;
     procs
-}
-
-pub fn socket(addr: &str) -> SocketAddr {
-    addr.parse().unwrap()
 }
