@@ -189,11 +189,14 @@ impl Destination {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub destinations: Vec<Destination>,
+    /// Speak HTTP/2 without TLS (prior knowledge) to the upstream: gRPC servers.
+    pub h2c: bool,
 }
 
 impl Route {
     /// Parses a route value: Roo's destination URL, or the JSON form
-    /// `{"destinations":["http://a:80","http://b:80"]}`.
+    /// `{"destinations":["http://a:80","http://b:80"],"protocol":"h2c"}` (`protocol`: `http1`,
+    /// the default, or `h2c` for gRPC upstreams).
     pub fn parse(value: &[u8]) -> Result<Route, RouteError> {
         let text = std::str::from_utf8(value)
             .map_err(|_| RouteError::InvalidDestination("<binary>".into(), "not UTF-8".into()))?
@@ -203,6 +206,8 @@ impl Route {
             #[serde(deny_unknown_fields)]
             struct Json {
                 destinations: Vec<String>,
+                #[serde(default)]
+                protocol: Option<String>,
             }
             let json: Json = serde_json::from_str(text)
                 .map_err(|e| RouteError::InvalidDestination(text.to_string(), e.to_string()))?;
@@ -217,10 +222,21 @@ impl Route {
                 .iter()
                 .map(|d| Destination::parse(d))
                 .collect::<Result<_, _>>()?;
-            return Ok(Route { destinations });
+            let h2c = match json.protocol.as_deref() {
+                None | Some("http1") => false,
+                Some("h2c") => true,
+                Some(other) => {
+                    return Err(RouteError::InvalidDestination(
+                        text.to_string(),
+                        format!("protocol {other:?}: use http1 or h2c"),
+                    ))
+                }
+            };
+            return Ok(Route { destinations, h2c });
         }
         Ok(Route {
             destinations: vec![Destination::parse(text)?],
+            h2c: false,
         })
     }
 }
@@ -353,7 +369,11 @@ mod tests {
             443
         );
         let r = Route::parse(br#"{"destinations":["http://a:81","http://b:82/"]}"#).unwrap();
-        assert_eq!(r.destinations.len(), 2);
+        assert_eq!((r.destinations.len(), r.h2c), (2, false));
+        let r =
+            Route::parse(br#"{"destinations":["http://grpc:50051"],"protocol":"h2c"}"#).unwrap();
+        assert!(r.h2c);
+        assert!(Route::parse(br#"{"destinations":["http://a"],"protocol":"spdy"}"#).is_err());
         for bad in [
             &b"tasks.app_web:80"[..],
             b"http://a:80/path",

@@ -682,3 +682,104 @@ async fn connections_over_the_limit_get_503() {
     })
     .await;
 }
+
+/// An h2c (HTTP/2, no TLS) upstream answering like a gRPC server: the request body echoed, then
+/// a `grpc-status` trailer.
+async fn h2c_upstream() -> SocketAddr {
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let te = req
+                        .headers()
+                        .get("te")
+                        .map(|v| v.to_str().unwrap_or("").to_string());
+                    let version = format!("{:?}", req.version());
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    trailers.insert(
+                        "x-upstream-version",
+                        http::HeaderValue::from_str(&version).unwrap(),
+                    );
+                    if let Some(te) = te {
+                        trailers.insert("x-seen-te", http::HeaderValue::from_str(&te).unwrap());
+                    }
+                    let frames = futures_util::stream::iter(vec![
+                        Ok::<_, std::convert::Infallible>(Frame::data(body)),
+                        Ok(Frame::trailers(trailers)),
+                    ]);
+                    let mut resp = http::Response::new(http_body_util::StreamBody::new(frames));
+                    resp.headers_mut().insert(
+                        "content-type",
+                        http::HeaderValue::from_static("application/grpc"),
+                    );
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_style_h2_requests_reach_an_h2c_upstream_with_trailers() {
+    let (node, _dir) = node().await;
+    let grpc = h2c_upstream().await;
+    let ca = Ca::new();
+    let (cert, _) = ca.leaf(&["grpc.test"]);
+    put(&node, "com.roo.cert:grpc.test", &cert).await;
+    put(
+        &node,
+        "com.roo.host:grpc.test:https",
+        &format!(r#"{{"destinations":["http://{grpc}"],"protocol":"h2c"}}"#),
+    )
+    .await;
+    let addr = node.https_addr;
+    let tls = wait_for("the certificate", Duration::from_secs(5), || async {
+        handshake(&ca, addr, "grpc.test", &[b"h2"]).await.ok()
+    })
+    .await;
+    let (h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let message = Bytes::from_static(b"\x00\x00\x00\x00\x05hello");
+    for _ in 0..3 {
+        let req = http::Request::post("https://grpc.test/echo.Echo/Say")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(message.clone()))
+            .unwrap();
+        let resp = wait_for("the h2c route", Duration::from_secs(5), || {
+            let mut h2 = h2.clone();
+            let req = req.clone();
+            async move {
+                let resp = h2.send_request(req).await.ok()?;
+                (resp.status() == 200).then_some(resp)
+            }
+        })
+        .await;
+        assert_eq!(resp.headers()["content-type"], "application/grpc");
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["x-upstream-version"], "HTTP/2.0");
+        assert_eq!(trailers["x-seen-te"], "trailers");
+        assert_eq!(collected.to_bytes(), message);
+    }
+}

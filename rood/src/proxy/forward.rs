@@ -41,12 +41,32 @@ pub async fn forward(
         ));
     }
     let addrs = state.upstreams.resolve(&route.destinations).await?;
-    let upgrade = is_upgrade(&req);
+    let upgrade = is_upgrade(&req) && !route.h2c;
+    // gRPC needs `te: trailers`, which is hop-by-hop but allowed on HTTP/2.
+    let wants_trailers = route.h2c
+        && req
+            .headers()
+            .get(http::header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let mut client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarded(&mut parts.headers, info.peer.ip(), info.scheme, host);
-    parts.version = Version::HTTP_11;
+    parts.version = if route.h2c {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    if wants_trailers {
+        parts
+            .headers
+            .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
+    let client = if route.h2c {
+        &state.upstreams.h2c
+    } else {
+        &state.upstreams.client
+    };
     let path = parts
         .uri
         .path_and_query()
@@ -75,11 +95,8 @@ pub async fn forward(
         };
         let mut upstream_req = Request::from_parts(parts.clone(), upstream_body);
         *upstream_req.uri_mut() = uri;
-        let sent = tokio::time::timeout(
-            state.upstreams.timeout,
-            state.upstreams.client.request(upstream_req),
-        )
-        .await;
+        let sent =
+            tokio::time::timeout(state.upstreams.timeout, client.request(upstream_req)).await;
         let error = match sent {
             Ok(Ok(mut resp)) => {
                 if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) =

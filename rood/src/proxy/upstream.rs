@@ -29,6 +29,9 @@ pub struct Upstreams {
     resolver: TokioResolver,
     /// Pooled keep-alive HTTP/1.1 connections, one pool per address.
     pub(super) client: Client<HttpConnector, UpstreamBody>,
+    /// HTTP/2 over plain TCP (prior knowledge), for `h2c` routes: one multiplexed connection
+    /// per address.
+    pub(super) h2c: Client<HttpConnector, UpstreamBody>,
     /// Addresses left out until the given time. A plain lock: held for a lookup, never across
     /// an await.
     ejected: Mutex<HashMap<SocketAddr, Instant>>,
@@ -45,10 +48,15 @@ impl Upstreams {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
+            .build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .http2_only(true)
             .build(connector);
         Upstreams {
             resolver,
             client,
+            h2c,
             ejected: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
             timeout,
