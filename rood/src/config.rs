@@ -35,6 +35,10 @@ pub struct Config {
     #[arg(long, env = "ROO_UPSTREAM_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub upstream_timeout_ms: u64,
 
+    /// More CA certificates (PEM) to trust for TLS upstreams, besides the system's.
+    #[arg(long, env = "ROO_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
+
     /// Most client connections open at once on the proxy listeners; more get 503.
     #[arg(long, env = "ROO_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,

@@ -32,6 +32,8 @@ pub enum StartError {
     Kv(#[from] roo_kv::KvError),
     #[error(transparent)]
     Dns(#[from] crate::dns::DnsError),
+    #[error(transparent)]
+    Upstream(#[from] crate::proxy::upstream::UpstreamError),
 }
 
 /// The bound sockets of a node.
@@ -128,7 +130,8 @@ impl Node {
             upstreams: Upstreams::new(
                 crate::dns::resolver(config.resolver, Duration::from_secs(30))?,
                 Duration::from_millis(config.upstream_timeout_ms),
-            ),
+                config.upstream_ca_file.as_deref(),
+            )?,
             limits: proxy::Limits {
                 max_connections: config.max_connections as usize,
                 max_header_bytes: config.max_header_bytes as usize,

@@ -191,12 +191,23 @@ pub struct Route {
     pub destinations: Vec<Destination>,
     /// Speak HTTP/2 without TLS (prior knowledge) to the upstream: gRPC servers.
     pub h2c: bool,
+    /// Check the certificate of `https://` destinations (the default). Off only when the JSON
+    /// form says `"tls_verify": false`.
+    pub tls_verify: bool,
+}
+
+impl Route {
+    /// Whether the destinations are reached over TLS.
+    pub fn tls(&self) -> bool {
+        self.destinations.first().is_some_and(|d| d.tls)
+    }
 }
 
 impl Route {
     /// Parses a route value: Roo's destination URL, or the JSON form
-    /// `{"destinations":["http://a:80","http://b:80"],"protocol":"h2c"}` (`protocol`: `http1`,
-    /// the default, or `h2c` for gRPC upstreams).
+    /// `{"destinations":["http://a:80","http://b:80"],"protocol":"h2c","tls_verify":false}`
+    /// (`protocol`: `http1`, the default, or `h2c` for gRPC upstreams; `tls_verify`: true by
+    /// default, for `https://` destinations).
     pub fn parse(value: &[u8]) -> Result<Route, RouteError> {
         let text = std::str::from_utf8(value)
             .map_err(|_| RouteError::InvalidDestination("<binary>".into(), "not UTF-8".into()))?
@@ -208,6 +219,11 @@ impl Route {
                 destinations: Vec<String>,
                 #[serde(default)]
                 protocol: Option<String>,
+                #[serde(default = "yes")]
+                tls_verify: bool,
+            }
+            fn yes() -> bool {
+                true
             }
             let json: Json = serde_json::from_str(text)
                 .map_err(|e| RouteError::InvalidDestination(text.to_string(), e.to_string()))?;
@@ -232,11 +248,29 @@ impl Route {
                     ))
                 }
             };
-            return Ok(Route { destinations, h2c });
+            let route = Route {
+                destinations,
+                h2c,
+                tls_verify: json.tls_verify,
+            };
+            if route.destinations.iter().any(|d| d.tls != route.tls()) {
+                return Err(RouteError::InvalidDestination(
+                    text.to_string(),
+                    "destinations mix http:// and https://".into(),
+                ));
+            }
+            if route.h2c && route.tls() {
+                return Err(RouteError::InvalidDestination(
+                    text.to_string(),
+                    "h2c is HTTP/2 without TLS: use http:// destinations".into(),
+                ));
+            }
+            return Ok(route);
         }
         Ok(Route {
             destinations: vec![Destination::parse(text)?],
             h2c: false,
+            tls_verify: true,
         })
     }
 }
@@ -374,6 +408,11 @@ mod tests {
             Route::parse(br#"{"destinations":["http://grpc:50051"],"protocol":"h2c"}"#).unwrap();
         assert!(r.h2c);
         assert!(Route::parse(br#"{"destinations":["http://a"],"protocol":"spdy"}"#).is_err());
+        assert!(Route::parse(b"https://secure:8443").unwrap().tls_verify);
+        let r = Route::parse(br#"{"destinations":["https://a"],"tls_verify":false}"#).unwrap();
+        assert!(r.tls() && !r.tls_verify);
+        assert!(Route::parse(br#"{"destinations":["https://a","http://b"]}"#).is_err());
+        assert!(Route::parse(br#"{"destinations":["https://a"],"protocol":"h2c"}"#).is_err());
         for bad in [
             &b"tasks.app_web:80"[..],
             b"http://a:80/path",

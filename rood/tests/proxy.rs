@@ -16,10 +16,35 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rood::config::Config;
 use rood::node::Node;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-/// An upstream that answers every request with JSON naming itself and what it received.
-async fn upstream(name: &'static str) -> SocketAddr {
+/// The answer of the test upstreams: JSON naming the upstream and what it received.
+async fn echo(
+    name: &'static str,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
+    let headers: BTreeMap<String, String> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    let json = serde_json::json!({"name": name, "method": method, "uri": uri, "headers": headers, "body_len": body});
+    Ok(http::Response::new(Full::new(Bytes::from(
+        json.to_string(),
+    ))))
+}
+
+/// An upstream that answers every request with [`echo`], over TLS when `tls` is given.
+async fn serve_upstream(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -27,35 +52,27 @@ async fn upstream(name: &'static str) -> SocketAddr {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let service = service_fn(
-                    move |req: http::Request<hyper::body::Incoming>| async move {
-                        let headers: BTreeMap<String, String> = req
-                            .headers()
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                            .collect();
-                        let method = req.method().to_string();
-                        let uri = req.uri().to_string();
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes().len())
-                            .unwrap_or(0);
-                        let json = serde_json::json!({"name": name, "method": method, "uri": uri, "headers": headers, "body_len": body});
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from(json.to_string()),
-                        )))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let service = service_fn(move |req| echo(name, req));
+                let http = hyper::server::conn::http1::Builder::new();
+                let _ = match tls {
+                    None => http.serve_connection(TokioIo::new(stream), service).await,
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        http.serve_connection(TokioIo::new(stream), service).await
+                    }
+                };
             });
         }
     });
     addr
+}
+
+async fn upstream(name: &'static str) -> SocketAddr {
+    serve_upstream(name, None).await
 }
 
 /// A port nothing listens on.
@@ -782,4 +799,98 @@ async fn grpc_style_h2_requests_reach_an_h2c_upstream_with_trailers() {
         assert_eq!(trailers["x-seen-te"], "trailers");
         assert_eq!(collected.to_bytes(), message);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_upstreams_are_verified_unless_the_route_opts_out() {
+    let ca = Ca::new();
+    let (leaf, _) = ca.leaf(&["127.0.0.1"]);
+    let leaf: serde_json::Value = serde_json::from_str(&leaf).unwrap();
+    let chain = CertificateDer::pem_slice_iter(leaf["cert_pem"].as_str().unwrap().as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(
+        leaf["key_pem"].as_str().unwrap().as_bytes(),
+    )
+    .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let secure = serve_upstream(
+        "secure",
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))),
+    )
+    .await;
+
+    // A node that trusts the test CA (--upstream-ca-file) and one that does not.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.issuer.pem()).unwrap();
+    let config = Config::try_parse_from([
+        "rood",
+        "--data-dir",
+        dir.path().join("trusting").to_str().unwrap(),
+        "--upstream-ca-file",
+        ca_file.to_str().unwrap(),
+    ])
+    .unwrap();
+    let trusting = Node::start_on(config, common::listeners("127.0.0.1").await)
+        .await
+        .unwrap();
+    let (plain, _dir2) = node().await;
+    let http = Http::default();
+    common::wait_for_cluster(&http, &[trusting.api_addr.to_string()], 1).await;
+
+    for n in [&trusting, &plain] {
+        put(
+            n,
+            "com.roo.host:tls.test:http",
+            &format!("https://{secure}"),
+        )
+        .await;
+        put(
+            n,
+            "com.roo.host:skip.test:http",
+            &format!(r#"{{"destinations":["https://{secure}"],"tls_verify":false}}"#),
+        )
+        .await;
+    }
+    wait_routed(&http, &trusting, "tls.test").await;
+    let r = get(&http, &trusting, "tls.test", "/v").await;
+    assert_eq!(served_by(&r), "secure");
+    assert_eq!(r.json()["headers"]["host"], "tls.test");
+
+    // Not trusted: 502 naming the certificate problem; opting out of verification works.
+    wait_routed(&http, &plain, "skip.test").await;
+    let r = get(&http, &plain, "tls.test", "/").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        r.text().to_lowercase().contains("certificate"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        served_by(&get(&http, &plain, "skip.test", "/").await),
+        "secure"
+    );
+    // A bad CA file stops start-up with a clear error.
+    std::fs::write(&ca_file, "not a certificate").unwrap();
+    let config = Config::try_parse_from([
+        "rood",
+        "--data-dir",
+        dir.path().join("bad").to_str().unwrap(),
+        "--upstream-ca-file",
+        ca_file.to_str().unwrap(),
+    ])
+    .unwrap();
+    let err = Node::start_on(config, common::listeners("127.0.0.1").await)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("ca.pem"), "{err}");
 }

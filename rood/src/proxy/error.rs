@@ -23,9 +23,6 @@ pub enum ProxyError {
     /// The upstream did not answer in time.
     #[error("upstream {addr}: no answer within {secs}s")]
     Timeout { addr: String, secs: u64 },
-    /// A feature the route asks for that this build does not have.
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 impl ProxyError {
@@ -37,7 +34,6 @@ impl ProxyError {
             | ProxyError::Connect { .. }
             | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 

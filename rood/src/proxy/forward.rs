@@ -1,7 +1,5 @@
 //! Sending a request upstream and streaming the answer back.
 
-use std::net::SocketAddr;
-
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -34,13 +32,14 @@ pub async fn forward(
     host: &str,
     mut req: Request<Incoming>,
     info: ConnInfo,
-) -> Result<(Response<Incoming>, SocketAddr), ProxyError> {
-    if route.destinations.iter().any(|d| d.tls) {
-        return Err(ProxyError::Unsupported(
-            "TLS to upstreams is not supported yet".into(),
-        ));
-    }
-    let addrs = state.upstreams.resolve(&route.destinations).await?;
+) -> Result<(Response<Incoming>, String), ProxyError> {
+    // TLS destinations are named by host (for SNI and the certificate check); their addresses
+    // rotate inside the TLS connector. Plain ones are resolved here, address by address.
+    let addrs = if route.tls() {
+        Vec::new()
+    } else {
+        state.upstreams.resolve(&route.destinations).await?
+    };
     let upgrade = is_upgrade(&req) && !route.h2c;
     // gRPC needs `te: trailers`, which is hop-by-hop but allowed on HTTP/2.
     let wants_trailers = route.h2c
@@ -62,10 +61,12 @@ pub async fn forward(
             .headers
             .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     }
-    let client = if route.h2c {
-        &state.upstreams.h2c
-    } else {
-        &state.upstreams.client
+    let upstreams = &state.upstreams;
+    let send = |req: Request<UpstreamBody>| match (route.tls(), route.tls_verify, route.h2c) {
+        (true, true, _) => upstreams.https.request(req),
+        (true, false, _) => upstreams.https_unverified.request(req),
+        (false, _, true) => upstreams.h2c.request(req),
+        (false, _, false) => upstreams.client.request(req),
     };
     let path = parts
         .uri
@@ -77,14 +78,20 @@ pub async fn forward(
 
     let mut tried = None;
     loop {
-        let addr = state
-            .upstreams
-            .pick(&addrs, tried)
-            .ok_or_else(|| ProxyError::Upstream {
-                addr: host.to_string(),
-                reason: "no address left to try".into(),
-            })?;
-        let uri: Uri = format!("http://{addr}{path}")
+        let no_target = || ProxyError::Upstream {
+            addr: host.to_string(),
+            reason: "no address left to try".into(),
+        };
+        let (target, addr) = if route.tls() {
+            let d = upstreams
+                .pick_destination(&route.destinations)
+                .ok_or_else(no_target)?;
+            (format!("https://{}:{}", d.host, d.port), None)
+        } else {
+            let addr = upstreams.pick(&addrs, tried).ok_or_else(no_target)?;
+            (format!("http://{addr}"), Some(addr))
+        };
+        let uri: Uri = format!("{target}{path}")
             .parse()
             .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))?;
         let upstream_body: UpstreamBody = match body.take() {
@@ -95,34 +102,36 @@ pub async fn forward(
         };
         let mut upstream_req = Request::from_parts(parts.clone(), upstream_body);
         *upstream_req.uri_mut() = uri;
-        let sent =
-            tokio::time::timeout(state.upstreams.timeout, client.request(upstream_req)).await;
+        let sent = tokio::time::timeout(upstreams.timeout, send(upstream_req)).await;
         let error = match sent {
             Ok(Ok(mut resp)) => {
                 if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) =
                     (client_upgrade.take(), resp.status())
                 {
                     let upstream = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(tunnel(client, upstream, addr));
+                    tokio::spawn(tunnel(client, upstream, target.clone()));
                 }
-                return Ok((resp, addr));
+                return Ok((resp, target));
             }
             Err(_) => ProxyError::Timeout {
-                addr: addr.to_string(),
-                secs: state.upstreams.timeout.as_secs(),
+                addr: target,
+                secs: upstreams.timeout.as_secs(),
             },
             Ok(Err(e)) if e.is_connect() => {
-                state.upstreams.eject(addr);
+                if let Some(addr) = addr {
+                    upstreams.eject(addr);
+                }
                 ProxyError::Connect {
-                    addr: addr.to_string(),
-                    reason: e.to_string(),
+                    addr: target,
+                    reason: error_chain(&e),
                 }
             }
             Ok(Err(e)) => ProxyError::Upstream {
-                addr: addr.to_string(),
-                reason: e.to_string(),
+                addr: target,
+                reason: error_chain(&e),
             },
         };
+        let Some(addr) = addr else { return Err(error) };
         if tried.is_some() || !error.retry_safe() || !resendable || addrs.len() < 2 {
             return Err(error);
         }
@@ -136,7 +145,7 @@ pub async fn forward(
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    addr: SocketAddr,
+    addr: String,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
@@ -151,4 +160,17 @@ async fn tunnel(
         Ok((up, down)) => tracing::debug!(%addr, up, down, "tunnel closed"),
         Err(e) => tracing::debug!(%addr, error = %e, "tunnel closed"),
     }
+}
+
+/// An error with its causes, so that "client error (Connect)" says which connect failed and why
+/// (a refused connection, a certificate that does not verify...).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

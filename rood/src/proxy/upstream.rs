@@ -1,19 +1,28 @@
-//! Upstream addresses: a route's destinations resolved to socket addresses (every address DNS
-//! returns: `tasks.<service>` gives one per task), taken round robin, with an address that
-//! refused a connection left out for a while.
+//! Upstream addresses and connections: a route's destinations resolved to socket addresses
+//! (every address DNS returns: `tasks.<service>` gives one per task), taken round robin, with an
+//! address that refused a connection left out for a while; pooled keep-alive clients for plain
+//! HTTP/1.1, h2c, and TLS (verified by default).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hickory_resolver::TokioResolver;
 use http_body_util::combinators::BoxBody;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use super::ProxyError;
 use crate::routes::Destination;
@@ -24,24 +33,138 @@ const EJECT_FOR: Duration = Duration::from_secs(10);
 /// The body of requests sent upstream.
 pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
 
+type TlsClient = Client<HttpsConnector<HttpConnector<AddressDns>>, UpstreamBody>;
+
+/// Why the upstream clients could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream CA file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("upstream TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Resolution, round robin and ejection, shared by the request path and the TLS connector.
+struct Addresses {
+    resolver: TokioResolver,
+    /// Addresses left out until the given time. A plain lock: held for a lookup, never across
+    /// an await.
+    ejected: Mutex<HashMap<SocketAddr, Instant>>,
+    next: AtomicUsize,
+}
+
+impl Addresses {
+    async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, crate::dns::DnsError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        // hickory caches answers for their TTL, so this is a lookup in memory most times.
+        crate::dns::lookup(&self.resolver, host).await
+    }
+
+    fn turn(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The DNS of the TLS connector: the same resolver, the addresses rotated so that each new
+/// connection starts at the next one (the connector tries the others in order if it fails).
+#[derive(Clone)]
+pub struct AddressDns(Arc<Addresses>);
+
+impl tower_service::Service<Name> for AddressDns {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = crate::dns::DnsError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let addrs = self.0.clone();
+        Box::pin(async move {
+            let mut ips = addrs.lookup(name.as_str()).await?;
+            if !ips.is_empty() {
+                let n = ips.len();
+                ips.rotate_left(addrs.turn() % n);
+            }
+            // The connector puts the URI's port in.
+            Ok(ips
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect::<Vec<_>>()
+                .into_iter())
+        })
+    }
+}
+
 /// Upstream connections and address choice, shared by every request.
 pub struct Upstreams {
-    resolver: TokioResolver,
+    addrs: Arc<Addresses>,
     /// Pooled keep-alive HTTP/1.1 connections, one pool per address.
     pub(super) client: Client<HttpConnector, UpstreamBody>,
     /// HTTP/2 over plain TCP (prior knowledge), for `h2c` routes: one multiplexed connection
     /// per address.
     pub(super) h2c: Client<HttpConnector, UpstreamBody>,
-    /// Addresses left out until the given time. A plain lock: held for a lookup, never across
-    /// an await.
-    ejected: Mutex<HashMap<SocketAddr, Instant>>,
-    next: AtomicUsize,
+    /// HTTP/1.1 over TLS, the upstream's certificate verified against the system's roots and
+    /// `--upstream-ca-file`; pooled per destination host.
+    pub(super) https: TlsClient,
+    /// The same without certificate verification, for routes that opt out.
+    pub(super) https_unverified: TlsClient,
     /// How long an upstream may take to answer with headers.
     pub(super) timeout: Duration,
 }
 
+fn tls_client(addrs: &Arc<Addresses>, config: rustls::ClientConfig) -> TlsClient {
+    let mut http = HttpConnector::new_with_resolver(AddressDns(addrs.clone()));
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(3)));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
+/// The roots upstream certificates are checked against: the system's, and `extra`.
+fn roots(extra: Option<&Path>) -> Result<rustls::RootCertStore, UpstreamError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::warn!(error = %e, "loading the system's CA certificates");
+    }
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = extra {
+        let ca_err = |reason: String| UpstreamError::CaFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| ca_err(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| ca_err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_err("no certificate in it".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+        }
+    }
+    Ok(roots)
+}
+
 impl Upstreams {
-    pub fn new(resolver: TokioResolver, timeout: Duration) -> Self {
+    /// `extra_ca`: more roots to trust for TLS upstreams (PEM file).
+    pub fn new(
+        resolver: TokioResolver,
+        timeout: Duration,
+        extra_ca: Option<&Path>,
+    ) -> Result<Self, UpstreamError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(3)));
@@ -53,14 +176,29 @@ impl Upstreams {
             .pool_idle_timeout(Duration::from_secs(60))
             .http2_only(true)
             .build(connector);
-        Upstreams {
+        let addrs = Arc::new(Addresses {
             resolver,
-            client,
-            h2c,
             ejected: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
+        });
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verified = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots(extra_ca)?)
+            .with_no_client_auth();
+        let unverified = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(danger::NoCertificateVerification(provider)))
+            .with_no_client_auth();
+        Ok(Upstreams {
+            https: tls_client(&addrs, verified),
+            https_unverified: tls_client(&addrs, unverified),
+            addrs,
+            client,
+            h2c,
             timeout,
-        }
+        })
     }
 
     /// Every address of every destination, in a stable order.
@@ -71,12 +209,7 @@ impl Upstreams {
         let mut addrs = Vec::new();
         let mut last_error = None;
         for d in destinations {
-            if let Ok(ip) = d.host.parse::<IpAddr>() {
-                addrs.push(SocketAddr::new(ip, d.port));
-                continue;
-            }
-            // hickory caches answers for their TTL, so this is a lookup in memory most times.
-            match crate::dns::lookup(&self.resolver, &d.host).await {
+            match self.addrs.lookup(&d.host).await {
                 Ok(ips) => addrs.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, d.port))),
                 Err(e) => last_error = Some(e),
             }
@@ -94,10 +227,15 @@ impl Upstreams {
         Ok(addrs)
     }
 
+    /// The next destination of a TLS route, round robin (its addresses rotate in the connector).
+    pub fn pick_destination<'a>(&self, destinations: &'a [Destination]) -> Option<&'a Destination> {
+        (!destinations.is_empty()).then(|| &destinations[self.addrs.turn() % destinations.len()])
+    }
+
     /// The next address round robin, skipping ejected ones and `not` (when others remain).
     pub fn pick(&self, addrs: &[SocketAddr], not: Option<SocketAddr>) -> Option<SocketAddr> {
         let now = Instant::now();
-        let ejected = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
+        let ejected = self.addrs.ejected.lock().unwrap_or_else(|p| p.into_inner());
         let usable: Vec<SocketAddr> = addrs
             .iter()
             .copied()
@@ -113,16 +251,74 @@ impl Upstreams {
         if pool.is_empty() {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(pool[i % pool.len()])
+        Some(pool[self.addrs.turn() % pool.len()])
     }
 
     /// Leaves `addr` out for a while after a failed connect.
     pub fn eject(&self, addr: SocketAddr) {
         tracing::warn!(%addr, secs = EJECT_FOR.as_secs(), "upstream refused a connection; ejecting it");
-        let mut ejected = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ejected = self.addrs.ejected.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         ejected.retain(|_, until| *until > now);
         ejected.insert(addr, now + EJECT_FOR);
+    }
+}
+
+/// Certificate checks turned off, for routes that ask for it (`"tls_verify": false`).
+mod danger {
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::CryptoProvider;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    /// Accepts any certificate; the handshake signature is still checked.
+    #[derive(Debug)]
+    pub struct NoCertificateVerification(pub Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for NoCertificateVerification {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
     }
 }
