@@ -81,16 +81,24 @@ fn dead_port() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-async fn node() -> (Node, tempfile::TempDir) {
+/// Starts a node with `args`, its data in `dir`.
+async fn try_node(dir: &std::path::Path, args: &[&str]) -> Result<Node, rood::node::StartError> {
+    let mut argv = vec!["rood", "--data-dir", dir.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    let config = Config::try_parse_from(argv).unwrap();
+    Node::start_on(config, common::listeners("127.0.0.1").await).await
+}
+
+/// A node with `args` in a new data dir, once it leads its one-node cluster.
+async fn node_with(args: &[&str]) -> (Node, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        Config::try_parse_from(["rood", "--data-dir", dir.path().to_str().unwrap()]).unwrap();
-    let node = Node::start_on(config, common::listeners("127.0.0.1").await)
-        .await
-        .unwrap();
-    let http = Http::default();
-    common::wait_for_cluster(&http, &[node.api_addr.to_string()], 1).await;
+    let node = try_node(dir.path(), args).await.unwrap();
+    common::wait_for_cluster(&Http::default(), &[node.api_addr.to_string()], 1).await;
     (node, dir)
+}
+
+async fn node() -> (Node, tempfile::TempDir) {
+    node_with(&[]).await
 }
 
 async fn put(node: &Node, key: &str, value: &str) {
@@ -649,20 +657,7 @@ async fn malformed_requests_never_reach_an_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn connections_over_the_limit_get_503() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config::try_parse_from([
-        "rood",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "--max-connections",
-        "2",
-    ])
-    .unwrap();
-    let node = Node::start_on(config, common::listeners("127.0.0.1").await)
-        .await
-        .unwrap();
-    let http = Http::default();
-    common::wait_for_cluster(&http, &[node.api_addr.to_string()], 1).await;
+    let (node, _dir) = node_with(&["--max-connections", "2"]).await;
     let a = upstream("a").await;
     put(&node, "com.roo.host:a.test:http", &format!("http://{a}")).await;
     let addr = node.http_addr;
@@ -831,20 +826,10 @@ async fn tls_upstreams_are_verified_unless_the_route_opts_out() {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca.issuer.pem()).unwrap();
-    let config = Config::try_parse_from([
-        "rood",
-        "--data-dir",
-        dir.path().join("trusting").to_str().unwrap(),
-        "--upstream-ca-file",
-        ca_file.to_str().unwrap(),
-    ])
-    .unwrap();
-    let trusting = Node::start_on(config, common::listeners("127.0.0.1").await)
-        .await
-        .unwrap();
+    let ca_path = ca_file.to_str().unwrap();
+    let (trusting, _dir1) = node_with(&["--upstream-ca-file", ca_path]).await;
     let (plain, _dir2) = node().await;
     let http = Http::default();
-    common::wait_for_cluster(&http, &[trusting.api_addr.to_string()], 1).await;
 
     for n in [&trusting, &plain] {
         put(
@@ -880,15 +865,7 @@ async fn tls_upstreams_are_verified_unless_the_route_opts_out() {
     );
     // A bad CA file stops start-up with a clear error.
     std::fs::write(&ca_file, "not a certificate").unwrap();
-    let config = Config::try_parse_from([
-        "rood",
-        "--data-dir",
-        dir.path().join("bad").to_str().unwrap(),
-        "--upstream-ca-file",
-        ca_file.to_str().unwrap(),
-    ])
-    .unwrap();
-    let err = Node::start_on(config, common::listeners("127.0.0.1").await)
+    let err = try_node(&dir.path().join("bad"), &["--upstream-ca-file", ca_path])
         .await
         .err()
         .unwrap();
