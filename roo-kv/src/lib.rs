@@ -54,3 +54,6 @@ openraft::declare_raft_types!(
 
 /// The raft instance of roo's store.
 pub type Raft = openraft::Raft<TypeConfig>;
+
+/// What raft reports about a node ([`Raft::metrics`]).
+pub type Metrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;

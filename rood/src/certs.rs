@@ -1,9 +1,11 @@
 //! Certificates: `com.roo.cert:<host>` values turned into rustls keys, the table of them the TLS
 //! listener reads, and the SNI resolver over it.
 //!
-//! Manual and ACME certificates are the same JSON:
+//! Manual and ACME certificates are the same JSON ([`roo_acme::StoredCert`]):
 //! `{"cert_pem":"<chain>","key_pem":"<key>","not_after":...,"source":"acme"|"manual"}`;
-//! `<host>` may be `*.example.com`, which serves one label below `example.com`.
+//! `<host>` may be `*.example.com`, which serves one label below `example.com`. The table also
+//! holds the TLS-ALPN-01 challenge certificates (`com.roo.acme.tlsalpn01:<host>`), served only to
+//! handshakes that offer nothing but the `acme-tls/1` protocol.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,10 +16,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use roo_acme::challenge::ACME_TLS_ALPN;
+
 use crate::routes::normalize_host;
 
-/// Prefix of certificate keys in the KV.
-pub const CERT_PREFIX: &str = "com.roo.cert:";
+pub use roo_acme::store::CERT_PREFIX;
+use roo_acme::StoredCert;
 
 /// Why a certificate value was refused.
 #[derive(Debug, thiserror::Error)]
@@ -32,27 +36,37 @@ pub enum CertError {
     Key(String),
 }
 
-/// The stored form of a certificate.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct StoredCert {
-    pub cert_pem: String,
-    pub key_pem: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_after: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-}
-
-/// Parses the host of a `com.roo.cert:<host>` key.
-pub fn cert_host(key: &str) -> Result<String, CertError> {
+/// Parses the host of a `<prefix><host>` key (`com.roo.cert:`, `com.roo.acme.tlsalpn01:`).
+pub fn key_host(key: &str, prefix: &str) -> Result<String, CertError> {
     let host = key
-        .strip_prefix(CERT_PREFIX)
+        .strip_prefix(prefix)
         .ok_or_else(|| CertError::Host(key.to_string()))?;
     normalize_host(host).map_err(|_| CertError::Host(key.to_string()))
 }
 
 /// Turns a stored certificate into a key rustls serves; the key must match the leaf.
 pub fn load(value: &[u8]) -> Result<Arc<CertifiedKey>, CertError> {
+    let (chain, key) = parse(value)?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let certified =
+        CertifiedKey::from_der(chain, key, &provider).map_err(|e| CertError::Key(e.to_string()))?;
+    Ok(Arc::new(certified))
+}
+
+/// Like [`load`], for a TLS-ALPN-01 certificate: its critical `acmeIdentifier` extension is one
+/// the key-match check's certificate parser refuses, so that check is skipped.
+pub fn load_challenge(value: &[u8]) -> Result<Arc<CertifiedKey>, CertError> {
+    let (chain, key) = parse(value)?;
+    let signer = rustls::crypto::aws_lc_rs::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| CertError::Key(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signer)))
+}
+
+fn parse(
+    value: &[u8],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CertError> {
     let stored: StoredCert =
         serde_json::from_slice(value).map_err(|e| CertError::Json(e.to_string()))?;
     let chain: Vec<CertificateDer<'static>> =
@@ -64,19 +78,31 @@ pub fn load(value: &[u8]) -> Result<Arc<CertifiedKey>, CertError> {
     }
     let key = PrivateKeyDer::from_pem_slice(stored.key_pem.as_bytes())
         .map_err(|e| CertError::Key(e.to_string()))?;
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    let certified =
-        CertifiedKey::from_der(chain, key, &provider).map_err(|e| CertError::Key(e.to_string()))?;
-    Ok(Arc::new(certified))
+    Ok((chain, key))
 }
 
-/// An immutable table of certificates by host.
+/// An immutable table of certificates by host, and of TLS-ALPN-01 challenge certificates.
 #[derive(Debug, Clone, Default)]
 pub struct CertTable {
     certs: HashMap<String, Arc<CertifiedKey>>,
+    challenges: HashMap<String, Arc<CertifiedKey>>,
 }
 
 impl CertTable {
+    pub fn insert_challenge(&mut self, host: String, key: Arc<CertifiedKey>) {
+        self.challenges.insert(host, key);
+    }
+
+    pub fn remove_challenge(&mut self, host: &str) {
+        self.challenges.remove(host);
+    }
+
+    /// The TLS-ALPN-01 certificate for an SNI name.
+    pub fn challenge(&self, server_name: &str) -> Option<&Arc<CertifiedKey>> {
+        self.challenges
+            .get(&server_name.trim_end_matches('.').to_ascii_lowercase())
+    }
+
     pub fn insert(&mut self, host: String, key: Arc<CertifiedKey>) {
         self.certs.insert(host, key);
     }
@@ -120,6 +146,9 @@ impl SniResolver {
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name()?;
+        if is_acme_tls(&hello) {
+            return self.table.load().challenge(name).cloned();
+        }
         let found = self.table.load().lookup(name).cloned();
         if found.is_none() {
             tracing::debug!(sni = name, "no certificate");
@@ -128,10 +157,18 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// True for a TLS-ALPN-01 validation handshake: `acme-tls/1` is the only protocol offered.
+pub fn is_acme_tls(hello: &ClientHello<'_>) -> bool {
+    hello.alpn().is_some_and(|mut protocols| {
+        protocols.next() == Some(ACME_TLS_ALPN) && protocols.next().is_none()
+    })
+}
+
 /// The TLS server configuration of the HTTPS listener.
 ///
 /// Defaults: TLS 1.2 and 1.3 only (rustls has nothing older), aws-lc-rs crypto, ALPN `h2` then
-/// `http/1.1`, certificate per SNI from `table`.
+/// `http/1.1` (and `acme-tls/1` for the CA's TLS-ALPN-01 validations, which the listener closes
+/// right after the handshake), certificate per SNI from `table`.
 pub fn server_config(
     table: Arc<ArcSwap<CertTable>>,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
@@ -140,6 +177,6 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver::new(table)));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     Ok(config)
 }

@@ -8,7 +8,7 @@ use clap::Parser;
 
 /// A roo node: raft-replicated KV store and admin API.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "rood", version, about)]
+#[command(name = "rood", version, about, args_override_self = true)]
 pub struct Config {
     /// Raft node id (u64). Default: generated once and kept in the data dir.
     #[arg(long, env = "ROO_NODE_ID")]
@@ -78,6 +78,39 @@ pub struct Config {
     #[arg(long, env = "ROO_REQUEST_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub request_timeout_ms: u64,
 
+    /// Get certificates for https routes from an ACME CA (Let's Encrypt by default).
+    #[arg(long, env = "ROO_ACME", default_value_t = true, action = clap::ArgAction::Set)]
+    pub acme: bool,
+
+    /// ACME directory URL. Default: Let's Encrypt production (staging with --acme-staging).
+    #[arg(long, env = "ROO_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+
+    /// Use Let's Encrypt's staging directory (untrusted certificates, generous rate limits).
+    #[arg(long, env = "ROO_ACME_STAGING", default_value_t = false, action = clap::ArgAction::Set)]
+    pub acme_staging: bool,
+
+    /// Contact address for the ACME account.
+    #[arg(long, env = "ROO_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// An extra root (PEM) to trust for the ACME server's own TLS certificate.
+    #[arg(long, env = "ROO_ACME_CA_FILE")]
+    pub acme_ca_file: Option<PathBuf>,
+
+    /// Challenge to answer: `http-01` (on the HTTP listener) or `tls-alpn-01` (on the HTTPS one).
+    #[arg(long, env = "ROO_ACME_CHALLENGE", default_value = "http-01", value_parser = ["http-01", "tls-alpn-01"])]
+    pub acme_challenge: String,
+
+    /// Wait after a host's first failed order, in seconds; doubles with each further failure,
+    /// up to a day.
+    #[arg(long, env = "ROO_ACME_RETRY_BASE_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub acme_retry_base_s: u64,
+
+    /// How long a TLS handshake for a routed host without a certificate waits for one, in ms.
+    #[arg(long, env = "ROO_ACME_HANDSHAKE_WAIT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=9_000))]
+    pub acme_handshake_wait_ms: u64,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info,roo_kv=debug`.
     #[arg(long, env = "ROO_LOG", default_value = "info,openraft=warn")]
     pub log: String,
@@ -97,6 +130,28 @@ fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
 }
 
 impl Config {
+    /// The ACME settings, or None when ACME is off.
+    pub fn acme_config(&self) -> Option<roo_acme::AcmeConfig> {
+        if !self.acme {
+            return None;
+        }
+        let directory = match (&self.acme_directory, self.acme_staging) {
+            (Some(d), _) => d.clone(),
+            (None, true) => roo_acme::issuer::LETS_ENCRYPT_STAGING.to_string(),
+            (None, false) => roo_acme::issuer::LETS_ENCRYPT.to_string(),
+        };
+        let mut config = roo_acme::AcmeConfig::new(directory);
+        config.email = self.acme_email.clone();
+        config.ca_file = self.acme_ca_file.clone();
+        config.challenge = if self.acme_challenge == "tls-alpn-01" {
+            roo_acme::ChallengeKind::TlsAlpn01
+        } else {
+            roo_acme::ChallengeKind::Http01
+        };
+        config.retry_base = Duration::from_secs(self.acme_retry_base_s);
+        Some(config)
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
@@ -150,5 +205,37 @@ mod tests {
         let err = Config::try_parse_from(["rood", "--api-addr", "nope"]).unwrap_err();
         assert!(err.to_string().contains("--api-addr"), "{err}");
         assert!(Config::try_parse_from(["rood", "--snapshot-every", "0"]).is_err());
+        // A repeated flag: the last one counts.
+        let c = Config::try_parse_from([
+            "rood",
+            "--http-addr",
+            "127.0.0.1:1",
+            "--http-addr",
+            "127.0.0.1:2",
+        ])
+        .unwrap();
+        assert_eq!(c.http_addr.port(), 2);
+    }
+
+    #[test]
+    fn acme_settings() {
+        let c = Config::try_parse_from(["rood"]).unwrap();
+        let acme = c.acme_config().unwrap();
+        assert_eq!(acme.directory, roo_acme::issuer::LETS_ENCRYPT);
+        assert_eq!(acme.challenge, roo_acme::ChallengeKind::Http01);
+        let c = Config::try_parse_from([
+            "rood",
+            "--acme-staging",
+            "true",
+            "--acme-challenge",
+            "tls-alpn-01",
+        ])
+        .unwrap();
+        let acme = c.acme_config().unwrap();
+        assert_eq!(acme.directory, roo_acme::issuer::LETS_ENCRYPT_STAGING);
+        assert_eq!(acme.challenge, roo_acme::ChallengeKind::TlsAlpn01);
+        let c = Config::try_parse_from(["rood", "--acme", "false"]).unwrap();
+        assert!(c.acme_config().is_none());
+        assert!(Config::try_parse_from(["rood", "--acme-challenge", "dns-01"]).is_err());
     }
 }

@@ -6,13 +6,17 @@
 //! no polling and no KV read on a request. The scan is a stale (local) read on purpose: a node
 //! without quorum keeps serving what it has.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use roo_kv::{Consistency, EventKind, Kv, KvError};
 use rustls::sign::CertifiedKey;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use roo_acme::store::{HTTP01_PREFIX, TLSALPN01_PREFIX};
 
 use crate::certs::{self, CertTable, CERT_PREFIX};
 use crate::routes::{Route, RouteKey, RouteTable, ROUTE_PREFIX};
@@ -25,12 +29,41 @@ pub enum Change {
     RemoveRoute(RouteKey),
     SetCert(String, Arc<CertifiedKey>),
     RemoveCert(String),
+    /// An HTTP-01 token and its key authorization.
+    SetHttpChallenge(String, String),
+    RemoveHttpChallenge(String),
+    /// A TLS-ALPN-01 certificate for a host.
+    SetTlsChallenge(String, Arc<CertifiedKey>),
+    RemoveTlsChallenge(String),
 }
 
-/// The change a KV key and value (None: deleted) make, if the key is a route or a certificate.
-/// A bad value is an error (logged by the caller); the key's previous route or certificate is
-/// then removed, so the table matches what the KV says.
+/// The change a KV key and value (None: deleted) make, if the key is a route, a certificate or
+/// an ACME challenge. A bad value is an error (logged by the caller); the key's previous entry
+/// is then removed, so the table matches what the KV says.
 pub fn change_from_kv(key: &str, value: Option<&[u8]>) -> Option<Result<Change, String>> {
+    if let Some(token) = key.strip_prefix(HTTP01_PREFIX) {
+        if !roo_acme::challenge::valid_token(token) {
+            return Some(Err(format!("invalid ACME token in {key:?}")));
+        }
+        return Some(match value {
+            None => Ok(Change::RemoveHttpChallenge(token.to_string())),
+            Some(v) => std::str::from_utf8(v)
+                .map(|auth| Change::SetHttpChallenge(token.to_string(), auth.to_string()))
+                .map_err(|_| "key authorization is not text".to_string()),
+        });
+    }
+    if key.starts_with(TLSALPN01_PREFIX) {
+        let host = match certs::key_host(key, TLSALPN01_PREFIX) {
+            Ok(h) => h,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        return Some(match value {
+            None => Ok(Change::RemoveTlsChallenge(host)),
+            Some(v) => certs::load_challenge(v)
+                .map(|c| Change::SetTlsChallenge(host, c))
+                .map_err(|e| e.to_string()),
+        });
+    }
     if key.starts_with(ROUTE_PREFIX) {
         let route_key = match RouteKey::parse(key) {
             Ok(k) => k,
@@ -44,7 +77,7 @@ pub fn change_from_kv(key: &str, value: Option<&[u8]>) -> Option<Result<Change, 
         });
     }
     if key.starts_with(CERT_PREFIX) {
-        let host = match certs::cert_host(key) {
+        let host = match certs::key_host(key, CERT_PREFIX) {
             Ok(h) => h,
             Err(e) => return Some(Err(e.to_string())),
         };
@@ -59,19 +92,74 @@ pub fn change_from_kv(key: &str, value: Option<&[u8]>) -> Option<Result<Change, 
 }
 
 /// The tables the proxy reads, swapped whole on every change.
-#[derive(Default)]
 pub struct Tables {
     pub routes: ArcSwap<RouteTable>,
     pub certs: Arc<ArcSwap<CertTable>>,
+    /// HTTP-01 key authorizations by token.
+    pub http01: ArcSwap<HashMap<String, String>>,
+    /// Counts publications; subscribers learn that something changed.
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables {
+            routes: ArcSwap::default(),
+            certs: Arc::default(),
+            http01: ArcSwap::default(),
+            changed: watch::channel(0).0,
+        }
+    }
 }
 
 impl Tables {
+    /// A receiver that sees each later publication of the tables.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Waits up to `limit` until `found` returns something from the current tables.
+    pub async fn wait_for<T>(
+        &self,
+        limit: Duration,
+        found: impl Fn(&Tables) -> Option<T>,
+    ) -> Option<T> {
+        let mut changes = self.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(t) = found(self) {
+                return Some(t);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+    }
+
     /// Applies `changes` to copies of the tables and publishes them.
     pub fn apply(&self, changes: Vec<Change>) {
         let mut routes: Option<RouteTable> = None;
         let mut certs: Option<CertTable> = None;
+        let mut http01: Option<HashMap<String, String>> = None;
         for change in changes {
             match change {
+                Change::SetHttpChallenge(t, a) => {
+                    http01
+                        .get_or_insert_with(|| (**self.http01.load()).clone())
+                        .insert(t, a);
+                }
+                Change::RemoveHttpChallenge(t) => {
+                    http01
+                        .get_or_insert_with(|| (**self.http01.load()).clone())
+                        .remove(&t);
+                }
+                Change::SetTlsChallenge(h, c) => certs
+                    .get_or_insert_with(|| (**self.certs.load()).clone())
+                    .insert_challenge(h, c),
+                Change::RemoveTlsChallenge(h) => certs
+                    .get_or_insert_with(|| (**self.certs.load()).clone())
+                    .remove_challenge(&h),
                 Change::SetRoute(k, r) => routes
                     .get_or_insert_with(|| (**self.routes.load()).clone())
                     .insert(k, r),
@@ -92,6 +180,10 @@ impl Tables {
         if let Some(c) = certs {
             self.certs.store(Arc::new(c));
         }
+        if let Some(h) = http01 {
+            self.http01.store(Arc::new(h));
+        }
+        self.changed.send_modify(|n| *n += 1);
     }
 }
 
@@ -148,10 +240,15 @@ async fn load_all(kv: &Kv, tables: &Tables) -> Result<u64, KvError> {
     let (records, rev) = kv.scan(PREFIX, Consistency::Stale).await?;
     let mut routes = RouteTable::default();
     let mut certs = CertTable::default();
+    let mut http01 = HashMap::new();
     for (key, record) in records {
         match checked(&key, Some(&record.value)) {
             Some(Change::SetRoute(k, r)) => routes.insert(k, r),
             Some(Change::SetCert(h, c)) => certs.insert(h, c),
+            Some(Change::SetTlsChallenge(h, c)) => certs.insert_challenge(h, c),
+            Some(Change::SetHttpChallenge(t, a)) => {
+                http01.insert(t, a);
+            }
             _ => {}
         }
     }
@@ -163,6 +260,8 @@ async fn load_all(kv: &Kv, tables: &Tables) -> Result<u64, KvError> {
     );
     tables.routes.store(Arc::new(routes));
     tables.certs.store(Arc::new(certs));
+    tables.http01.store(Arc::new(http01));
+    tables.changed.send_modify(|n| *n += 1);
     Ok(rev)
 }
 

@@ -7,8 +7,10 @@
 //! - [`cluster`]: how a node finds its cluster at start: restart, bootstrap, `--join` or `--dns`.
 //! - [`dns`]: the DNS resolver for peers and upstreams, `--resolver` or the system's.
 //! - [`routes`]: where a request is routed: the route table, a pure lookup by host.
-//! - [`certs`]: where a certificate comes from: `com.roo.cert:` values, the table and the SNI
-//!   resolver.
+//! - [`certs`]: certificates as the TLS listener serves them: `com.roo.cert:` values, the table
+//!   and the SNI resolver.
+//! - [`acme`]: where a certificate comes from when nobody put one by hand: the ACME issuer
+//!   (`roo-acme`), run on the raft leader over the KV.
 //! - [`feed`]: routes and certificates from the KV (scan, then watch), as typed changes applied
 //!   to the tables the proxy reads.
 //! - [`proxy`]: the HTTP and HTTPS listeners and the request path to the upstreams.
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod acme;
 pub mod api;
 pub mod certs;
 pub mod cluster;

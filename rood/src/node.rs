@@ -10,6 +10,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use roo_acme::Issuer;
+
+use crate::acme::{self, KvStore};
 use crate::api::{self, Api};
 use crate::certs;
 use crate::cluster::{self, Formation};
@@ -34,6 +37,8 @@ pub enum StartError {
     Dns(#[from] crate::dns::DnsError),
     #[error(transparent)]
     Upstream(#[from] crate::proxy::upstream::UpstreamError),
+    #[error(transparent)]
+    Acme(#[from] roo_acme::AcmeError),
 }
 
 /// The bound sockets of a node.
@@ -125,6 +130,15 @@ impl Node {
         let tables = Arc::new(Tables::default());
         let tls = certs::server_config(tables.certs.clone())
             .map_err(|e| StartError::Config(format!("TLS: {e}")))?;
+        let acme = config.acme_config();
+        let issuer = match acme {
+            Some(acme) => {
+                tracing::info!(directory = %acme.directory, challenge = ?acme.challenge, "ACME on: the raft leader gets certificates for https routes");
+                Some(Issuer::new(KvStore(kv.clone()), acme)?)
+            }
+            None => None,
+        };
+        let acme_wake = Arc::new(tokio::sync::Notify::new());
         let proxy = Arc::new(ProxyState {
             tables: tables.clone(),
             upstreams: Upstreams::new(
@@ -136,13 +150,18 @@ impl Node {
                 max_connections: config.max_connections as usize,
                 max_header_bytes: config.max_header_bytes as usize,
             },
+            cert_wait: match issuer {
+                Some(_) => Duration::from_millis(config.acme_handshake_wait_ms),
+                None => Duration::ZERO,
+            },
+            acme_wake: acme_wake.clone(),
         });
         let api = Api {
             kv: kv.clone(),
             shutdown: shutdown.clone(),
         };
         let (form_kv, form_shutdown) = (kv.clone(), shutdown.clone());
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(api::serve(listeners.api, api, Duration::from_secs(10))),
             tokio::spawn(feed::run(kv.clone(), tables.clone(), shutdown.clone())),
             tokio::spawn(proxy::serve_http(
@@ -158,6 +177,15 @@ impl Node {
             )),
             tokio::spawn(async move { cluster::form(&form_kv, formation, &form_shutdown).await }),
         ];
+        if let Some(issuer) = issuer {
+            tasks.push(tokio::spawn(acme::run(
+                kv.clone(),
+                tables.clone(),
+                issuer,
+                acme_wake,
+                shutdown.clone(),
+            )));
+        }
         tracing::info!(api = %api_addr, http = %http_addr, https = %https_addr, node_id = kv.node_id(), "rood started");
         Ok(Node {
             kv,

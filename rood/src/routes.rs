@@ -298,6 +298,15 @@ impl RouteTable {
         self.routes.is_empty()
     }
 
+    /// Every host with an https route: the hosts that should have a certificate.
+    pub fn https_hosts(&self) -> std::collections::BTreeSet<String> {
+        self.routes
+            .keys()
+            .filter(|k| k.scheme == Scheme::Https)
+            .map(|k| k.host.clone())
+            .collect()
+    }
+
     /// The route for a request to `host` (as in the Host header, maybe with a port) arriving on
     /// `scheme`: `host:port:scheme` first, then `host:scheme`, then the wildcard one label up.
     pub fn lookup(&self, host: &str, scheme: Scheme) -> Option<&Arc<Route>> {

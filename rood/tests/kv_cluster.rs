@@ -43,6 +43,8 @@ async fn start_node(dir: &std::path::Path, join: Option<&str>) -> Node {
         SECRET.into(),
         "--request-timeout-ms".into(),
         "2000".into(),
+        "--acme".into(),
+        "false".into(),
     ];
     if let Some(j) = join {
         args.extend(["--join".into(), j.to_string()]);

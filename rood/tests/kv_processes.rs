@@ -237,54 +237,13 @@ async fn kill_9_everything_during_writes_loses_no_acknowledged_write() {
     }
 }
 
-/// Starts pebble-challtestsrv as a DNS server on `dns`, with its own challenge servers off.
-fn challtestsrv(dns: &str, management: &str) -> Option<std::process::Child> {
-    let found = std::process::Command::new("pebble-challtestsrv")
-        .args([
-            "-dns01",
-            dns,
-            "-http01",
-            "",
-            "-https01",
-            "",
-            "-tlsalpn01",
-            "",
-            "-defaultIPv6",
-            "",
-            "-defaultIPv4",
-            "",
-            "-management",
-            management,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    match found {
-        Ok(child) => Some(child),
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: pebble-challtestsrv not runnable here ({e}); `apt-get install pebble` (.ci/run does)");
-            None
-        }
-        Err(e) => panic!("pebble-challtestsrv is needed in CI: {e}"),
-    }
-}
-
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_started_together_with_dns_form_one_cluster() {
     let dns = format!("127.0.0.1:{}", common::free_port("127.0.0.1"));
     let mgmt = format!("127.0.0.1:{}", common::free_port("127.0.0.1"));
-    let Some(srv) = challtestsrv(&dns, &mgmt) else {
+    let Some(_srv) = common::challtestsrv(&dns, &mgmt) else {
         return;
     };
-    let _srv = KillOnDrop(srv);
     let http = Http::default();
     let port = common::free_port("127.0.0.1");
     let ips = [
@@ -363,7 +322,7 @@ async fn wrong_cluster_secret_cannot_join_or_send_raft_messages() {
         .stderr(std::fs::File::create(&intruder_log).unwrap())
         .spawn()
         .unwrap();
-    let _intruder = KillOnDrop(intruder);
+    let _intruder = common::KillOnDrop(intruder);
     // It tries, twice at least, and is refused each time.
     wait_for(
         "two refused joins in the intruder's log",

@@ -83,7 +83,13 @@ fn dead_port() -> SocketAddr {
 
 /// Starts a node with `args`, its data in `dir`.
 async fn try_node(dir: &std::path::Path, args: &[&str]) -> Result<Node, rood::node::StartError> {
-    let mut argv = vec!["rood", "--data-dir", dir.to_str().unwrap()];
+    let mut argv = vec![
+        "rood",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--acme",
+        "false",
+    ];
     argv.extend_from_slice(args);
     let config = Config::try_parse_from(argv).unwrap();
     Node::start_on(config, common::listeners("127.0.0.1").await).await

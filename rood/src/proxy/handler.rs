@@ -1,12 +1,13 @@
 //! One request: find the host's route, then forward, redirect or refuse.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use roo_acme::challenge::HTTP01_PATH;
 
 use super::{forward, headers, ConnInfo, ProxyError, ProxyState};
 use crate::routes::{normalize_host, split_host_port, Scheme};
@@ -34,16 +35,21 @@ pub async fn handle(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return resp;
     }
+    let challenge = path
+        .strip_prefix(HTTP01_PATH)
+        .filter(|_| info.scheme == Scheme::Http);
     let host = request_host(&req);
-    let (resp, upstream) = match host {
-        Ok(host) => match route(state, req, info, &host).await {
+    let (resp, upstream) = match (challenge, &host) {
+        (Some(token), _) => (acme_challenge(state, token).await, Some("acme".into())),
+        (None, Ok(host)) => match route(state, req, info, host).await {
             Ok((resp, upstream)) => (resp, upstream),
             Err(e) => (error_response(&e), None),
         },
-        Err(e) => (error_response(&e), None),
+        (None, Err(e)) => (error_response(e), None),
     };
     tracing::info!(
         target: "rood::access",
+        host = host.as_deref().unwrap_or("-"),
         scheme = %info.scheme,
         client = %info.peer,
         %method,
@@ -79,6 +85,26 @@ async fn route(
         Response::from_parts(parts, body.boxed()),
         Some(addr.to_string()),
     ))
+}
+
+/// How long an HTTP-01 request waits for a token this node has not applied yet: the CA may
+/// validate as soon as the issuer's write commits, a moment before a follower applies it.
+const CHALLENGE_WAIT: Duration = Duration::from_secs(2);
+
+/// The key authorization of an HTTP-01 token, from the replicated challenge table, for any
+/// host: the CA reaches whichever node the name points at.
+async fn acme_challenge(state: &ProxyState, token: &str) -> Response<ProxyBody> {
+    if !roo_acme::challenge::valid_token(token) {
+        return text(StatusCode::NOT_FOUND, "no such ACME challenge\n".into());
+    }
+    let found = state
+        .tables
+        .wait_for(CHALLENGE_WAIT, |t| t.http01.load().get(token).cloned())
+        .await;
+    match found {
+        Some(key_authorization) => text(StatusCode::OK, key_authorization),
+        None => text(StatusCode::NOT_FOUND, "no such ACME challenge\n".into()),
+    }
 }
 
 /// The host a request is for: HTTP/2's `:authority`, else the Host header; checked.

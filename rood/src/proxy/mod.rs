@@ -19,11 +19,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use roo_acme::challenge::ACME_TLS_ALPN;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ProxyError;
 
+use crate::certs::is_acme_tls;
 use crate::feed::Tables;
 use crate::routes::Scheme;
 
@@ -39,6 +43,11 @@ pub struct ProxyState {
     pub tables: Arc<Tables>,
     pub upstreams: upstream::Upstreams,
     pub limits: Limits,
+    /// How long a TLS handshake for a routed https host without a certificate waits for one to
+    /// be issued; zero without ACME.
+    pub cert_wait: Duration,
+    /// Woken by such a handshake: tells the local ACME issuer (if it runs here) to look now.
+    pub acme_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Bounds on what clients may hold or send.
@@ -86,19 +95,13 @@ pub async fn serve_https(
     tls: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) {
-    serve(
-        listener,
-        state,
-        Some(tokio_rustls::TlsAcceptor::from(tls)),
-        shutdown,
-    )
-    .await
+    serve(listener, state, Some(tls), shutdown).await
 }
 
 async fn serve(
     listener: TcpListener,
     state: Arc<ProxyState>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) {
     let builder = Arc::new(builder(state.limits));
@@ -129,11 +132,12 @@ async fn serve(
             scheme,
             over_limit: slot.is_none(),
         };
-        let state = state.clone();
+        let conn_state = state.clone();
         let service = service_fn(move |req| {
-            let state = state.clone();
+            let state = conn_state.clone();
             async move { Ok::<_, std::convert::Infallible>(handler::handle(&state, req, info).await) }
         });
+        let state = state.clone();
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
             let result = match tls {
@@ -142,11 +146,10 @@ async fn serve(
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     watcher.watch(conn.into_owned()).await
                 }
-                Some(acceptor) => {
+                Some(config) => {
+                    let handshake = tls_handshake(stream, config, &state);
                     let tls_stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -157,6 +160,11 @@ async fn serve(
                                 return;
                             }
                         };
+                    if tls_stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                        // A TLS-ALPN-01 validation: the handshake was the answer.
+                        tracing::info!(%peer, "answered a TLS-ALPN-01 validation");
+                        return;
+                    }
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
                     watcher.watch(conn.into_owned()).await
@@ -175,4 +183,37 @@ async fn serve(
     {
         tracing::warn!(%scheme, "connections still open after the drain timeout");
     }
+}
+
+/// The server side of a TLS handshake. A handshake for a routed https host that has no
+/// certificate yet waits up to [`ProxyState::cert_wait`] for the issuer to get one.
+async fn tls_handshake(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    state: &ProxyState,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let hello = start.client_hello();
+    let waiting_for = hello
+        .server_name()
+        .filter(|_| !state.cert_wait.is_zero() && !is_acme_tls(&hello))
+        .filter(|name| {
+            state.tables.certs.load().lookup(name).is_none()
+                && state
+                    .tables
+                    .routes
+                    .load()
+                    .lookup(name, Scheme::Https)
+                    .is_some()
+        })
+        .map(str::to_string);
+    if let Some(name) = waiting_for {
+        state.acme_wake.notify_one();
+        let issued = state
+            .tables
+            .wait_for(state.cert_wait, |t| t.certs.load().lookup(&name).map(drop))
+            .await;
+        tracing::debug!(sni = %name, issued = issued.is_some(), "handshake waited for a certificate");
+    }
+    start.into_stream(config).await
 }

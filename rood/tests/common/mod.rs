@@ -187,7 +187,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts rood on `addr` with its data in `data_dir` and the extra `args`.
+    /// Starts rood on `addr` with its data in `data_dir` and the extra `args` (later flags win
+    /// over the defaults set here).
     pub fn start(addr: &str, data_dir: &Path, args: &[&str]) -> Proc {
         let mut p = Proc {
             addr: addr.to_string(),
@@ -222,8 +223,11 @@ impl Proc {
                 "--https-addr",
                 &format!("{ip}:0"),
             ])
-            .args(&self.args)
+            // `{ip}` in an argument stands for the node's own address.
+            .args(self.args.iter().map(|a| a.replace("{ip}", &ip)))
             .env("ROO_CLUSTER_SECRET", SECRET)
+            // Never Let's Encrypt from a test; ACME tests pass --acme true and a directory.
+            .env("ROO_ACME", "false")
             .env("ROO_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -303,4 +307,45 @@ pub async fn process_cluster(dir: &Path, n: usize, extra: &[&str]) -> Vec<Proc> 
     }
     wait_for_cluster(&http, &addrs, n).await;
     procs
+}
+
+/// Starts pebble-challtestsrv as a DNS server on `dns`, with its own challenge servers off.
+pub fn challtestsrv(dns: &str, management: &str) -> Option<KillOnDrop> {
+    let found = std::process::Command::new("pebble-challtestsrv")
+        .args([
+            "-dns01",
+            dns,
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+            "-defaultIPv6",
+            "",
+            "-defaultIPv4",
+            "",
+            "-management",
+            management,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    match found {
+        Ok(child) => Some(KillOnDrop(child)),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: pebble-challtestsrv not runnable here ({e}); `apt-get install pebble` (.ci/run does)");
+            None
+        }
+        Err(e) => panic!("pebble-challtestsrv is needed in CI: {e}"),
+    }
+}
+
+/// A child process killed when dropped.
+pub struct KillOnDrop(pub std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
