@@ -742,6 +742,184 @@ impl instant_acme::HttpClient for SharedClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    /// The store as a map: what `due` and `failed` decide depends only on what it holds.
+    #[derive(Clone, Default)]
+    struct MemStore(Arc<Mutex<BTreeMap<String, Vec<u8>>>>);
+
+    impl Store for MemStore {
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, crate::StoreError> {
+            Ok(self.0.lock().unwrap().get(key).cloned())
+        }
+        async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), crate::StoreError> {
+            self.0.lock().unwrap().insert(key.to_string(), value);
+            Ok(())
+        }
+        async fn create(&self, key: &str, value: Vec<u8>) -> Result<bool, crate::StoreError> {
+            let mut map = self.0.lock().unwrap();
+            if map.contains_key(key) {
+                return Ok(false);
+            }
+            map.insert(key.to_string(), value);
+            Ok(true)
+        }
+        async fn delete(&self, key: &str) -> Result<(), crate::StoreError> {
+            self.0.lock().unwrap().remove(key);
+            Ok(())
+        }
+    }
+
+    fn issuer(store: &MemStore) -> Issuer<MemStore> {
+        let mut config = AcmeConfig::new("https://ca.invalid/dir");
+        config.retry_base = Duration::from_secs(100);
+        Issuer::new(store.clone(), config).unwrap()
+    }
+
+    /// Stores a certificate for `a.test` issued `age_days` ago for `lifetime_days`.
+    async fn store_cert(store: &MemStore, source: &str, age_days: i64, lifetime_days: i64) {
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        let start = time::OffsetDateTime::now_utc() - time::Duration::days(age_days);
+        params.not_before = start;
+        params.not_after = start + time::Duration::days(lifetime_days);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = StoredCert {
+            cert_pem: params.self_signed(&key).unwrap().pem(),
+            key_pem: key.serialize_pem(),
+            not_after: None,
+            source: Some(source.into()),
+        };
+        store
+            .put("com.roo.cert:a.test", to_json(&cert).unwrap())
+            .await
+            .unwrap();
+    }
+
+    fn is_order(due: &Due) -> bool {
+        matches!(due, Due::Now(Work::Order))
+    }
+
+    fn at(due: &Due) -> SystemTime {
+        match due {
+            Due::At(t) => *t,
+            Due::Now(_) => panic!("due now"),
+        }
+    }
+
+    #[tokio::test]
+    async fn what_falls_due_when() {
+        let store = MemStore::default();
+        let issuer = issuer(&store);
+        let now = SystemTime::now();
+        assert!(
+            is_order(&issuer.due("a.test").await.unwrap()),
+            "no certificate"
+        );
+
+        store_cert(&store, "acme", 1, 90).await;
+        let renew = at(&issuer.due("a.test").await.unwrap());
+        let days = |t: SystemTime| t.duration_since(now).unwrap().as_secs_f64() / 86400.0;
+        assert!(
+            (days(renew) - 59.0).abs() < 0.01,
+            "renewal two thirds in: {}",
+            days(renew)
+        );
+
+        store_cert(&store, "acme", 61, 90).await;
+        assert!(
+            is_order(&issuer.due("a.test").await.unwrap()),
+            "past two thirds"
+        );
+
+        store_cert(&store, "manual", 61, 90).await;
+        let until = at(&issuer.due("a.test").await.unwrap());
+        assert!(
+            (days(until) - 29.0).abs() < 0.01,
+            "a manual one lasts until it expires"
+        );
+        store_cert(&store, "manual", 91, 90).await;
+        assert!(
+            is_order(&issuer.due("a.test").await.unwrap()),
+            "expired manual"
+        );
+
+        let status = HostStatus {
+            failures: 1,
+            next_attempt: unix(now) + 500,
+            ..HostStatus::default()
+        };
+        store
+            .put("com.roo.acme.status:a.test", to_json(&status).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            unix(at(&issuer.due("a.test").await.unwrap())),
+            unix(now) + 500,
+            "backing off"
+        );
+
+        store
+            .put("com.roo.cert:a.test", b"{not json".to_vec())
+            .await
+            .unwrap();
+        store.delete("com.roo.acme.status:a.test").await.unwrap();
+        assert!(
+            is_order(&issuer.due("a.test").await.unwrap()),
+            "unreadable certificate"
+        );
+    }
+
+    async fn status(store: &MemStore) -> HostStatus {
+        get_json(store, "com.roo.acme.status:a.test")
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn failures_back_off_and_rate_limits_wait_as_told() {
+        let store = MemStore::default();
+        let issuer = issuer(&store);
+        let now = unix(SystemTime::now());
+        issuer
+            .failed("a.test", AcmeError::Timeout("order"), None)
+            .await;
+        let s = status(&store).await;
+        assert_eq!(s.failures, 1);
+        assert!(s.last_error.as_deref().unwrap().contains("timed out"));
+        assert!((now + 80..=now + 121).contains(&s.next_attempt), "{s:?}");
+        issuer
+            .failed("a.test", AcmeError::Timeout("order"), None)
+            .await;
+        let s = status(&store).await;
+        assert_eq!(s.failures, 2);
+        assert!(
+            (now + 160..=now + 241).contains(&s.next_attempt),
+            "doubled: {s:?}"
+        );
+
+        let problem: instant_acme::Problem = serde_json::from_str(
+            r#"{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many certificates"}"#,
+        )
+        .unwrap();
+        let told = SystemTime::now() + Duration::from_secs(7200);
+        issuer
+            .failed(
+                "a.test",
+                AcmeError::Acme(problem.clone().into()),
+                Some(told),
+            )
+            .await;
+        let s = status(&store).await;
+        assert_eq!(s.next_attempt, unix(told), "as long as the CA said");
+        issuer
+            .failed("a.test", AcmeError::Acme(problem.into()), None)
+            .await;
+        assert!(
+            status(&store).await.next_attempt >= now + 3600,
+            "an hour without Retry-After"
+        );
+    }
 
     #[test]
     fn host_names_the_ca_may_see() {

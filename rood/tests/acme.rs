@@ -413,8 +413,29 @@ async fn one_order_one_certificate_served_by_every_node() {
         &format!("http://{up}"),
     )
     .await;
-    // The first handshake waits for the certificate rather than failing.
-    let mut leaves = Vec::new();
+    // Once the route is live on the node the name points at (its plain listener redirects),
+    // the first handshake there waits for the certificate rather than failing.
+    let plain = format!("http://{}:{http_port}/", ip_of(&procs[target]));
+    wait_for(
+        "the route on the target node",
+        Duration::from_secs(10),
+        || async {
+            let r = http
+                .send("GET", &plain, &[("host", "app.test")], "")
+                .await
+                .ok()?;
+            (r.status == 308).then_some(())
+        },
+    )
+    .await;
+    let first = served_leaf(
+        &format!("{}:{tls_port}", ip_of(&procs[target])),
+        "app.test",
+        &root,
+    )
+    .await
+    .expect("the first handshake waits for the certificate");
+    let mut leaves = vec![first];
     for p in &procs {
         let addr = format!("{}:{tls_port}", ip_of(p));
         let leaf = wait_for(
