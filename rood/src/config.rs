@@ -111,6 +111,11 @@ pub struct Config {
     #[arg(long, env = "ROO_ACME_HANDSHAKE_WAIT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=9_000))]
     pub acme_handshake_wait_ms: u64,
 
+    /// Swarm watcher: `auto` runs it where a Docker swarm manager API is reachable (DOCKER_HOST
+    /// or /var/run/docker.sock), `on` keeps looking for one, `off` never.
+    #[arg(long, env = "ROO_SWARM", default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub swarm: String,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info,roo_kv=debug`.
     #[arg(long, env = "ROO_LOG", default_value = "info,openraft=warn")]
     pub log: String,

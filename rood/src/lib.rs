@@ -9,6 +9,8 @@
 //! - [`routes`]: where a request is routed: the route table, a pure lookup by host.
 //! - [`certs`]: certificates as the TLS listener serves them: `com.roo.cert:` values, the table
 //!   and the SNI resolver.
+//! - [`swarm`]: where a route comes from when a service asks for one: the Docker Swarm watcher
+//!   (one node holds its lease), service labels to routes.
 //! - [`acme`]: where a certificate comes from when nobody put one by hand: the ACME issuer
 //!   (`roo-acme`), run on the raft leader over the KV.
 //! - [`feed`]: routes and certificates from the KV (scan, then watch), as typed changes applied
@@ -31,3 +33,4 @@ pub mod feed;
 pub mod node;
 pub mod proxy;
 pub mod routes;
+pub mod swarm;

@@ -177,6 +177,13 @@ impl Node {
             )),
             tokio::spawn(async move { cluster::form(&form_kv, formation, &form_shutdown).await }),
         ];
+        if config.swarm != "off" {
+            tasks.push(tokio::spawn(crate::swarm::run(
+                kv.clone(),
+                config.swarm == "on",
+                shutdown.clone(),
+            )));
+        }
         if let Some(issuer) = issuer {
             tasks.push(tokio::spawn(acme::run(
                 kv.clone(),

@@ -29,7 +29,7 @@ impl Scheme {
         }
     }
 
-    fn parse(s: &str) -> Option<Scheme> {
+    pub fn parse(s: &str) -> Option<Scheme> {
         match s {
             "http" => Some(Scheme::Http),
             "https" => Some(Scheme::Https),

@@ -45,6 +45,8 @@ async fn start_node(dir: &std::path::Path, join: Option<&str>) -> Node {
         "2000".into(),
         "--acme".into(),
         "false".into(),
+        "--swarm".into(),
+        "off".into(),
     ];
     if let Some(j) = join {
         args.extend(["--join".into(), j.to_string()]);

@@ -89,6 +89,8 @@ async fn try_node(dir: &std::path::Path, args: &[&str]) -> Result<Node, rood::no
         dir.to_str().unwrap(),
         "--acme",
         "false",
+        "--swarm",
+        "off",
     ];
     argv.extend_from_slice(args);
     let config = Config::try_parse_from(argv).unwrap();

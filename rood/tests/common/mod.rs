@@ -228,6 +228,8 @@ impl Proc {
             .env("ROO_CLUSTER_SECRET", SECRET)
             // Never Let's Encrypt from a test; ACME tests pass --acme true and a directory.
             .env("ROO_ACME", "false")
+            // Nor the swarm watcher, except where a test asks for it.
+            .env("ROO_SWARM", "off")
             .env("ROO_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,0 +1,373 @@
+//! Where a route comes from when a service asks for one: the Docker Swarm watcher.
+//!
+//! One node in the cluster runs it: the holder of a lease in the KV ([`LEASE_KEY`]), taken only
+//! by nodes that reach a swarm manager's API, so edge nodes run without the Docker socket. The
+//! holder follows Docker's service events and also reconciles everything at start and every
+//! [`RECONCILE_EVERY`]: each service's labels ([`labels`]) become routes in the KV, where every
+//! node's proxy picks them up like any other route.
+//!
+//! Ownership: for each service the watcher records the routes it made
+//! (`com.roo.swarm.service:<service id>`). A label change rewrites exactly those routes, a
+//! removed service loses them, a route it did not make is never written or deleted, and a route
+//! edited by hand since is left alone. Nothing is deleted unless Docker answered the service list:
+//! an unreachable Docker API changes nothing.
+
+pub mod labels;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bollard::query_parameters::EventsOptionsBuilder;
+use bollard::Docker;
+use futures_util::StreamExt;
+use roo_kv::{Consistency, Kv, KvError};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use labels::Labels;
+
+/// Full reconcile period, besides Docker's events.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// The lease naming the node that runs the watcher.
+pub const LEASE_KEY: &str = "com.roo.swarm.lease";
+/// Per service: the routes the watcher made for it.
+pub const OWNER_PREFIX: &str = "com.roo.swarm.service:";
+const LEASE_TTL: Duration = Duration::from_secs(15);
+const LEASE_RENEW: Duration = Duration::from_secs(5);
+
+/// What went wrong talking to Docker or the KV.
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    #[error("Docker API: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("ownership record {key}: {reason}")]
+    Record { key: String, reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Lease {
+    node: u64,
+    /// Unix milliseconds.
+    expires: u64,
+}
+
+/// The routes the watcher made for one service.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct Owned {
+    service: String,
+    routes: BTreeMap<String, String>,
+}
+
+/// A service as the watcher sees it.
+struct ServiceRoutes {
+    id: String,
+    name: String,
+    /// None: its labels are invalid; what it had is kept.
+    routes: Option<BTreeMap<String, String>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Connects to Docker (`DOCKER_HOST`, else the local socket) and checks that it is a swarm
+/// manager.
+pub async fn manager() -> Result<Docker, String> {
+    let docker = Docker::connect_with_defaults().map_err(|e| e.to_string())?;
+    let info = tokio::time::timeout(Duration::from_secs(5), docker.info())
+        .await
+        .map_err(|_| "Docker API did not answer in 5 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let manager = info
+        .swarm
+        .and_then(|s| s.control_available)
+        .unwrap_or(false);
+    if manager {
+        Ok(docker)
+    } else {
+        Err("this Docker engine is not a swarm manager".into())
+    }
+}
+
+/// Finds the Docker manager API and runs the watcher while this node holds the lease, until
+/// `shutdown`. `required`: keep looking for the API (`--swarm on`); else give up at once when
+/// there is none (`auto`).
+pub async fn run(kv: Kv, required: bool, shutdown: CancellationToken) {
+    let docker = loop {
+        match manager().await {
+            Ok(d) => break d,
+            Err(e) if !required => {
+                tracing::info!(reason = %e, "swarm watcher off on this node");
+                return;
+            }
+            Err(e) => tracing::warn!(reason = %e, "no Docker swarm manager API yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    };
+    tracing::info!("Docker swarm manager API reachable: this node may run the swarm watcher");
+    lead(kv, docker, shutdown).await
+}
+
+/// Runs the watcher whenever this node holds the lease.
+async fn lead(kv: Kv, docker: Docker, shutdown: CancellationToken) {
+    loop {
+        let held = tokio::select! {
+            held = acquire(&kv) => held,
+            _ = shutdown.cancelled() => return,
+        };
+        match held {
+            Ok(Some(rev)) => {
+                tracing::info!("holding the swarm lease: the watcher runs on this node");
+                let lost = shutdown.child_token();
+                tokio::select! {
+                    _ = hold(&kv, rev, &lost) => {}
+                    _ = watch(&kv, &docker, &lost) => {}
+                }
+                lost.cancel();
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                tracing::info!("swarm lease lost: the watcher stopped on this node");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "swarm lease"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LEASE_RENEW) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Takes the lease if it is free, expired or ours; returns its revision.
+async fn acquire(kv: &Kv) -> Result<Option<u64>, KvError> {
+    let current = kv.get(LEASE_KEY, Consistency::Linearizable).await?;
+    let prev_rev = match &current {
+        None => 0,
+        Some(record) => {
+            let lease: Option<Lease> = serde_json::from_slice(&record.value).ok();
+            match lease {
+                Some(l) if l.node != kv.node_id() && l.expires > now_ms() => return Ok(None),
+                _ => record.mod_rev,
+            }
+        }
+    };
+    put_lease(kv, prev_rev).await
+}
+
+async fn put_lease(kv: &Kv, prev_rev: u64) -> Result<Option<u64>, KvError> {
+    let lease = Lease {
+        node: kv.node_id(),
+        expires: now_ms() + LEASE_TTL.as_millis() as u64,
+    };
+    let value = serde_json::to_vec(&lease).map_err(|e| KvError::InvalidRequest(e.to_string()))?;
+    match kv.put(LEASE_KEY, value, Some(prev_rev)).await {
+        Ok(rev) => Ok(Some(rev)),
+        Err(KvError::Conflict { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Renews the lease until it cannot (another node took it, or no quorum for a TTL).
+async fn hold(kv: &Kv, mut rev: u64, lost: &CancellationToken) {
+    let mut last_renewed = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(LEASE_RENEW) => {}
+            _ = lost.cancelled() => return,
+        }
+        match put_lease(kv, rev).await {
+            Ok(Some(r)) => {
+                rev = r;
+                last_renewed = tokio::time::Instant::now();
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the swarm lease");
+                // Stop before another node may take it.
+                if last_renewed.elapsed() + LEASE_RENEW >= LEASE_TTL {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reconciles at start, on every service event and every [`RECONCILE_EVERY`].
+async fn watch(kv: &Kv, docker: &Docker, lost: &CancellationToken) {
+    let filters = HashMap::from([("type", vec!["service"])]);
+    loop {
+        let mut events = docker.events(Some(EventsOptionsBuilder::new().filters(&filters).build()));
+        run_reconcile(kv, docker).await;
+        let mut tick = tokio::time::interval(RECONCILE_EVERY);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(Ok(e)) => {
+                        let actor = e.actor.as_ref();
+                        let name = actor
+                            .and_then(|a| a.attributes.as_ref())
+                            .and_then(|a| a.get("name"))
+                            .map_or("-", String::as_str);
+                        tracing::debug!(action = e.action.as_deref().unwrap_or("-"), service = name, "service event");
+                        run_reconcile(kv, docker).await;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "Docker event stream");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => run_reconcile(kv, docker).await,
+                _ = lost.cancelled() => return,
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = lost.cancelled() => return,
+        }
+    }
+}
+
+async fn run_reconcile(kv: &Kv, docker: &Docker) {
+    let started = std::time::Instant::now();
+    match reconcile(kv, docker).await {
+        Ok(changes) => tracing::info!(
+            changes,
+            ms = started.elapsed().as_millis() as u64,
+            "swarm routes reconciled"
+        ),
+        Err(e) => tracing::warn!(error = %e, "swarm reconcile failed; routes left as they are"),
+    }
+}
+
+/// Makes the KV's watcher-made routes match the services' labels; returns how many keys it
+/// wrote or deleted.
+pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<usize, SwarmError> {
+    let services = list(docker).await?;
+    let (records, _) = kv.scan(OWNER_PREFIX, Consistency::Linearizable).await?;
+    let mut owned: BTreeMap<String, Owned> = BTreeMap::new();
+    for (key, record) in records {
+        let id = key.trim_start_matches(OWNER_PREFIX).to_string();
+        let value = serde_json::from_slice(&record.value).map_err(|e| SwarmError::Record {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        owned.insert(id, value);
+    }
+    // Which service owns each key, so that no service takes another's (or a hand-made) route.
+    let mut owner_of: HashMap<String, String> = HashMap::new();
+    for (id, o) in &owned {
+        for key in o.routes.keys() {
+            owner_of.insert(key.clone(), id.clone());
+        }
+    }
+    let mut changes = 0;
+    let mut seen = std::collections::HashSet::new();
+    for service in services {
+        seen.insert(service.id.clone());
+        let before = owned.get(&service.id).cloned().unwrap_or_default();
+        let Some(wanted) = service.routes else {
+            continue;
+        };
+        let mut now = Owned {
+            service: service.name.clone(),
+            routes: BTreeMap::new(),
+        };
+        for (key, value) in &wanted {
+            match owner_of.get(key) {
+                Some(owner) if *owner != service.id => {
+                    tracing::warn!(service = %service.name, %key, "route already made for another service; skipped");
+                    continue;
+                }
+                None if kv.get(key, Consistency::Linearizable).await?.is_some() => {
+                    tracing::warn!(service = %service.name, %key, "a route put by hand exists; the label is skipped");
+                    continue;
+                }
+                _ => {}
+            }
+            if before.routes.get(key) != Some(value) {
+                kv.put(key, value.clone().into_bytes(), None).await?;
+                changes += 1;
+                tracing::info!(service = %service.name, %key, %value, "route from labels");
+            }
+            now.routes.insert(key.clone(), value.clone());
+        }
+        for (key, value) in &before.routes {
+            if !now.routes.contains_key(key) {
+                changes += remove_route(kv, &service.name, key, value).await?;
+            }
+        }
+        let record_key = format!("{OWNER_PREFIX}{}", service.id);
+        if now.routes.is_empty() && !before.routes.is_empty() {
+            kv.delete(&record_key, None).await?;
+        } else if !now.routes.is_empty() && now != before {
+            let value = serde_json::to_vec(&now).map_err(|e| SwarmError::Record {
+                key: record_key.clone(),
+                reason: e.to_string(),
+            })?;
+            kv.put(&record_key, value, None).await?;
+        }
+    }
+    // Services that are gone.
+    for (id, o) in owned.iter().filter(|(id, _)| !seen.contains(*id)) {
+        for (key, value) in &o.routes {
+            changes += remove_route(kv, &o.service, key, value).await?;
+        }
+        kv.delete(&format!("{OWNER_PREFIX}{id}"), None).await?;
+        tracing::info!(service = %o.service, "service removed: its routes deleted");
+    }
+    Ok(changes)
+}
+
+/// Deletes a route the watcher made, unless someone changed it since.
+async fn remove_route(kv: &Kv, service: &str, key: &str, made: &str) -> Result<usize, KvError> {
+    match kv.get(key, Consistency::Linearizable).await? {
+        Some(record) if record.value == made.as_bytes() => {
+            kv.delete(key, Some(record.mod_rev)).await?;
+            tracing::info!(%service, %key, "route from labels removed");
+            Ok(1)
+        }
+        Some(_) => {
+            tracing::info!(%service, %key, "route changed by hand since; left alone");
+            Ok(0)
+        }
+        None => Ok(0),
+    }
+}
+
+/// Every service and the routes its labels describe.
+async fn list(docker: &Docker) -> Result<Vec<ServiceRoutes>, SwarmError> {
+    let services = docker.list_services(None).await?;
+    Ok(services
+        .into_iter()
+        .filter_map(|s| {
+            let id = s.id?;
+            let spec = s.spec?;
+            let name = spec.name.unwrap_or_else(|| id.clone());
+            let service_labels = spec.labels.unwrap_or_default();
+            let container_labels = spec
+                .task_template
+                .and_then(|t| t.container_spec)
+                .and_then(|c| c.labels)
+                .unwrap_or_default();
+            let found = labels::routes(&name, &Labels::new(&service_labels, &container_labels));
+            let routes = match found {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(service = %name, error = %e, "invalid roo labels; the service's routes are left as they are");
+                    None
+                }
+            };
+            Some(ServiceRoutes { id, name, routes })
+        })
+        .collect())
+}

@@ -1,0 +1,291 @@
+//! The swarm watcher against the machine's real Docker engine in swarm mode: services created,
+//! updated and removed with the docker CLI, their routes checked in the KV of a rood process
+//! that runs the watcher.
+//!
+//! Where no Docker engine is reachable these tests say SKIPPED (and fail in CI). A single-node
+//! swarm is initialised if the engine is not in one yet. Every service and image a test makes is
+//! removed at the end, pass or fail.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{free_port, wait_for, wait_for_cluster, Http, Proc};
+
+fn docker(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("docker {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A swarm manager to test against, with an upstream image built for this test (busybox's
+/// httpd, FROM scratch: nothing is pulled); its tag, or None (skipped) where there is no Docker
+/// engine and this is not CI.
+fn engine() -> Option<Image> {
+    if let Err(e) = docker(&["info", "--format", "{{.ServerVersion}}"]) {
+        if std::env::var_os("CI").is_none() {
+            eprintln!("SKIPPED: no Docker engine reachable ({e})");
+            return None;
+        }
+        panic!("the swarm tests need a Docker engine in CI: {e}");
+    }
+    let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).unwrap();
+    if state != "active" {
+        docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]).expect("docker swarm init");
+    }
+    let image = Image(format!("roo-test-upstream:{:x}", rand::random::<u32>()));
+    {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy("/bin/busybox", dir.path().join("busybox"))
+            .expect("/bin/busybox (Debian's busybox-static) for the test image");
+        std::fs::write(dir.path().join("index.html"), "upstream\n").unwrap();
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY index.html /www/index.html\n\
+             ENTRYPOINT [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n",
+        )
+        .unwrap();
+        docker(&["build", "-q", "-t", &image.0, dir.path().to_str().unwrap()])
+            .expect("building the upstream image");
+    }
+    Some(image)
+}
+
+/// An image built by a test, removed when it ends.
+struct Image(String);
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = docker(&["rmi", "-f", &self.0]);
+    }
+}
+
+/// Services made by a test, removed when it ends.
+struct Services {
+    image: String,
+    names: Vec<String>,
+}
+
+impl Services {
+    fn create(&mut self, name: &str, args: &[&str]) -> Duration {
+        let mut all = vec!["service", "create", "-d", "--name", name];
+        all.extend_from_slice(args);
+        all.push(&self.image);
+        self.names.push(name.to_string());
+        let started = Instant::now();
+        docker(&all).unwrap();
+        started.elapsed()
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for s in &self.names {
+            let _ = docker(&["service", "rm", s]);
+        }
+    }
+}
+
+async fn value(http: &Http, node: &Proc, key: &str) -> Option<String> {
+    let r = http
+        .get(&node.url(&format!("/roo/v1/kv/{key}")))
+        .await
+        .ok()?;
+    (r.status == 200).then(|| r.text())
+}
+
+/// Waits until `key` holds `want` (None: absent); returns how long that took.
+async fn until(http: &Http, node: &Proc, key: &str, want: Option<&str>) -> Duration {
+    let started = Instant::now();
+    wait_for(
+        &format!("{key} to be {want:?}"),
+        Duration::from_secs(20),
+        || async { (value(http, node, key).await.as_deref() == want).then_some(()) },
+    )
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn labels_become_routes_and_only_the_watchers_routes_change() {
+    let Some(image) = engine() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let node = Proc::start(&api, &dir.path().join("n1"), &["--swarm", "on"]);
+    let http = Http::default();
+    wait_for_cluster(&http, std::slice::from_ref(&api), 1).await;
+    wait_for(
+        "the watcher to hold the lease",
+        Duration::from_secs(20),
+        || async { value(&http, &node, "com.roo.swarm.lease").await },
+    )
+    .await;
+
+    let tag = format!("{:x}", rand::random::<u32>());
+    let (web, api_svc, bad) = (
+        format!("roo-t-web-{tag}"),
+        format!("roo-t-api-{tag}"),
+        format!("roo-t-bad-{tag}"),
+    );
+    let (a, b, c) = (
+        format!("a-{tag}.test"),
+        format!("b-{tag}.test"),
+        format!("c-{tag}.test"),
+    );
+    let hand = format!("hand-{tag}.test");
+    let hand_key = format!("com.roo.host:{hand}:https");
+    let r = http
+        .put(
+            &node.url(&format!("/roo/v1/kv/{hand_key}")),
+            "http://by-hand:80",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+
+    let mut services = Services {
+        image: image.0.clone(),
+        names: Vec::new(),
+    };
+    // Service labels (compose deploy.labels), Roo's names.
+    let took = services.create(
+        &web,
+        &[
+            "--label",
+            &format!("OriginHosts={a},{hand}"),
+            "--label",
+            "DestinationPort=80",
+        ],
+    );
+    let key_a = format!("com.roo.host:{a}:https");
+    let live = until(&http, &node, &key_a, Some(&format!("http://{web}:80"))).await;
+    eprintln!(
+        "docker service create took {took:?}; the route was in the KV {live:?} after it returned"
+    );
+    // A label naming a hand-made route does not take it over.
+    assert_eq!(
+        value(&http, &node, &hand_key).await.as_deref(),
+        Some("http://by-hand:80")
+    );
+
+    // Container labels with the roo. prefix, another origin scheme and port.
+    services.create(
+        &api_svc,
+        &[
+            "--container-label",
+            &format!("roo.OriginHost={c}"),
+            "--container-label",
+            "roo.OriginScheme=http",
+            "--container-label",
+            "roo.OriginPort=8080",
+            "--container-label",
+            "roo.DestinationPort=9000",
+            "--container-label",
+            "roo.DestinationHost=tasks.api",
+        ],
+    );
+    until(
+        &http,
+        &node,
+        &format!("com.roo.host:{c}:8080:http"),
+        Some("http://tasks.api:9000"),
+    )
+    .await;
+
+    // Invalid labels: skipped with a log line naming the service; the rest still routes.
+    services.create(&bad, &["--label", &format!("OriginHosts=bad-{tag}.test")]);
+    wait_for(
+        "the invalid labels logged",
+        Duration::from_secs(20),
+        || async {
+            let log =
+                std::fs::read_to_string(node.data_dir.with_extension("log")).unwrap_or_default();
+            log.lines()
+                .any(|l| l.contains("invalid roo labels") && l.contains(&bad))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        value(&http, &node, &format!("com.roo.host:bad-{tag}.test:https"))
+            .await
+            .is_none()
+    );
+
+    // A label change moves exactly that service's route.
+    let started = Instant::now();
+    docker(&[
+        "service",
+        "update",
+        "-d",
+        "--label-add",
+        &format!("OriginHosts={b}"),
+        &web,
+    ])
+    .unwrap();
+    let returned = started.elapsed();
+    let key_b = format!("com.roo.host:{b}:https");
+    let moved = until(&http, &node, &key_b, Some(&format!("http://{web}:80"))).await;
+    until(&http, &node, &key_a, None).await;
+    eprintln!("docker service update took {returned:?}; the new route was live {moved:?} after");
+    assert!(
+        moved < Duration::from_secs(2),
+        "label change live within 2 s: {moved:?}"
+    );
+    assert_eq!(
+        value(&http, &node, &hand_key).await.as_deref(),
+        Some("http://by-hand:80")
+    );
+
+    // A route the watcher made, then edited by hand, is left alone when the service goes.
+    let key_c = format!("com.roo.host:{c}:8080:http");
+    http.put(&node.url(&format!("/roo/v1/kv/{key_c}")), "http://edited:1")
+        .await
+        .unwrap();
+    docker(&["service", "rm", &api_svc]).unwrap();
+    docker(&["service", "rm", &web]).unwrap();
+    until(&http, &node, &key_b, None).await;
+    assert_eq!(
+        value(&http, &node, &key_c).await.as_deref(),
+        Some("http://edited:1")
+    );
+    assert_eq!(
+        value(&http, &node, &hand_key).await.as_deref(),
+        Some("http://by-hand:80")
+    );
+    let owners = http
+        .get(&node.url("/roo/v1/kvs/com.roo.swarm.service:"))
+        .await
+        .unwrap()
+        .json();
+    // No ownership record left for this test's services (other services on the engine may
+    // have theirs).
+    use base64::Engine;
+    let records: String = owners["results"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap();
+            String::from_utf8(raw).unwrap()
+        })
+        .collect();
+    for name in [&web, &api_svc, &bad] {
+        assert!(
+            !records.contains(name.as_str()),
+            "{name} still has a record"
+        );
+    }
+}
