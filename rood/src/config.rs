@@ -70,6 +70,11 @@ pub struct Config {
     #[arg(long, env = "ROO_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
 
+    /// A file holding the cluster secret (a Docker secret), read at start when
+    /// `--cluster-secret` is not given.
+    #[arg(long, env = "ROO_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+
     /// Build a raft snapshot and purge the log before it after this many entries.
     #[arg(long, env = "ROO_SNAPSHOT_EVERY", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every: u64,
@@ -135,6 +140,23 @@ fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
 }
 
 impl Config {
+    /// Reads the settings kept in files (Docker secrets) into the config.
+    pub fn load_secret_files(&mut self) -> Result<(), String> {
+        if let (None, Some(path)) = (&self.cluster_secret, &self.cluster_secret_file) {
+            let secret = std::fs::read_to_string(path)
+                .map_err(|e| format!("ROO_CLUSTER_SECRET_FILE {}: {e}", path.display()))?;
+            let secret = secret.trim();
+            if secret.is_empty() {
+                return Err(format!(
+                    "ROO_CLUSTER_SECRET_FILE {} is empty",
+                    path.display()
+                ));
+            }
+            self.cluster_secret = Some(secret.to_string());
+        }
+        Ok(())
+    }
+
     /// The ACME settings, or None when ACME is off.
     pub fn acme_config(&self) -> Option<roo_acme::AcmeConfig> {
         if !self.acme {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::Name;
 use hickory_resolver::TokioResolver;
 
 /// Why a resolver could not be built or a name not resolved.
@@ -40,10 +41,20 @@ pub fn resolver(server: Option<SocketAddr>, max_ttl: Duration) -> Result<TokioRe
     builder.build().map_err(|e| DnsError::Build(e.to_string()))
 }
 
-/// Every address `name` resolves to, sorted.
+/// Every address `name` resolves to, sorted. The name is taken as plain ASCII, so that swarm's
+/// service names with underscores (`tasks.roo_roo`, `app_web`) resolve: the default (IDNA)
+/// reading refuses them.
 pub async fn lookup(resolver: &TokioResolver, name: &str) -> Result<Vec<IpAddr>, DnsError> {
+    let lookup_error = |reason: String| DnsError::Lookup {
+        name: name.to_string(),
+        reason,
+    };
+    let parsed = match name.parse::<IpAddr>() {
+        Ok(ip) => return Ok(vec![ip]),
+        Err(_) => Name::from_ascii(name).map_err(|e| lookup_error(e.to_string()))?,
+    };
     let answer = resolver
-        .lookup_ip(name)
+        .lookup_ip(parsed)
         .await
         .map_err(|e| DnsError::Lookup {
             name: name.to_string(),

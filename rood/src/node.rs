@@ -98,6 +98,7 @@ impl Node {
         let http_addr = local(&listeners.http)?;
         let https_addr = local(&listeners.https)?;
         config.api_addr = api_addr;
+        config.load_secret_files().map_err(StartError::Config)?;
         let advertise = config.advertise_addr().map_err(StartError::Config)?;
         if config.cluster_secret.is_none() {
             tracing::warn!("ROO_CLUSTER_SECRET is not set: any host that reaches the API port can join the cluster and send raft messages");

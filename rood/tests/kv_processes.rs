@@ -253,7 +253,7 @@ async fn nodes_started_together_with_dns_form_one_cluster() {
         "127.0.0.4",
         "127.0.0.5",
     ];
-    let body = serde_json::json!({"host": "roo.test", "addresses": ips}).to_string();
+    let body = serde_json::json!({"host": "tasks.roo_roo.test", "addresses": ips}).to_string();
     wait_for(
         "challtestsrv to take a record",
         Duration::from_secs(10),
@@ -278,7 +278,7 @@ async fn nodes_started_together_with_dns_form_one_cluster() {
         procs.push(Proc::start(
             &addr,
             &dir.path().join(format!("n{i}")),
-            &["--dns", "roo.test", "--resolver", &dns],
+            &["--dns", "tasks.roo_roo.test", "--resolver", &dns],
         ));
     }
     let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();

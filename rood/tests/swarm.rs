@@ -289,3 +289,285 @@ async fn labels_become_routes_and_only_the_watchers_routes_change() {
         );
     }
 }
+
+/// Runs `f`, ignoring errors: cleanup.
+fn quietly(args: &[&str]) {
+    let _ = docker(args);
+}
+
+/// Everything the stack test makes, removed when it ends.
+struct Stack {
+    name: String,
+    network: String,
+    secret: String,
+    image: String,
+    labelled_node: Option<String>,
+}
+
+impl Stack {
+    fn deploy(&self, env: &[(&str, String)], files: &[&str]) -> Result<String, String> {
+        let mut cmd = Command::new("docker");
+        cmd.args(["stack", "deploy"]);
+        for f in files {
+            cmd.args(["-c", f]);
+        }
+        cmd.arg(&self.name);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// `docker stack rm`, then waits until its containers are gone.
+    fn remove(&self) {
+        quietly(&["stack", "rm", &self.name]);
+        let label = format!("label=com.docker.stack.namespace={}", self.name);
+        for _ in 0..120 {
+            let left = docker(&["ps", "-aq", "--filter", &label]).unwrap_or_default();
+            if left.is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.remove();
+        quietly(&["volume", "rm", &format!("{}_roo-data", self.name)]);
+        quietly(&["network", "rm", &self.network]);
+        quietly(&["secret", "rm", &self.secret]);
+        quietly(&["rmi", "-f", &self.image]);
+        if let Some(node) = &self.labelled_node {
+            quietly(&["node", "update", "--label-rm", "load_balancer", node]);
+        }
+    }
+}
+
+/// GET `/` for `host` through the stack's published HTTP port: status and body.
+async fn through(http: &Http, port: u16, host: &str) -> Option<(u16, String)> {
+    let r = http
+        .send(
+            "GET",
+            &format!("http://127.0.0.1:{port}/"),
+            &[("host", host)],
+            "",
+        )
+        .await
+        .ok()?;
+    Some((r.status, r.text()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploys() {
+    let Some(upstream) = engine() else { return };
+    let tag = format!("{:x}", rand::random::<u32>());
+    let node = docker(&["info", "--format", "{{.Swarm.NodeID}}"]).unwrap();
+    let had_label = docker(&[
+        "node",
+        "inspect",
+        "--format",
+        "{{index .Spec.Labels \"load_balancer\"}}",
+        &node,
+    ])
+    .unwrap_or_default()
+        == "true";
+    let stack = Stack {
+        name: format!("rootest{tag}"),
+        network: format!("roo-test-net-{tag}"),
+        secret: format!("roo-test-secret-{tag}"),
+        image: format!("roo-test:{tag}"),
+        labelled_node: (!had_label).then(|| node.clone()),
+    };
+    let compose_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../compose");
+    let built = Command::new(format!("{compose_dir}/build-image.sh"))
+        .args([env!("CARGO_BIN_EXE_rood"), stack.image.as_str()])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "build-image.sh: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    docker(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--attachable",
+        &stack.network,
+    ])
+    .unwrap();
+    docker(&["node", "update", "--label-add", "load_balancer=true", &node]).unwrap();
+    let secret_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret_file.path(), format!("secret-{tag}")).unwrap();
+    docker(&[
+        "secret",
+        "create",
+        &stack.secret,
+        secret_file.path().to_str().unwrap(),
+    ])
+    .unwrap();
+
+    // The API is on the overlay network only; this test also publishes it, on the host, to
+    // drive it.
+    let (http_port, https_port, api_port) = (
+        free_port("0.0.0.0"),
+        free_port("0.0.0.0"),
+        free_port("0.0.0.0"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let api_override = dir.path().join("api.yml");
+    std::fs::write(
+        &api_override,
+        format!("version: \"3.8\"\nservices:\n  roo:\n    ports:\n      - target: 6299\n        published: {api_port}\n        mode: host\n"),
+    )
+    .unwrap();
+    let env = vec![
+        ("ROO_IMAGE", stack.image.clone()),
+        ("ROO_STACK", stack.name.clone()),
+        ("ROO_NETWORK", stack.network.clone()),
+        ("ROO_SECRET_NAME", stack.secret.clone()),
+        ("ROO_HTTP_PORT", http_port.to_string()),
+        ("ROO_HTTPS_PORT", https_port.to_string()),
+        ("ROO_ACME", "false".to_string()),
+    ];
+    let compose = format!("{compose_dir}/roo-docker-compose.yml");
+    let files = [compose.as_str(), api_override.to_str().unwrap()];
+    stack.deploy(&env, &files).unwrap();
+    let http = Http::default();
+    let api = format!("127.0.0.1:{api_port}");
+    let wait_api = || async {
+        wait_for(
+            "the stack's node to lead its cluster",
+            Duration::from_secs(90),
+            || async {
+                let s = http.cluster(&api).await.ok()?;
+                s["leader_id"].as_u64()
+            },
+        )
+        .await
+    };
+    wait_api().await;
+
+    // A labelled service on the same network answers for its host. Its tasks' addresses
+    // (`tasks.<service>`): this machine's kernel has no IPVS, so swarm's virtual IPs do not
+    // carry traffic here.
+    let web = format!("web-{tag}");
+    let mut services = Services {
+        image: upstream.0.clone(),
+        names: Vec::new(),
+    };
+    let created = Instant::now();
+    services.create(
+        &web,
+        &[
+            "--network",
+            &stack.network,
+            "--label",
+            &format!("OriginHosts=web-{tag}.test"),
+            "--label",
+            "OriginScheme=http",
+            "--label",
+            "DestinationPort=80",
+            "--label",
+            &format!("DestinationHost=tasks.{web}"),
+        ],
+    );
+    let (status, body) = wait_for(
+        "the labelled service through the stack",
+        Duration::from_secs(60),
+        || async {
+            through(&http, http_port, &format!("web-{tag}.test"))
+                .await
+                .filter(|(s, _)| *s == 200)
+        },
+    )
+    .await;
+    assert_eq!((status, body.trim()), (200, "upstream"));
+    eprintln!(
+        "docker service create to a routed answer: {:?}",
+        created.elapsed()
+    );
+
+    // A hand-made route to the same service.
+    let hand_key = format!("com.roo.host:hand-{tag}.test:http");
+    let r = http
+        .put(
+            &format!("http://{api}/roo/v1/kv/{hand_key}"),
+            format!("http://{web}:80"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+
+    // The label moves the route.
+    docker(&[
+        "service",
+        "update",
+        "-d",
+        "--label-add",
+        &format!("OriginHosts=moved-{tag}.test"),
+        &web,
+    ])
+    .unwrap();
+    wait_for("the moved route", Duration::from_secs(10), || async {
+        through(&http, http_port, &format!("moved-{tag}.test"))
+            .await
+            .filter(|(s, _)| *s == 200)
+    })
+    .await;
+    wait_for("the old route gone", Duration::from_secs(10), || async {
+        through(&http, http_port, &format!("web-{tag}.test"))
+            .await
+            .filter(|(s, _)| *s == 404)
+    })
+    .await;
+
+    // Removing the service removes its route, not the hand-made one.
+    docker(&["service", "rm", &web]).unwrap();
+    wait_for(
+        "the service's route removed",
+        Duration::from_secs(10),
+        || async {
+            through(&http, http_port, &format!("moved-{tag}.test"))
+                .await
+                .filter(|(s, _)| *s == 404)
+        },
+    )
+    .await;
+    let kept = http
+        .get(&format!("http://{api}/roo/v1/kv/{hand_key}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (kept.status, kept.text()),
+        (200, format!("http://{web}:80"))
+    );
+
+    // stack rm, deploy again: the volume keeps the KV.
+    stack.remove();
+    stack.deploy(&env, &files).unwrap();
+    wait_api().await;
+    let kept = wait_for(
+        "the hand-made route after the redeploy",
+        Duration::from_secs(60),
+        || async {
+            let r = http
+                .get(&format!(
+                    "http://{api}/roo/v1/kv/{hand_key}?consistency=stale"
+                ))
+                .await
+                .ok()?;
+            (r.status == 200).then(|| r.text())
+        },
+    )
+    .await;
+    assert_eq!(kept, format!("http://{web}:80"));
+}
