@@ -1,7 +1,5 @@
 //! The error type of the ACME layer.
 
-use std::time::SystemTime;
-
 /// Why getting a certificate failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
@@ -9,11 +7,6 @@ pub enum AcmeError {
     Store(#[from] crate::store::StoreError),
     #[error("ACME: {0}")]
     Acme(#[from] instant_acme::Error),
-    /// The CA answered "rate limited"; do not ask again before `until`.
-    #[error("rate limited by the CA: {detail}")]
-    RateLimited { detail: String, until: SystemTime },
-    #[error("invalid host {host:?}: {reason}")]
-    InvalidHost { host: String, reason: &'static str },
     #[error("challenge for {host} failed: {detail}")]
     Challenge { host: String, detail: String },
     #[error("certificate: {0}")]

@@ -679,7 +679,6 @@ fn is_rate_limit(error: &AcmeError) -> bool {
             .r#type
             .as_deref()
             .is_some_and(|t| t.ends_with(":rateLimited")),
-        AcmeError::RateLimited { .. } => true,
         _ => false,
     }
 }

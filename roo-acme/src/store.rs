@@ -18,8 +18,6 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
-/// Every key of this crate except the certificates starts with this.
-pub const ACME_PREFIX: &str = "com.roo.acme.";
 pub const ACCOUNT_KEY: &str = "com.roo.acme.account";
 pub const HTTP01_PREFIX: &str = "com.roo.acme.http01:";
 pub const TLSALPN01_PREFIX: &str = "com.roo.acme.tlsalpn01:";

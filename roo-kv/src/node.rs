@@ -190,7 +190,7 @@ impl Kv {
         &self.inner.config.advertise
     }
 
-    pub(crate) fn cluster_secret(&self) -> Option<&str> {
+    pub fn cluster_secret(&self) -> Option<&str> {
         self.inner.config.cluster_secret.as_deref()
     }
 

@@ -70,6 +70,23 @@ pub struct Config {
     #[arg(long, env = "ROO_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
 
+    /// Admin bearer token of the API: writes, membership changes, secret keys with private
+    /// keys. Unset: the API is open (a warning is logged), private keys still hidden.
+    #[arg(long, env = "ROO_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// A file holding the admin token (a Docker secret), read when `--api-token` is not given.
+    #[arg(long, env = "ROO_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// Read-only bearer token: reads secret keys without their private keys.
+    #[arg(long, env = "ROO_API_READ_TOKEN", hide_env_values = true)]
+    pub api_read_token: Option<String>,
+
+    /// A file holding the read-only token.
+    #[arg(long, env = "ROO_API_READ_TOKEN_FILE")]
+    pub api_read_token_file: Option<PathBuf>,
+
     /// A file holding the cluster secret (a Docker secret), read at start when
     /// `--cluster-secret` is not given.
     #[arg(long, env = "ROO_CLUSTER_SECRET_FILE")]
@@ -140,19 +157,46 @@ fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
 }
 
 impl Config {
-    /// Reads the settings kept in files (Docker secrets) into the config.
+    /// Reads the settings kept in files (Docker secrets) into the config, a value given directly
+    /// winning over its file, and checks the tokens.
     pub fn load_secret_files(&mut self) -> Result<(), String> {
-        if let (None, Some(path)) = (&self.cluster_secret, &self.cluster_secret_file) {
-            let secret = std::fs::read_to_string(path)
-                .map_err(|e| format!("ROO_CLUSTER_SECRET_FILE {}: {e}", path.display()))?;
-            let secret = secret.trim();
-            if secret.is_empty() {
-                return Err(format!(
-                    "ROO_CLUSTER_SECRET_FILE {} is empty",
-                    path.display()
-                ));
+        for (value, file, name) in [
+            (
+                &mut self.cluster_secret,
+                &self.cluster_secret_file,
+                "ROO_CLUSTER_SECRET_FILE",
+            ),
+            (
+                &mut self.api_token,
+                &self.api_token_file,
+                "ROO_API_TOKEN_FILE",
+            ),
+            (
+                &mut self.api_read_token,
+                &self.api_read_token_file,
+                "ROO_API_READ_TOKEN_FILE",
+            ),
+        ] {
+            if let (None, Some(path)) = (&*value, file) {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{name} {}: {e}", path.display()))?;
+                let text = text.trim();
+                if text.is_empty() {
+                    return Err(format!("{name} {} is empty", path.display()));
+                }
+                *value = Some(text.to_string());
             }
-            self.cluster_secret = Some(secret.to_string());
+        }
+        for (value, name) in [
+            (&self.api_token, "ROO_API_TOKEN"),
+            (&self.api_read_token, "ROO_API_READ_TOKEN"),
+        ] {
+            if value.as_ref().is_some_and(|t| t.len() < 16) {
+                return Err(format!("{name} is shorter than 16 characters"));
+            }
+        }
+        if self.api_read_token.is_some() && self.api_read_token == self.api_token {
+            return Err("ROO_API_READ_TOKEN must differ from ROO_API_TOKEN".into());
         }
         Ok(())
     }
@@ -264,5 +308,37 @@ mod tests {
         let c = Config::try_parse_from(["rood", "--acme", "false"]).unwrap();
         assert!(c.acme_config().is_none());
         assert!(Config::try_parse_from(["rood", "--acme-challenge", "dns-01"]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod secret_file_tests {
+    use super::*;
+
+    #[test]
+    fn tokens_and_secrets_load_from_files() {
+        let dir = std::env::temp_dir().join(format!("roo-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "admin-token-0123456789\n").unwrap();
+        let mut c =
+            Config::try_parse_from(["rood", "--api-token-file", file.to_str().unwrap()]).unwrap();
+        c.load_secret_files().unwrap();
+        assert_eq!(c.api_token.as_deref(), Some("admin-token-0123456789"));
+        let mut c = Config::try_parse_from([
+            "rood",
+            "--cluster-secret-file",
+            file.to_str().unwrap(),
+            "--cluster-secret",
+            "given",
+        ])
+        .unwrap();
+        c.load_secret_files().unwrap();
+        assert_eq!(
+            c.cluster_secret.as_deref(),
+            Some("given"),
+            "a value given directly wins"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

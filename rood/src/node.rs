@@ -157,8 +157,15 @@ impl Node {
             },
             acme_wake: acme_wake.clone(),
         });
+        if config.api_token.is_none() {
+            tracing::warn!("ROO_API_TOKEN is not set: anyone who reaches the API port can change routes (private keys stay hidden)");
+        }
         let api = Api {
             kv: kv.clone(),
+            tokens: api::auth::Tokens {
+                admin: config.api_token.clone(),
+                read: config.api_read_token.clone(),
+            },
             shutdown: shutdown.clone(),
         };
         let (form_kv, form_shutdown) = (kv.clone(), shutdown.clone());

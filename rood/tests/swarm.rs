@@ -300,6 +300,7 @@ struct Stack {
     name: String,
     network: String,
     secret: String,
+    token: String,
     image: String,
     labelled_node: Option<String>,
 }
@@ -343,6 +344,7 @@ impl Drop for Stack {
         quietly(&["volume", "rm", &format!("{}_roo-data", self.name)]);
         quietly(&["network", "rm", &self.network]);
         quietly(&["secret", "rm", &self.secret]);
+        quietly(&["secret", "rm", &self.token]);
         quietly(&["rmi", "-f", &self.image]);
         if let Some(node) = &self.labelled_node {
             quietly(&["node", "update", "--label-rm", "load_balancer", node]);
@@ -382,6 +384,7 @@ async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploy
         name: format!("rootest{tag}"),
         network: format!("roo-test-net-{tag}"),
         secret: format!("roo-test-secret-{tag}"),
+        token: format!("roo-test-token-{tag}"),
         image: format!("roo-test:{tag}"),
         labelled_node: (!had_label).then(|| node.clone()),
     };
@@ -414,6 +417,16 @@ async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploy
         secret_file.path().to_str().unwrap(),
     ])
     .unwrap();
+    let admin_token = format!("admin-{tag}-0123456789abcdef");
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), &admin_token).unwrap();
+    docker(&[
+        "secret",
+        "create",
+        &stack.token,
+        token_file.path().to_str().unwrap(),
+    ])
+    .unwrap();
 
     // The API is on the overlay network only; this test also publishes it, on the host, to
     // drive it.
@@ -434,6 +447,7 @@ async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploy
         ("ROO_STACK", stack.name.clone()),
         ("ROO_NETWORK", stack.network.clone()),
         ("ROO_SECRET_NAME", stack.secret.clone()),
+        ("ROO_TOKEN_NAME", stack.token.clone()),
         ("ROO_HTTP_PORT", http_port.to_string()),
         ("ROO_HTTPS_PORT", https_port.to_string()),
         ("ROO_ACME", "false".to_string()),
@@ -496,16 +510,25 @@ async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploy
         created.elapsed()
     );
 
-    // A hand-made route to the same service.
+    // A hand-made route to the same service: the admin token (a Docker secret) is needed.
     let hand_key = format!("com.roo.host:hand-{tag}.test:http");
+    let hand_url = format!("http://{api}/roo/v1/kv/{hand_key}");
     let r = http
-        .put(
-            &format!("http://{api}/roo/v1/kv/{hand_key}"),
+        .put(&hand_url, format!("http://{web}:80"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401, "writes need the admin token: {}", r.text());
+    let bearer = format!("Bearer {admin_token}");
+    let r = http
+        .send(
+            "PUT",
+            &hand_url,
+            &[("authorization", &bearer)],
             format!("http://{web}:80"),
         )
         .await
         .unwrap();
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 200, "{}", r.text());
 
     // The label moves the route.
     docker(&[

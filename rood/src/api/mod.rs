@@ -4,6 +4,7 @@
 //! membership, watch streams, and the raft RPCs between nodes (mounted from `roo_kv::network`).
 //! Every error is one JSON line `{"ok":false,"error":"..."}` with the status that fits.
 
+pub mod auth;
 mod cluster;
 mod kv;
 mod reply;
@@ -29,6 +30,7 @@ pub use reply::{ApiError, Body};
 #[derive(Clone)]
 pub struct Api {
     pub kv: Kv,
+    pub tokens: auth::Tokens,
     /// Cancelled when the node stops: long-lived answers (watch streams) end.
     pub shutdown: CancellationToken,
 }
@@ -78,34 +80,44 @@ pub async fn serve(listener: TcpListener, api: Api, drain: Duration) {
 /// Finds the handler for a request.
 pub async fn route(api: &Api, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let result = if path == "/roo/ping" {
+    if path.starts_with(roo_kv::network::RPC_PREFIX) {
+        // Between nodes: the cluster secret, checked by roo-kv.
+        return roo_kv::network::server::handle(&api.kv, req)
+            .await
+            .map(reply::boxed);
+    }
+    let result = match api.tokens.access(req.headers()) {
+        Err(e) => Err(e),
+        Ok(access) => handle(api, &path, access, req).await,
+    };
+    result.unwrap_or_else(|e| e.into_response())
+}
+
+async fn handle(
+    api: &Api,
+    path: &str,
+    access: auth::Access,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    if path == "/roo/ping" {
         only(&req, &[Method::GET, Method::HEAD]).map(|()| reply::text(StatusCode::OK, "PONG"))
     } else if let Some(key) = path.strip_prefix("/roo/v1/kv/") {
-        kv::kv(api, key, req).await
+        kv::kv(api, access, key, req).await
     } else if path == "/roo/v1/kvs" || path.starts_with("/roo/v1/kvs/") {
         let prefix = path.strip_prefix("/roo/v1/kvs").unwrap_or_default();
         let prefix = prefix.strip_prefix('/').unwrap_or(prefix);
-        match only(&req, &[Method::GET]) {
-            Ok(()) => kv::scan(api, prefix, &req).await,
-            Err(e) => Err(e),
-        }
+        only(&req, &[Method::GET])?;
+        kv::scan(api, access, prefix, &req).await
     } else if path == "/roo/v1/watch" || path.starts_with("/roo/v1/watch/") {
         let prefix = path.strip_prefix("/roo/v1/watch").unwrap_or_default();
         let prefix = prefix.strip_prefix('/').unwrap_or(prefix);
-        match only(&req, &[Method::GET]) {
-            Ok(()) => watch::watch(api, prefix, &req),
-            Err(e) => Err(e),
-        }
+        only(&req, &[Method::GET])?;
+        watch::watch(api, access, prefix, &req)
     } else if path == "/roo/v1/cluster" || path.starts_with("/roo/v1/cluster/") {
-        cluster::cluster(api, &path, req).await
-    } else if path.starts_with(roo_kv::network::RPC_PREFIX) {
-        Ok(roo_kv::network::server::handle(&api.kv, req)
-            .await
-            .map(reply::boxed))
+        cluster::cluster(api, access, path, req).await
     } else {
         Err(ApiError::NotFound)
-    };
-    result.unwrap_or_else(|e| e.into_response())
+    }
 }
 
 /// Fails with 405 unless the request uses one of `methods`.

@@ -25,6 +25,8 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Kv(#[from] KvError),
 }
@@ -37,6 +39,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Kv(e) => match e {
                 KvError::InvalidKey(_) | KvError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
                 KvError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -68,6 +71,10 @@ impl ApiError {
                 if let Ok(v) = HeaderValue::from_str(&allow) {
                     resp.headers_mut().insert(header::ALLOW, v);
                 }
+            }
+            ApiError::Unauthorized(_) => {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ApiError::Kv(KvError::Unavailable { retry_after, .. }) => {
                 resp.headers_mut()

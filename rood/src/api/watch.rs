@@ -12,14 +12,18 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use roo_kv::KvError;
 
+use super::auth::Access;
 use super::{decode_path, query_u64, Api, ApiError, Body};
 
 pub(super) fn watch<B>(
     api: &Api,
+    access: Access,
     raw_prefix: &str,
     req: &Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let prefix = decode_path(raw_prefix)?;
+    api.tokens.require_reader(access, &prefix)?;
+    let tokens = api.tokens.clone();
     let after = query_u64(req.uri(), "rev")?;
     let watch = api.kv.watch(&prefix, after)?;
     let shutdown = api.shutdown.clone();
@@ -33,7 +37,16 @@ pub(super) fn watch<B>(
                 _ = shutdown.cancelled() => return,
             };
             let line = match next {
-                Ok(ev) => serde_json::to_string(&ev).unwrap_or_default(),
+                Ok(mut ev) => {
+                    if let Some(value) = ev.value.take() {
+                        match tokens.visible(access, &ev.key, value) {
+                            Some(v) => ev.value = Some(v),
+                            // A key this reader may not see: left out of the stream.
+                            None => continue,
+                        }
+                    }
+                    serde_json::to_string(&ev).unwrap_or_default()
+                }
                 Err(KvError::Shutdown) => return,
                 Err(e) => {
                     let line = serde_json::json!({"ok": false, "error": e.to_string()}).to_string();

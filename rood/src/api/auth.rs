@@ -1,0 +1,195 @@
+//! Who may do what on the API.
+//!
+//! With `ROO_API_TOKEN` set, writes and membership changes need `Authorization: Bearer <admin
+//! token>`, and reads of secret keys (`com.roo.cert:`, `com.roo.acme.`) need a token: the admin
+//! one, or `ROO_API_READ_TOKEN`, which sees them with private keys taken out. Other reads stay
+//! open. Without `ROO_API_TOKEN` the API is open (a warning is logged at start), but private keys
+//! are still never returned to a request without the admin token. A token that is given but
+//! wrong is refused (401) everywhere; a read token where the admin one is needed gets 403.
+//! Tokens are compared in constant time.
+
+use http::HeaderMap;
+use roo_acme::store::{ACCOUNT_KEY, CERT_PREFIX, ORDER_PREFIX, TLSALPN01_PREFIX};
+use subtle::ConstantTimeEq;
+
+use super::ApiError;
+
+/// Keys whose values hold secrets.
+const SECRET_PREFIXES: [&str; 2] = [CERT_PREFIX, "com.roo.acme."];
+
+/// The API tokens of a node.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    pub admin: Option<String>,
+    pub read: Option<String>,
+}
+
+/// What a request may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    Anonymous,
+    Read,
+    Admin,
+}
+
+impl Tokens {
+    /// The access the request's bearer token gives; a token that matches none is an error.
+    pub fn access(&self, headers: &HeaderMap) -> Result<Access, ApiError> {
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            return Ok(Access::Anonymous);
+        };
+        let given = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::Unauthorized("Authorization must be `Bearer <token>`".into())
+            })?;
+        let matches = |t: &Option<String>| {
+            t.as_ref()
+                .is_some_and(|t| bool::from(t.as_bytes().ct_eq(given.as_bytes())))
+        };
+        if matches(&self.admin) {
+            Ok(Access::Admin)
+        } else if matches(&self.read) {
+            Ok(Access::Read)
+        } else {
+            Err(ApiError::Unauthorized("invalid token".into()))
+        }
+    }
+
+    /// True when no admin token is set: everything but private keys is open.
+    pub fn open(&self) -> bool {
+        self.admin.is_none()
+    }
+
+    /// Writes, membership changes: the admin token (anything, on an open API).
+    pub fn require_admin(&self, access: Access) -> Result<(), ApiError> {
+        match access {
+            _ if self.open() => Ok(()),
+            Access::Admin => Ok(()),
+            Access::Read => Err(ApiError::Forbidden("the read token cannot do this".into())),
+            Access::Anonymous => Err(ApiError::Unauthorized("an admin token is needed".into())),
+        }
+    }
+
+    /// Reads of keys under `prefix` (a key, or a scan or watch prefix): a token when the prefix
+    /// lies within a secret one.
+    pub fn require_reader(&self, access: Access, prefix: &str) -> Result<(), ApiError> {
+        let secret = SECRET_PREFIXES.iter().any(|p| prefix.starts_with(p));
+        if secret && !self.open() && access == Access::Anonymous {
+            return Err(ApiError::Unauthorized(format!(
+                "reading {prefix:?} needs a token"
+            )));
+        }
+        Ok(())
+    }
+
+    /// What `access` may see of `key`'s value: all of it, the value without its private key, or
+    /// nothing (None: leave the key out).
+    pub fn visible(&self, access: Access, key: &str, value: Vec<u8>) -> Option<Vec<u8>> {
+        if access == Access::Admin {
+            return Some(value);
+        }
+        if !SECRET_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            return Some(value);
+        }
+        if !self.open() && access == Access::Anonymous {
+            return None;
+        }
+        Some(redact(key, value))
+    }
+}
+
+/// The value of a secret key without its private parts.
+fn redact(key: &str, value: Vec<u8>) -> Vec<u8> {
+    if key == ACCOUNT_KEY {
+        return br#"{"redacted":"account credentials need the admin token"}"#.to_vec();
+    }
+    let has_key_pem = [CERT_PREFIX, TLSALPN01_PREFIX, ORDER_PREFIX]
+        .iter()
+        .any(|p| key.starts_with(p));
+    if !has_key_pem {
+        return value;
+    }
+    match serde_json::from_slice::<serde_json::Value>(&value) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            if map.remove("key_pem").is_some() {
+                map.insert("key_pem".into(), "redacted: needs the admin token".into());
+            }
+            serde_json::to_vec(&map).unwrap_or_default()
+        }
+        // Not the JSON roo writes: nothing of it is shown.
+        _ => br#"{"redacted":"not a certificate record"}"#.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(token: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(t) = token {
+            h.insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn tokens_give_access() {
+        let t = Tokens {
+            admin: Some("adm".into()),
+            read: Some("rd".into()),
+        };
+        assert_eq!(t.access(&headers(None)).unwrap(), Access::Anonymous);
+        assert_eq!(t.access(&headers(Some("rd"))).unwrap(), Access::Read);
+        assert_eq!(t.access(&headers(Some("adm"))).unwrap(), Access::Admin);
+        assert!(t.access(&headers(Some("admx"))).is_err());
+        let mut basic = HeaderMap::new();
+        basic.insert(http::header::AUTHORIZATION, "Basic YTpi".parse().unwrap());
+        assert!(t.access(&basic).is_err());
+        assert!(t.require_admin(Access::Read).is_err());
+        assert!(t
+            .require_reader(Access::Anonymous, "com.roo.cert:a")
+            .is_err());
+        assert!(t
+            .require_reader(Access::Anonymous, "com.roo.host:a")
+            .is_ok());
+    }
+
+    #[test]
+    fn private_keys_only_to_the_admin() {
+        let cert = br#"{"cert_pem":"C","key_pem":"K","source":"manual"}"#.to_vec();
+        let open = Tokens::default();
+        let seen = open
+            .visible(Access::Anonymous, "com.roo.cert:a", cert.clone())
+            .unwrap();
+        let seen = String::from_utf8(seen).unwrap();
+        assert!(seen.contains("\"C\"") && !seen.contains("\"K\""), "{seen}");
+        assert_eq!(
+            open.visible(Access::Admin, "com.roo.cert:a", cert.clone())
+                .unwrap(),
+            cert
+        );
+        let closed = Tokens {
+            admin: Some("adm".into()),
+            read: None,
+        };
+        assert!(closed
+            .visible(Access::Anonymous, "com.roo.cert:a", cert.clone())
+            .is_none());
+        let account = closed
+            .visible(Access::Read, ACCOUNT_KEY, b"{\"k\":1}".to_vec())
+            .unwrap();
+        assert!(!String::from_utf8(account).unwrap().contains("\"k\""));
+        let garbage = closed
+            .visible(Access::Read, "com.roo.cert:a", b"KEY".to_vec())
+            .unwrap();
+        assert!(!String::from_utf8(garbage).unwrap().contains("KEY"));
+    }
+}
