@@ -124,7 +124,7 @@ impl Committer {
                 m.membership_config
                     .membership()
                     .get_node(&id)
-                    .map(|n| n.addr.clone())
+                    .map(|n| self.client.address(id, &n.addr))
             });
             (
                 m.state == ServerState::Leader && m.current_leader == Some(self.id),

@@ -419,6 +419,50 @@ impl Kv {
         }
     }
 
+    /// Notes that node `id` answers at `addr` now (a redeployed container comes back with a
+    /// new address, while the membership still names the old one). RPCs go there at once; the
+    /// leader also writes the new addresses into the membership ([`Kv::update_addresses`]).
+    pub fn peer_moved(&self, id: NodeId, addr: &str) {
+        if id != self.inner.id && self.inner.client.moved(id, addr) {
+            tracing::info!(node_id = id, %addr, "peer seen at a new address");
+        }
+    }
+
+    /// On the leader: writes the addresses nodes are at now (this node's advertise address and
+    /// those of [`Kv::peer_moved`]) into the membership when they differ. Elsewhere: nothing.
+    pub async fn update_addresses(&self) -> Result<(), KvError> {
+        let raft = &self.inner.raft;
+        let (leading, membership) = {
+            let m = raft.metrics().borrow().clone();
+            (
+                m.current_leader == Some(self.inner.id) && m.state.is_leader(),
+                m.membership_config.membership().clone(),
+            )
+        };
+        if !leading {
+            return Ok(());
+        }
+        let mut changed = BTreeMap::new();
+        for (id, node) in membership.nodes() {
+            let now = if *id == self.inner.id {
+                self.inner.config.advertise.clone()
+            } else {
+                self.inner.client.address(*id, &node.addr)
+            };
+            if now != node.addr {
+                changed.insert(*id, BasicNode::new(&now));
+            }
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(nodes = ?changed, "membership: new addresses");
+        raft.change_membership(ChangeMembers::SetNodes(changed), false)
+            .await
+            .map_err(|e| KvError::unavailable(format!("updating member addresses: {e}")))?;
+        Ok(())
+    }
+
     /// Stops the raft node.
     pub async fn shutdown(&self) {
         if let Err(e) = self.inner.raft.shutdown().await {
@@ -484,7 +528,7 @@ impl Kv {
         let leader_addr = leader_id.and_then(|id| {
             let m = self.inner.raft.metrics().borrow().membership_config.clone();
             let addr = m.membership().get_node(&id).map(|n| n.addr.clone());
-            addr
+            addr.map(|a| self.inner.client.address(id, &a))
         });
         RpcError::ForwardToLeader { leader_addr }
     }

@@ -7,6 +7,11 @@
 //!   same set of addresses a few times in a row; every other node waits and joins it. So nodes
 //!   started together form exactly one cluster.
 //! - Nothing given: bootstrap a one-node cluster.
+//!
+//! With `--dns` (a comma list of names is allowed: `tasks.roo_roo,tasks.roo_manager`), a member
+//! keeps resolving its peers: a redeployed container comes back with a new address while the
+//! membership still names the old one, so each node notes where each peer answers now, and the
+//! leader writes the new addresses into the membership.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,22 +36,73 @@ pub enum Formation {
 const STABLE_ROUNDS: u32 = 3;
 const ROUND: Duration = Duration::from_secs(1);
 
-/// Brings `kv` into a cluster; returns once it is a member (or on shutdown).
+/// How often a member resolves its peers again.
+const TRACK_EVERY: Duration = Duration::from_secs(3);
+
+/// Brings `kv` into a cluster; with `--dns`, then follows the peers' addresses until shutdown.
 pub async fn form(kv: &Kv, formation: Formation, shutdown: &CancellationToken) {
     if kv.is_initialized().await {
         tracing::info!(
             node_id = kv.node_id(),
             "restarting as a member of the cluster in the data dir"
         );
-        return;
+    } else {
+        let result = tokio::select! {
+            r = run(kv, formation.clone()) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match result {
+            Ok(()) => tracing::info!(node_id = kv.node_id(), "member of the cluster"),
+            Err(e) => tracing::error!(error = %e, "cluster formation failed"),
+        }
     }
-    let result = tokio::select! {
-        r = run(kv, formation) => r,
-        _ = shutdown.cancelled() => return,
-    };
-    match result {
-        Ok(()) => tracing::info!(node_id = kv.node_id(), "member of the cluster"),
-        Err(e) => tracing::error!(error = %e, "cluster formation failed"),
+    if let Formation::Dns {
+        name,
+        resolver,
+        port,
+    } = formation
+    {
+        tokio::select! {
+            _ = track(kv, &name, &resolver, port) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// Every address the names resolve to, as `ip:port`, sorted.
+async fn peers(names: &str, resolver: &TokioResolver, port: u16) -> Vec<String> {
+    let mut peers = Vec::new();
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match crate::dns::lookup(resolver, name).await {
+            Ok(ips) => peers.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, port))),
+            Err(e) => tracing::warn!(error = %e, "peer discovery"),
+        }
+    }
+    peers.sort();
+    peers.dedup();
+    peers.into_iter().map(|p| p.to_string()).collect()
+}
+
+/// Keeps noting where each peer answers, and has the leader write changed addresses into the
+/// membership.
+async fn track(kv: &Kv, names: &str, resolver: &TokioResolver, port: u16) {
+    let me = kv.advertise().to_string();
+    loop {
+        tokio::time::sleep(TRACK_EVERY).await;
+        for peer in peers(names, resolver, port)
+            .await
+            .iter()
+            .filter(|p| **p != me)
+        {
+            let status: Result<ClusterStatus, _> =
+                kv.peer_client().get(peer, "/roo/v1/cluster", ROUND).await;
+            if let Ok(s) = status {
+                kv.peer_moved(s.node_id, peer);
+            }
+        }
+        if let Err(e) = kv.update_addresses().await {
+            tracing::warn!(error = %e, "updating member addresses");
+        }
     }
 }
 
@@ -94,16 +150,7 @@ async fn discover(kv: &Kv, name: &str, resolver: &TokioResolver, port: u16) {
         if kv.is_initialized().await {
             return;
         }
-        let peers: Vec<String> = match crate::dns::lookup(resolver, name).await {
-            Ok(ips) => ips
-                .into_iter()
-                .map(|ip| SocketAddr::new(ip, port).to_string())
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "peer discovery");
-                Vec::new()
-            }
-        };
+        let peers = peers(name, resolver, port).await;
         // Any peer already in a cluster: join through it.
         for peer in peers.iter().filter(|p| **p != me) {
             let status: Result<ClusterStatus, _> =

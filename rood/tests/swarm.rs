@@ -341,7 +341,9 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.remove();
-        quietly(&["volume", "rm", &format!("{}_roo-data", self.name)]);
+        for volume in ["roo-data", "roo-manager-data"] {
+            quietly(&["volume", "rm", &format!("{}_{volume}", self.name)]);
+        }
         quietly(&["network", "rm", &self.network]);
         quietly(&["secret", "rm", &self.secret]);
         quietly(&["secret", "rm", &self.token]);
@@ -574,7 +576,9 @@ async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploy
         (200, format!("http://{web}:80"))
     );
 
-    // stack rm, deploy again: the volume keeps the KV.
+    // stack rm, deploy again: the volume keeps the KV, and the two nodes, back at new
+    // addresses, find each other again.
+    let before = http.cluster(&api).await.unwrap()["members"].clone();
     stack.remove();
     stack.deploy(&env, &files).unwrap();
     wait_api().await;
@@ -583,9 +587,7 @@ async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploy
         Duration::from_secs(60),
         || async {
             let r = http
-                .get(&format!(
-                    "http://{api}/roo/v1/kv/{hand_key}?consistency=stale"
-                ))
+                .get(&format!("http://{api}/roo/v1/kv/{hand_key}"))
                 .await
                 .ok()?;
             (r.status == 200).then(|| r.text())
@@ -593,4 +595,12 @@ async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploy
     )
     .await;
     assert_eq!(kept, format!("http://{web}:80"));
+    let after = http.cluster(&api).await.unwrap()["members"].clone();
+    eprintln!("members before the redeploy: {before}; after: {after}");
+    let ids = |m: &serde_json::Value| m.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+    assert_eq!(
+        ids(&before),
+        ids(&after),
+        "the same two nodes, from their volumes"
+    );
 }

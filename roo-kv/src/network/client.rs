@@ -1,5 +1,7 @@
 //! The calling side of node-to-node RPCs: openraft's network, and the leader calls of followers.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,11 +35,13 @@ pub enum CallError {
     BadAnswer(String),
 }
 
-/// A pooled HTTP client to the other nodes, carrying the cluster secret.
+/// A pooled HTTP client to the other nodes, carrying the cluster secret, and where peers are now
+/// when that differs from the membership (a redeployed container has a new address).
 #[derive(Clone)]
 pub struct PeerClient {
     http: Client<HttpConnector, Full<Bytes>>,
     secret: Option<String>,
+    moved: Arc<RwLock<HashMap<NodeId, String>>>,
 }
 
 impl PeerClient {
@@ -48,7 +52,29 @@ impl PeerClient {
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        PeerClient { http, secret }
+        PeerClient {
+            http,
+            secret,
+            moved: Arc::default(),
+        }
+    }
+
+    /// Where node `id` is: where it was last seen to have moved, else `known` (its address in
+    /// the membership).
+    pub fn address(&self, id: NodeId, known: &str) -> String {
+        self.moved
+            .read()
+            .ok()
+            .and_then(|m| m.get(&id).cloned())
+            .unwrap_or_else(|| known.to_string())
+    }
+
+    /// Notes that node `id` answers at `addr` now; true when that is news.
+    pub fn moved(&self, id: NodeId, addr: &str) -> bool {
+        match self.moved.write() {
+            Ok(mut m) => m.insert(id, addr.to_string()).as_deref() != Some(addr),
+            Err(_) => false,
+        }
     }
 
     /// POSTs `body` as JSON to `addr` + `path` and decodes the JSON answer.
@@ -168,9 +194,10 @@ impl PeerNetwork {
         E: std::error::Error + DeserializeOwned + Send,
     {
         let path = format!("{RPC_PREFIX}{rpc}");
+        let addr = self.client.address(self.target, &self.addr);
         let answer: Result<Resp, RaftError<NodeId, E>> = self
             .client
-            .post(&self.addr, &path, &req, option.hard_ttl())
+            .post(&addr, &path, &req, option.hard_ttl())
             .await
             .map_err(|e| match e {
                 CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),

@@ -54,9 +54,16 @@ pub(super) async fn cluster(
                 return Err(ApiError::NotFound);
             };
             only(&req, &[Method::DELETE])?;
-            // Nodes' tooling may use the cluster secret; people use the admin token.
-            let by_secret = api.kv.cluster_secret().is_some() && check_secret(api, &req).is_ok();
+            // The admin token, or the cluster secret (nodes' tooling). An open API still
+            // needs the cluster secret here when there is one: this removes a node.
+            let secret_set = api.kv.cluster_secret().is_some();
+            let by_secret = secret_set && check_secret(api, &req).is_ok();
             if !by_secret {
+                if api.tokens.open() && secret_set {
+                    return Err(ApiError::Unauthorized(
+                        "missing or wrong cluster secret (or set ROO_API_TOKEN and use it)".into(),
+                    ));
+                }
                 api.tokens.require_admin(access)?;
             }
             let id: u64 = id

@@ -1,6 +1,6 @@
 //! One request: find the host's route, then forward, redirect or refuse.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use roo_acme::challenge::HTTP01_PATH;
 
-use super::{forward, headers, ConnInfo, ProxyError, ProxyState};
+use super::{forward, headers, ConnInfo, ProxyError, ProxyState, CHALLENGE_WAIT};
 use crate::routes::{normalize_host, split_host_port, Scheme};
 
 /// The body of every answer the proxy gives.
@@ -86,10 +86,6 @@ async fn route(
         Some(addr.to_string()),
     ))
 }
-
-/// How long an HTTP-01 request waits for a token this node has not applied yet: the CA may
-/// validate as soon as the issuer's write commits, a moment before a follower applies it.
-const CHALLENGE_WAIT: Duration = Duration::from_secs(2);
 
 /// The key authorization of an HTTP-01 token, from the replicated challenge table, for any
 /// host: the CA reaches whichever node the name points at.

@@ -33,6 +33,9 @@ use crate::routes::Scheme;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an ACME validation waits for a challenge this node has not applied yet: the CA may
+/// validate as soon as the issuer's write commits, a moment before a follower applies it.
+pub const CHALLENGE_WAIT: Duration = Duration::from_secs(2);
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections get to finish on shutdown.
@@ -194,9 +197,22 @@ async fn tls_handshake(
 ) -> std::io::Result<TlsStream<TcpStream>> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let hello = start.client_hello();
+    if is_acme_tls(&hello) {
+        // A TLS-ALPN-01 validation may arrive a moment before this node applied the challenge
+        // certificate the issuer just wrote.
+        if let Some(name) = hello.server_name().map(str::to_string) {
+            state
+                .tables
+                .wait_for(CHALLENGE_WAIT, |t| {
+                    t.certs.load().challenge(&name).map(drop)
+                })
+                .await;
+        }
+        return start.into_stream(config).await;
+    }
     let waiting_for = hello
         .server_name()
-        .filter(|_| !state.cert_wait.is_zero() && !is_acme_tls(&hello))
+        .filter(|_| !state.cert_wait.is_zero())
         .filter(|name| {
             state.tables.certs.load().lookup(name).is_none()
                 && state
