@@ -9,6 +9,8 @@
 mod common;
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{free_port, wait_for, wait_for_cluster, Http, Proc};
@@ -603,4 +605,111 @@ async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploy
         ids(&after),
         "the same two nodes, from their volumes"
     );
+}
+
+/// A TCP front for the Docker socket that the test can cut and heal.
+struct DockerFront {
+    addr: std::net::SocketAddr,
+    cut: Arc<AtomicBool>,
+    cut_now: tokio::sync::watch::Sender<bool>,
+}
+
+impl DockerFront {
+    async fn start() -> DockerFront {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (cut_now, _) = tokio::sync::watch::channel(false);
+        let (flag, signal) = (cut.clone(), cut_now.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if flag.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is reset
+                }
+                let mut cut = signal.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut docker) =
+                        tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut docker) => {}
+                        _ = cut.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        DockerFront { addr, cut, cut_now }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+        self.cut_now.send_replace(cut);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_docker_api_deletes_nothing() {
+    let Some(image) = engine() else { return };
+    let front = DockerFront::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let docker_host = format!("tcp://{}", front.addr);
+    // The watcher reaches Docker through the front only.
+    let node = Proc::start_with_env(
+        &api,
+        &dir.path().join("n1"),
+        &["--swarm", "on"],
+        &[("DOCKER_HOST", &docker_host)],
+    );
+    let http = Http::default();
+    wait_for_cluster(&http, std::slice::from_ref(&api), 1).await;
+    let tag = format!("{:x}", rand::random::<u32>());
+    let web = format!("roo-t-cut-{tag}");
+    let key = format!("com.roo.host:cut-{tag}.test:https");
+    let mut services = Services {
+        image: image.0.clone(),
+        names: Vec::new(),
+    };
+    services.create(
+        &web,
+        &[
+            "--label",
+            &format!("OriginHosts=cut-{tag}.test"),
+            "--label",
+            "DestinationPort=80",
+        ],
+    );
+    until(&http, &node, &key, Some(&format!("http://{web}:80"))).await;
+
+    // Cut: the watcher loses its event stream and its reconciles fail. The service goes away
+    // meanwhile; its route stays, since the watcher cannot tell.
+    front.set_cut(true);
+    docker(&["service", "rm", &web]).unwrap();
+    let log = node.data_dir.with_extension("log");
+    let failures = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("swarm reconcile failed; routes left as they are")
+            .count()
+    };
+    wait_for(
+        "failed reconciles while Docker is unreachable",
+        Duration::from_secs(30),
+        || async { (failures() >= 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        value(&http, &node, &key).await.as_deref(),
+        Some(format!("http://{web}:80").as_str()),
+        "nothing is deleted while Docker does not answer"
+    );
+
+    // Healed: the next reconcile sees the service gone and removes its route.
+    front.set_cut(false);
+    until(&http, &node, &key, None).await;
 }

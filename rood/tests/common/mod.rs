@@ -182,6 +182,7 @@ pub struct Proc {
     pub addr: String,
     pub data_dir: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -190,10 +191,24 @@ impl Proc {
     /// Starts rood on `addr` with its data in `data_dir` and the extra `args` (later flags win
     /// over the defaults set here).
     pub fn start(addr: &str, data_dir: &Path, args: &[&str]) -> Proc {
+        Proc::start_with_env(addr, data_dir, args, &[])
+    }
+
+    /// Like [`Proc::start`], with `env` added to its environment.
+    pub fn start_with_env(
+        addr: &str,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let mut p = Proc {
             addr: addr.to_string(),
             data_dir: data_dir.to_path_buf(),
             args: args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             log: data_dir.with_extension("log"),
         };
@@ -231,6 +246,7 @@ impl Proc {
             // Nor the swarm watcher, except where a test asks for it.
             .env("ROO_SWARM", "off")
             .env("ROO_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
