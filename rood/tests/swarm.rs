@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::pebble::{served_leaf, Pebble, PebbleOptions};
 use common::{free_port, wait_for, wait_for_cluster, Http, Proc};
 
 fn docker(args: &[&str]) -> Result<String, String> {
@@ -712,4 +713,70 @@ async fn an_unreachable_docker_api_deletes_nothing() {
     // Healed: the next reconcile sees the service gone and removes its route.
     front.set_cut(false);
     until(&http, &node, &key, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_labelled_service_gets_its_certificate_from_pebble() {
+    let Some(image) = engine() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, tls_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let options = PebbleOptions {
+        http_port,
+        tls_port,
+        validity: None,
+        va_sleep: None,
+    };
+    let Some(pebble) = Pebble::start(dir.path(), options).await else {
+        return;
+    };
+    let mut args = pebble.node_args();
+    args.extend([
+        "--swarm".into(),
+        "on".into(),
+        "--http-addr".into(),
+        format!("127.0.0.1:{http_port}"),
+        "--https-addr".into(),
+        format!("127.0.0.1:{tls_port}"),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let node = Proc::start(&api, &dir.path().join("n1"), &args);
+    let http = Http::default();
+    wait_for_cluster(&http, std::slice::from_ref(&api), 1).await;
+    wait_for(
+        "the watcher to hold the lease",
+        Duration::from_secs(20),
+        || async { value(&http, &node, "com.roo.swarm.lease").await },
+    )
+    .await;
+    let root = pebble.issuing_root().await;
+    let tag = format!("{:x}", rand::random::<u32>());
+    let host = format!("tls-{tag}.test");
+    pebble.point(&host, "127.0.0.1").await;
+    let mut services = Services {
+        image: image.0.clone(),
+        names: Vec::new(),
+    };
+    let created = Instant::now();
+    services.create(
+        &format!("roo-t-tls-{tag}"),
+        &[
+            "--label",
+            &format!("OriginHosts={host}"),
+            "--label",
+            "DestinationPort=80",
+        ],
+    );
+    let addr = format!("127.0.0.1:{tls_port}");
+    wait_for(
+        "a certificate for the labelled service",
+        Duration::from_secs(30),
+        || async { served_leaf(&addr, &host, &root).await.ok() },
+    )
+    .await;
+    eprintln!(
+        "docker service create to a valid certificate: {:?}",
+        created.elapsed()
+    );
+    assert_eq!(pebble.count("Added order"), 1);
 }

@@ -2,6 +2,8 @@
 //! processes, and waiting on conditions with a deadline.
 #![allow(dead_code)]
 
+pub mod pebble;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
