@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -132,6 +133,18 @@ struct Inner<S> {
     /// Hosts refused as invalid, logged once.
     refused: Mutex<HashSet<String>>,
     permits: Arc<Semaphore>,
+    orders: AtomicU64,
+    failures: AtomicU64,
+    issued: AtomicU64,
+}
+
+/// What the issuer did on this node since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Orders placed (resumed ones not counted again).
+    pub orders: u64,
+    pub failures: u64,
+    pub issued: u64,
 }
 
 /// When a host needs something.
@@ -183,8 +196,20 @@ impl<S: Store> Issuer<S> {
                 account: tokio::sync::Mutex::new(None),
                 busy: Mutex::new(HashSet::new()),
                 refused: Mutex::new(HashSet::new()),
+                orders: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                issued: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// What the issuer did on this node.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            orders: self.inner.orders.load(Ordering::Relaxed),
+            failures: self.inner.failures.load(Ordering::Relaxed),
+            issued: self.inner.issued.load(Ordering::Relaxed),
+        }
     }
 
     /// Starts the work each of `hosts` needs now, each in its own task, and returns when the
@@ -334,6 +359,7 @@ impl<S: Store> Issuer<S> {
             .ok()
             .flatten()
             .unwrap_or_default();
+        self.inner.failures.fetch_add(1, Ordering::Relaxed);
         status.failures = status.failures.saturating_add(1);
         let mut next = now
             + backoff(
@@ -441,6 +467,7 @@ impl<S: Store> Issuer<S> {
             ..HostStatus::default()
         };
         self.put_json(&status_key(host), &status).await?;
+        self.inner.issued.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             %host,
             issuer = %info.issuer,
@@ -486,6 +513,7 @@ impl<S: Store> Issuer<S> {
             created: unix(now),
             key_pem: None,
         };
+        self.inner.orders.fetch_add(1, Ordering::Relaxed);
         self.put_json(&key, &record).await?;
         tracing::info!(%host, url = %record.url, "order placed");
         Ok((order, record))

@@ -90,6 +90,7 @@ struct Inner {
     client: PeerClient,
     batcher: Batcher,
     config: KvConfig,
+    committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn raft_config(snapshot_every: u64) -> Result<Arc<Config>, KvError> {
@@ -157,6 +158,7 @@ impl Kv {
         let id = node_identity(&config)?;
         let (log, sm) = store::open(&config.data_dir)?;
         let handle = sm.handle();
+        let committed = log.committed_index();
         let client = PeerClient::new(config.cluster_secret.clone());
         let network = NetworkFactory {
             client: client.clone(),
@@ -174,8 +176,16 @@ impl Kv {
                 client,
                 batcher,
                 config,
+                committed,
             }),
         })
+    }
+
+    /// The last raft log index this node knows to be committed.
+    pub fn committed_index(&self) -> u64 {
+        self.inner
+            .committed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn node_id(&self) -> NodeId {

@@ -115,6 +115,11 @@ impl CertTable {
         self.certs.len()
     }
 
+    /// Every host and its certificate.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<CertifiedKey>)> {
+        self.certs.iter()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.certs.is_empty()
     }

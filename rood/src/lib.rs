@@ -16,6 +16,7 @@
 //! - [`feed`]: routes and certificates from the KV (scan, then watch), as typed changes applied
 //!   to the tables the proxy reads.
 //! - [`proxy`]: the HTTP and HTTPS listeners and the request path to the upstreams.
+//! - [`metrics`]: what a node counts, and the Prometheus page of `GET /metrics`.
 //! - [`node`]: wires a node together from its config: store, servers, cluster formation,
 //!   shutdown.
 //!
@@ -30,6 +31,7 @@ pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod feed;
+pub mod metrics;
 pub mod node;
 pub mod proxy;
 pub mod routes;

@@ -18,6 +18,7 @@ use crate::certs;
 use crate::cluster::{self, Formation};
 use crate::config::Config;
 use crate::feed::{self, Tables};
+use crate::metrics::Metrics;
 use crate::proxy::upstream::Upstreams;
 use crate::proxy::{self, ProxyState};
 
@@ -140,6 +141,7 @@ impl Node {
             None => None,
         };
         let acme_wake = Arc::new(tokio::sync::Notify::new());
+        let metrics = Arc::new(Metrics::new());
         let proxy = Arc::new(ProxyState {
             tables: tables.clone(),
             upstreams: Upstreams::new(
@@ -156,6 +158,7 @@ impl Node {
                 None => Duration::ZERO,
             },
             acme_wake: acme_wake.clone(),
+            metrics: metrics.clone(),
         });
         if config.api_token.is_none() {
             tracing::warn!("ROO_API_TOKEN is not set: anyone who reaches the API port can change routes (private keys stay hidden)");
@@ -167,6 +170,9 @@ impl Node {
                 read: config.api_read_token.clone(),
             },
             shutdown: shutdown.clone(),
+            metrics: metrics.clone(),
+            tables: tables.clone(),
+            acme: issuer.clone(),
         };
         let (form_kv, form_shutdown) = (kv.clone(), shutdown.clone());
         let mut tasks = vec![
@@ -189,6 +195,7 @@ impl Node {
             tasks.push(tokio::spawn(crate::swarm::run(
                 kv.clone(),
                 config.swarm == "on",
+                metrics.clone(),
                 shutdown.clone(),
             )));
         }

@@ -2,6 +2,8 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -22,6 +24,8 @@ pub struct LogStore {
     flusher: Flusher,
     log: sled::Tree,
     meta: sled::Tree,
+    /// The last index raft told the store was committed, for metrics.
+    committed: Arc<AtomicU64>,
 }
 
 impl LogStore {
@@ -30,7 +34,13 @@ impl LogStore {
             flusher,
             log: db.open_tree("log")?,
             meta: db.open_tree("log_meta")?,
+            committed: Arc::default(),
         })
+    }
+
+    /// Where the last committed index is kept as raft reports it.
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {
@@ -147,6 +157,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
         // Not flushed: it only lets a restart re-apply sooner; raft recomputes it otherwise.
+        if let Some(c) = committed {
+            self.committed.store(c.index, Ordering::Relaxed);
+        }
         self.put_meta(COMMITTED, &committed)
     }
 

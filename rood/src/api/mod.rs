@@ -20,11 +20,18 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::sync::Arc;
+
+use roo_acme::Issuer;
 use roo_kv::Kv;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use reply::{ApiError, Body};
+
+use crate::acme::KvStore;
+use crate::feed::Tables;
+use crate::metrics::Metrics;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -33,6 +40,11 @@ pub struct Api {
     pub tokens: auth::Tokens,
     /// Cancelled when the node stops: long-lived answers (watch streams) end.
     pub shutdown: CancellationToken,
+    pub metrics: Arc<Metrics>,
+    /// The tables the proxy serves (for metrics).
+    pub tables: Arc<Tables>,
+    /// The ACME issuer, when ACME is on (for metrics).
+    pub acme: Option<Issuer<KvStore>>,
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains open connections for
@@ -101,6 +113,18 @@ async fn handle(
 ) -> Result<Response<Body>, ApiError> {
     if path == "/roo/ping" {
         only(&req, &[Method::GET, Method::HEAD]).map(|()| reply::text(StatusCode::OK, "PONG"))
+    } else if path == "/metrics" {
+        only(&req, &[Method::GET])?;
+        let stats = api.acme.as_ref().map(Issuer::stats);
+        let page = api.metrics.render(&api.kv, &api.tables, stats).await;
+        let mut resp = reply::bytes(page.into_bytes());
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
+        Ok(resp)
     } else if let Some(key) = path.strip_prefix("/roo/v1/kv/") {
         kv::kv(api, access, key, req).await
     } else if path == "/roo/v1/kvs" || path.starts_with("/roo/v1/kvs/") {

@@ -1,5 +1,6 @@
 //! Sending a request upstream and streaming the answer back.
 
+use crate::metrics::UpstreamLabels;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -118,8 +119,21 @@ pub async fn forward(
                 secs: upstreams.timeout.as_secs(),
             },
             Ok(Err(e)) if e.is_connect() => {
+                let labels = UpstreamLabels {
+                    upstream: target.clone(),
+                };
+                state
+                    .metrics
+                    .upstream_connect_errors
+                    .get_or_create(&labels)
+                    .inc();
                 if let Some(addr) = addr {
                     upstreams.eject(addr);
+                    state
+                        .metrics
+                        .upstream_ejections
+                        .get_or_create(&labels)
+                        .inc();
                 }
                 ProxyError::Connect {
                     addr: target,

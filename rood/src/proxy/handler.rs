@@ -39,14 +39,35 @@ pub async fn handle(
         .strip_prefix(HTTP01_PATH)
         .filter(|_| info.scheme == Scheme::Http);
     let host = request_host(&req);
-    let (resp, upstream) = match (challenge, &host) {
-        (Some(token), _) => (acme_challenge(state, token).await, Some("acme".into())),
+    // `routed`: the host has a route (hosts without one are counted together in metrics, so
+    // that request headers cannot grow the label set).
+    let (resp, upstream, routed) = match (challenge, &host) {
+        (Some(token), _) => (
+            acme_challenge(state, token).await,
+            Some("acme".into()),
+            false,
+        ),
         (None, Ok(host)) => match route(state, req, info, host).await {
-            Ok((resp, upstream)) => (resp, upstream),
-            Err(e) => (error_response(&e), None),
+            Ok((resp, upstream)) => (resp, upstream, true),
+            Err(e) => (
+                error_response(&e),
+                None,
+                !matches!(e, ProxyError::NoRoute(_)),
+            ),
         },
-        (None, Err(e)) => (error_response(e), None),
+        (None, Err(e)) => (error_response(e), None, false),
     };
+    let label_host = match (&host, routed) {
+        (Ok(h), true) => split_host_port(h).map_or(h.as_str(), |(name, _)| name),
+        _ => "-",
+    };
+    state.metrics.request(
+        &label_host.to_ascii_lowercase(),
+        resp.status().as_u16(),
+        upstream.as_deref().unwrap_or("-"),
+        &info.scheme.to_string(),
+        started.elapsed().as_secs_f64(),
+    );
     tracing::info!(
         target: "rood::access",
         host = host.as_deref().unwrap_or("-"),

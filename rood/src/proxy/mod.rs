@@ -51,6 +51,7 @@ pub struct ProxyState {
     pub cert_wait: Duration,
     /// Woken by such a handshake: tells the local ACME issuer (if it runs here) to look now.
     pub acme_wake: Arc<tokio::sync::Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Bounds on what clients may hold or send.
@@ -115,6 +116,7 @@ async fn serve(
     } else {
         Scheme::Http
     };
+    let open_connections = state.metrics.connections(&scheme.to_string());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -142,7 +144,12 @@ async fn serve(
         });
         let state = state.clone();
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        let open = open_connections.clone();
+        open.inc();
         tokio::spawn(async move {
+            let _open = OnDrop(move || {
+                open.dec();
+            });
             let result = match tls {
                 None => {
                     let conn =
@@ -153,12 +160,17 @@ async fn serve(
                     let handshake = tls_handshake(stream, config, &state);
                     let tls_stream =
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-                            Ok(Ok(s)) => s,
+                            Ok(Ok(s)) => {
+                                state.metrics.tls_handshakes.inc();
+                                s
+                            }
                             Ok(Err(e)) => {
+                                state.metrics.tls_handshake_failures.inc();
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                 return;
                             }
                             Err(_) => {
+                                state.metrics.tls_handshake_failures.inc();
                                 tracing::debug!(%peer, "TLS handshake timed out");
                                 return;
                             }
@@ -232,4 +244,13 @@ async fn tls_handshake(
         tracing::debug!(sni = %name, issued = issued.is_some(), "handshake waited for a certificate");
     }
     start.into_stream(config).await
+}
+
+/// Runs a closure when dropped (however the connection task ends).
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
 }

@@ -15,6 +15,7 @@
 pub mod labels;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::query_parameters::EventsOptionsBuilder;
@@ -24,6 +25,7 @@ use roo_kv::{Consistency, Kv, KvError};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use labels::Labels;
 
 /// Full reconcile period, besides Docker's events.
@@ -96,7 +98,7 @@ pub async fn manager() -> Result<Docker, String> {
 /// Finds the Docker manager API and runs the watcher while this node holds the lease, until
 /// `shutdown`. `required`: keep looking for the API (`--swarm on`); else give up at once when
 /// there is none (`auto`).
-pub async fn run(kv: Kv, required: bool, shutdown: CancellationToken) {
+pub async fn run(kv: Kv, required: bool, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let docker = loop {
         match manager().await {
             Ok(d) => break d,
@@ -112,11 +114,11 @@ pub async fn run(kv: Kv, required: bool, shutdown: CancellationToken) {
         }
     };
     tracing::info!("Docker swarm manager API reachable: this node may run the swarm watcher");
-    lead(kv, docker, shutdown).await
+    lead(kv, docker, metrics, shutdown).await
 }
 
 /// Runs the watcher whenever this node holds the lease.
-async fn lead(kv: Kv, docker: Docker, shutdown: CancellationToken) {
+async fn lead(kv: Kv, docker: Docker, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     loop {
         let held = tokio::select! {
             held = acquire(&kv) => held,
@@ -128,7 +130,7 @@ async fn lead(kv: Kv, docker: Docker, shutdown: CancellationToken) {
                 let lost = shutdown.child_token();
                 tokio::select! {
                     _ = hold(&kv, rev, &lost) => {}
-                    _ = watch(&kv, &docker, &lost) => {}
+                    _ = watch(&kv, &docker, &metrics, &lost) => {}
                 }
                 lost.cancel();
                 if shutdown.is_cancelled() {
@@ -201,11 +203,11 @@ async fn hold(kv: &Kv, mut rev: u64, lost: &CancellationToken) {
 }
 
 /// Reconciles at start, on every service event and every [`RECONCILE_EVERY`].
-async fn watch(kv: &Kv, docker: &Docker, lost: &CancellationToken) {
+async fn watch(kv: &Kv, docker: &Docker, metrics: &Metrics, lost: &CancellationToken) {
     let filters = HashMap::from([("type", vec!["service"])]);
     loop {
         let mut events = docker.events(Some(EventsOptionsBuilder::new().filters(&filters).build()));
-        run_reconcile(kv, docker).await;
+        run_reconcile(kv, docker, metrics).await;
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
         tick.tick().await;
         loop {
@@ -218,7 +220,7 @@ async fn watch(kv: &Kv, docker: &Docker, lost: &CancellationToken) {
                             .and_then(|a| a.get("name"))
                             .map_or("-", String::as_str);
                         tracing::debug!(action = e.action.as_deref().unwrap_or("-"), service = name, "service event");
-                        run_reconcile(kv, docker).await;
+                        run_reconcile(kv, docker, metrics).await;
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "Docker event stream");
@@ -226,7 +228,7 @@ async fn watch(kv: &Kv, docker: &Docker, lost: &CancellationToken) {
                     }
                     None => break,
                 },
-                _ = tick.tick() => run_reconcile(kv, docker).await,
+                _ = tick.tick() => run_reconcile(kv, docker, metrics).await,
                 _ = lost.cancelled() => return,
             }
         }
@@ -237,9 +239,17 @@ async fn watch(kv: &Kv, docker: &Docker, lost: &CancellationToken) {
     }
 }
 
-async fn run_reconcile(kv: &Kv, docker: &Docker) {
+async fn run_reconcile(kv: &Kv, docker: &Docker, metrics: &Metrics) {
     let started = std::time::Instant::now();
-    match reconcile(kv, docker).await {
+    let result = reconcile(kv, docker).await;
+    metrics.swarm_reconciles.inc();
+    metrics
+        .swarm_reconcile_seconds
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        metrics.swarm_reconcile_errors.inc();
+    }
+    match result {
         Ok(changes) => tracing::info!(
             changes,
             ms = started.elapsed().as_millis() as u64,

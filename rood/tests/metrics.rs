@@ -1,0 +1,212 @@
+//! `GET /metrics`: a Prometheus text page that a Prometheus parser reads, whose counters move
+//! with the traffic that went through the proxy.
+
+mod common;
+
+use std::time::Duration;
+
+use clap::Parser;
+use common::{wait_for, Http};
+use rood::config::Config;
+use rood::node::Node;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An upstream answering `ok` to everything.
+async fn upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The samples of a metrics page: (name, labels, value).
+fn samples(page: &str) -> Vec<prometheus_parse::Sample> {
+    let lines = page.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines)
+        .expect("a Prometheus text page")
+        .samples
+}
+
+fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_with_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let argv = [
+        "rood",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--acme",
+        "false",
+        "--swarm",
+        "off",
+    ];
+    let node = Node::start_on(
+        Config::try_parse_from(argv).unwrap(),
+        common::listeners("127.0.0.1").await,
+    )
+    .await
+    .unwrap();
+    let http = Http::default();
+    let api = node.api_addr.to_string();
+    wait_for("a leader", Duration::from_secs(20), || async {
+        http.cluster(&api).await.ok()?["leader_id"].as_u64()
+    })
+    .await;
+    let up = upstream().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for (key, value) in [
+        ("com.roo.host:m.test:http", format!("http://{up}")),
+        ("com.roo.host:dead.test:http", format!("http://{dead}")),
+    ] {
+        let r = http
+            .put(&format!("http://{api}/roo/v1/kv/{key}"), value)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let proxy = format!("http://{}/", node.http_addr);
+    wait_for("the route", Duration::from_secs(10), || async {
+        let r = http
+            .send("GET", &proxy, &[("host", "m.test")], "")
+            .await
+            .ok()?;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    let before = samples(
+        &http
+            .get(&format!("http://{api}/metrics"))
+            .await
+            .unwrap()
+            .text(),
+    );
+    let ok_before = value(
+        &before,
+        "roo_requests_total",
+        &[("host", "m.test"), ("status", "2xx")],
+    )
+    .unwrap_or(0.0);
+    for _ in 0..3 {
+        let r = http
+            .send("GET", &proxy, &[("host", "m.test")], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    for host in ["unknown-1.test", "unknown-2.test"] {
+        assert_eq!(
+            http.send("GET", &proxy, &[("host", host)], "")
+                .await
+                .unwrap()
+                .status,
+            404
+        );
+    }
+    assert_eq!(
+        http.send("GET", &proxy, &[("host", "dead.test")], "")
+            .await
+            .unwrap()
+            .status,
+        502
+    );
+    // A TLS handshake without a certificate for its name fails.
+    let tcp = tokio::net::TcpStream::connect(node.https_addr)
+        .await
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("nocert.test").unwrap();
+    assert!(
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .is_err()
+    );
+
+    let r = http.get(&format!("http://{api}/metrics")).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r
+        .headers
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .contains("openmetrics"));
+    let after = samples(&r.text());
+    let get = |name: &str, labels: &[(&str, &str)]| {
+        value(&after, name, labels)
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{}", r.text()))
+    };
+    assert_eq!(
+        get(
+            "roo_requests_total",
+            &[("host", "m.test"), ("status", "2xx")]
+        ) - ok_before,
+        3.0
+    );
+    // Unrouted hosts share one label value.
+    assert_eq!(
+        get("roo_requests_total", &[("host", "-"), ("status", "4xx")]),
+        2.0
+    );
+    assert_eq!(
+        get(
+            "roo_requests_total",
+            &[("host", "dead.test"), ("status", "5xx")]
+        ),
+        1.0
+    );
+    assert!(get("roo_upstream_connect_errors_total", &[]) >= 1.0);
+    assert!(get("roo_upstream_ejections_total", &[]) >= 1.0);
+    assert!(get("roo_request_duration_seconds_count", &[("scheme", "http")]) >= 6.0);
+    assert!(get("roo_tls_handshake_failures_total", &[]) >= 1.0);
+    assert!(value(&after, "roo_open_connections", &[("scheme", "http")]).is_some());
+    assert_eq!(get("roo_routes", &[]), 2.0);
+    assert_eq!(get("roo_certificates", &[]), 0.0);
+    assert_eq!(get("roo_raft_is_leader", &[]), 1.0);
+    assert!(get("roo_raft_term", &[]) >= 1.0);
+    assert!(get("roo_raft_applied_index", &[]) >= 3.0);
+    assert!(get("roo_raft_commit_index", &[]) >= get("roo_raft_applied_index", &[]) - 1.0);
+    node.stop().await;
+}
