@@ -17,6 +17,7 @@
 //!   to the tables the proxy reads.
 //! - [`proxy`]: the HTTP and HTTPS listeners and the request path to the upstreams.
 //! - [`metrics`]: what a node counts, and the Prometheus page of `GET /metrics`.
+//! - [`cli`]: `rooctl`, the operator's command line over the API.
 //! - [`node`]: wires a node together from its config: store, servers, cluster formation,
 //!   shutdown.
 //!
@@ -27,6 +28,7 @@
 pub mod acme;
 pub mod api;
 pub mod certs;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dns;

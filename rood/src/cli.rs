@@ -1,0 +1,398 @@
+//! `rooctl`: the operator's command line over a node's API.
+//!
+//! `rooctl routes ls|add|rm`, `rooctl certs ls`, `rooctl cluster status|remove`,
+//! `rooctl kv get|put|ls`; `--server`/`ROO_SERVER`, `--token`/`ROO_TOKEN`; a table by default,
+//! `-o json` for scripts. An error from the API is one line on stderr and a non-zero exit.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use crate::routes::{RouteKey, Scheme, ROUTE_PREFIX};
+
+/// Talks to a roo node's API.
+#[derive(Debug, Parser)]
+#[command(name = "rooctl", version, about)]
+pub struct Cli {
+    /// The node's API.
+    #[arg(
+        long,
+        env = "ROO_SERVER",
+        default_value = "http://127.0.0.1:6299",
+        global = true
+    )]
+    pub server: String,
+    /// Bearer token (admin for changes; read or admin for certificates).
+    #[arg(long, env = "ROO_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Output: `table` or `json`.
+    #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"], global = true)]
+    pub output: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Routes: `com.roo.host:<host>[:<port>]:<scheme>`.
+    #[command(subcommand)]
+    Routes(Routes),
+    /// Certificates and their ACME state.
+    #[command(subcommand)]
+    Certs(Certs),
+    /// Cluster membership.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Raw keys.
+    #[command(subcommand)]
+    Kv(Kv),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Routes {
+    Ls,
+    /// Routes `host[:port]` (on `--scheme`) to `destination` (`http://tasks.app_web:80`).
+    Add {
+        host: String,
+        destination: String,
+        #[arg(long, default_value = "https", value_parser = ["http", "https"])]
+        scheme: String,
+    },
+    Rm {
+        host: String,
+        #[arg(long, default_value = "https", value_parser = ["http", "https"])]
+        scheme: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Certs {
+    Ls,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    Status,
+    /// Removes the member with this node id.
+    Remove {
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Kv {
+    Get {
+        key: String,
+    },
+    Put {
+        key: String,
+        value: String,
+    },
+    Ls {
+        #[arg(default_value = "com.roo.")]
+        prefix: String,
+    },
+}
+
+/// What went wrong; printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Api(String),
+    #[error("{server}: {reason}")]
+    Unreachable { server: String, reason: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+struct ApiClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+    server: String,
+    token: Option<String>,
+}
+
+impl ApiClient {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Bytes, CliError> {
+        let url = format!("{}{path}", self.server.trim_end_matches('/'));
+        let mut req = http::Request::builder().method(method).uri(&url);
+        if let Some(t) = &self.token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| CliError::Usage(format!("{url}: {e}")))?;
+        let unreachable = |reason: String| CliError::Unreachable {
+            server: self.server.clone(),
+            reason,
+        };
+        let sent = tokio::time::timeout(Duration::from_secs(15), self.http.request(req))
+            .await
+            .map_err(|_| unreachable("no answer in 15 s".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = sent.status();
+        let body = sent
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
+            .to_bytes();
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+        Err(CliError::Api(format!("{} ({})", message, status.as_u16())))
+    }
+
+    /// Keys under `prefix` and their values.
+    async fn scan(&self, prefix: &str) -> Result<BTreeMap<String, Vec<u8>>, CliError> {
+        let body = self
+            .call("GET", &format!("/roo/v1/kvs/{prefix}"), None)
+            .await?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| CliError::Api(e.to_string()))?;
+        let mut out = BTreeMap::new();
+        for (k, b64) in v["results"].as_object().into_iter().flatten() {
+            let raw = STANDARD
+                .decode(b64.as_str().unwrap_or_default())
+                .map_err(|e| CliError::Api(format!("{k}: {e}")))?;
+            out.insert(k.clone(), raw);
+        }
+        Ok(out)
+    }
+}
+
+/// Runs one command; returns what to print.
+pub async fn run(cli: Cli) -> Result<String, CliError> {
+    let api = ApiClient {
+        http: Client::builder(TokioExecutor::new()).build_http(),
+        server: cli.server.clone(),
+        token: cli.token.clone(),
+    };
+    let json_out = cli.output == "json";
+    match cli.command {
+        Command::Routes(Routes::Ls) => {
+            let mut rows = Vec::new();
+            for (key, value) in api.scan(ROUTE_PREFIX).await? {
+                let Ok(k) = RouteKey::parse(&key) else {
+                    continue;
+                };
+                rows.push(json!({
+                    "host": k.host,
+                    "port": k.port,
+                    "scheme": k.scheme.to_string(),
+                    "destination": String::from_utf8_lossy(&value),
+                }));
+            }
+            Ok(render(
+                json_out,
+                &["host", "port", "scheme", "destination"],
+                rows,
+            ))
+        }
+        Command::Routes(Routes::Add {
+            host,
+            destination,
+            scheme,
+        }) => {
+            let key = route_key(&host, &scheme)?;
+            api.call("PUT", &format!("/roo/v1/kv/{key}"), Some(destination))
+                .await?;
+            Ok(done(json_out, &key))
+        }
+        Command::Routes(Routes::Rm { host, scheme }) => {
+            let key = route_key(&host, &scheme)?;
+            let body = api
+                .call("DELETE", &format!("/roo/v1/kv/{key}"), None)
+                .await?;
+            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            if v["deleted"] == 0 {
+                return Err(CliError::Api(format!("no route {key}")));
+            }
+            Ok(done(json_out, &key))
+        }
+        Command::Certs(Certs::Ls) => {
+            let certs = api.scan(roo_acme::store::CERT_PREFIX).await?;
+            let statuses = api.scan(roo_acme::store::STATUS_PREFIX).await?;
+            let mut hosts: BTreeMap<String, Value> = BTreeMap::new();
+            for (key, value) in certs {
+                let host = key
+                    .trim_start_matches(roo_acme::store::CERT_PREFIX)
+                    .to_string();
+                let stored: Option<roo_acme::StoredCert> = serde_json::from_slice(&value).ok();
+                let info = stored
+                    .as_ref()
+                    .and_then(|c| roo_acme::CertInfo::from_pem(&c.cert_pem).ok());
+                hosts.insert(
+                    host.clone(),
+                    json!({
+                        "host": host,
+                        "issuer": info.as_ref().map(|i| i.issuer.clone()),
+                        "expires": info.as_ref().map(|i| roo_acme::cert::rfc3339(i.not_after)),
+                        "source": stored.and_then(|c| c.source),
+                        "last_error": null,
+                    }),
+                );
+            }
+            for (key, value) in statuses {
+                let host = key
+                    .trim_start_matches(roo_acme::store::STATUS_PREFIX)
+                    .to_string();
+                let status: Value = serde_json::from_slice(&value).unwrap_or_default();
+                let row = hosts
+                    .entry(host.clone())
+                    .or_insert_with(|| json!({"host": host}));
+                row["last_error"] = status["last_error"].clone();
+                row["failures"] = status["failures"].clone();
+            }
+            let rows = hosts.into_values().collect();
+            Ok(render(
+                json_out,
+                &["host", "issuer", "expires", "source", "last_error"],
+                rows,
+            ))
+        }
+        Command::Cluster(ClusterCmd::Status) => {
+            let body = api.call("GET", "/roo/v1/cluster", None).await?;
+            let v: Value =
+                serde_json::from_slice(&body).map_err(|e| CliError::Api(e.to_string()))?;
+            if json_out {
+                return Ok(v.to_string());
+            }
+            let leader = v["leader_id"].as_u64();
+            let voters: Vec<u64> = v["voters"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            let rows = v["members"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(id, addr)| {
+                    let n: u64 = id.parse().unwrap_or(0);
+                    let role = if Some(n) == leader {
+                        "leader"
+                    } else if voters.contains(&n) {
+                        "voter"
+                    } else {
+                        "learner"
+                    };
+                    json!({"id": id, "address": addr, "role": role})
+                })
+                .collect();
+            let mut out = render(false, &["id", "address", "role"], rows);
+            let _ = write!(
+                out,
+                "\nterm {}, revision {}, this node {}",
+                v["term"], v["revision"], v["node_id"]
+            );
+            Ok(out)
+        }
+        Command::Cluster(ClusterCmd::Remove { id }) => {
+            api.call("DELETE", &format!("/roo/v1/cluster/members/{id}"), None)
+                .await?;
+            Ok(done(json_out, &format!("member {id}")))
+        }
+        Command::Kv(Kv::Get { key }) => {
+            let body = api.call("GET", &format!("/roo/v1/kv/{key}"), None).await?;
+            Ok(String::from_utf8_lossy(&body).into_owned())
+        }
+        Command::Kv(Kv::Put { key, value }) => {
+            api.call("PUT", &format!("/roo/v1/kv/{key}"), Some(value))
+                .await?;
+            Ok(done(json_out, &key))
+        }
+        Command::Kv(Kv::Ls { prefix }) => {
+            let rows = api
+                .scan(&prefix)
+                .await?
+                .into_iter()
+                .map(|(k, v)| json!({"key": k, "value": String::from_utf8_lossy(&v)}))
+                .collect();
+            Ok(render(json_out, &["key", "value"], rows))
+        }
+    }
+}
+
+fn route_key(host: &str, scheme: &str) -> Result<String, CliError> {
+    let (name, port) = crate::routes::split_host_port(host)
+        .ok_or_else(|| CliError::Usage(format!("{host:?} is not host[:port]")))?;
+    let scheme =
+        Scheme::parse(scheme).ok_or_else(|| CliError::Usage(format!("bad scheme {scheme:?}")))?;
+    let host = crate::routes::normalize_host(name).map_err(|e| CliError::Usage(e.to_string()))?;
+    let key = RouteKey {
+        host,
+        port: port.filter(|p| *p != scheme.default_port()),
+        scheme,
+    };
+    Ok(key.to_string())
+}
+
+fn done(json_out: bool, what: &str) -> String {
+    if json_out {
+        json!({"ok": true, "key": what}).to_string()
+    } else {
+        format!("ok: {what}")
+    }
+}
+
+/// Rows as aligned columns (or a JSON array).
+fn render(json_out: bool, columns: &[&str], rows: Vec<Value>) -> String {
+    if json_out {
+        return Value::Array(rows).to_string();
+    }
+    let cell = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|c| cell(&r[*c])).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            table
+                .iter()
+                .map(|r| r[i].len())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    out.push_str(&line(columns.iter().map(|c| c.to_uppercase()).collect()));
+    for row in table {
+        out.push('\n');
+        out.push_str(&line(row));
+    }
+    out
+}

@@ -1,0 +1,195 @@
+//! rooctl against a live node, each command, table and JSON output, and API errors as one line
+//! with a non-zero exit.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use clap::Parser;
+use common::{wait_for, Http};
+use rood::config::Config;
+use rood::node::Node;
+
+const ADMIN: &str = "admin-token-0123456789";
+
+/// Runs rooctl against `server`; (exit success, stdout, stderr).
+fn rooctl(server: &str, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rooctl"));
+    cmd.env("ROO_SERVER", server)
+        .env_remove("ROO_TOKEN")
+        .args(args);
+    if let Some(t) = token {
+        cmd.env("ROO_TOKEN", t);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_against_a_live_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let argv = [
+        "rood",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--acme",
+        "false",
+        "--swarm",
+        "off",
+        "--api-token",
+        ADMIN,
+    ];
+    let node = Node::start_on(
+        Config::try_parse_from(argv).unwrap(),
+        common::listeners("127.0.0.1").await,
+    )
+    .await
+    .unwrap();
+    let http = Http::default();
+    let api = node.api_addr.to_string();
+    wait_for("a leader", Duration::from_secs(20), || async {
+        http.cluster(&api).await.ok()?["leader_id"].as_u64()
+    })
+    .await;
+    let server = format!("http://{api}");
+    let admin = Some(ADMIN);
+
+    // routes add / ls / rm.
+    let (ok, out, err) = rooctl(
+        &server,
+        admin,
+        &["routes", "add", "App.Test:8443", "http://tasks.app_web:80"],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("com.roo.host:app.test:8443:https"), "{out}");
+    assert!(
+        rooctl(
+            &server,
+            admin,
+            &[
+                "routes",
+                "add",
+                "plain.test",
+                "http://web:80",
+                "--scheme",
+                "http"
+            ]
+        )
+        .0
+    );
+    let (ok, out, _) = rooctl(&server, None, &["routes", "ls"]);
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("HOST") && lines[0].contains("DESTINATION"),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.contains("app.test")
+            && l.contains("8443")
+            && l.contains("http://tasks.app_web:80")),
+        "{out}"
+    );
+    let (ok, out, _) = rooctl(&server, None, &["routes", "ls", "-o", "json"]);
+    assert!(ok);
+    let routes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(routes.as_array().unwrap().len(), 2);
+    assert!(
+        rooctl(
+            &server,
+            admin,
+            &["routes", "rm", "plain.test", "--scheme", "http"]
+        )
+        .0
+    );
+    let (ok, _, err) = rooctl(
+        &server,
+        admin,
+        &["routes", "rm", "plain.test", "--scheme", "http"],
+    );
+    assert!(!ok && err.contains("no route"), "{err}");
+
+    // kv put / get / ls.
+    assert!(rooctl(&server, admin, &["kv", "put", "custom.key", "v1"]).0);
+    assert_eq!(
+        rooctl(&server, None, &["kv", "get", "custom.key"]).1.trim(),
+        "v1"
+    );
+    let (_, out, _) = rooctl(&server, None, &["kv", "ls", "custom."]);
+    assert!(out.contains("custom.key") && out.contains("v1"), "{out}");
+
+    // certs ls: a manual certificate and an ACME status with its last error.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["app.test".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "rooctl test issuer");
+    let cert = params.self_signed(&key).unwrap();
+    let stored = serde_json::json!({"cert_pem": cert.pem(), "key_pem": key.serialize_pem(), "source": "manual"});
+    assert!(
+        rooctl(
+            &server,
+            admin,
+            &["kv", "put", "com.roo.cert:app.test", &stored.to_string()]
+        )
+        .0
+    );
+    let status = serde_json::json!({"failures": 2, "last_error": "connection refused", "last_attempt": 1, "next_attempt": 2});
+    assert!(
+        rooctl(
+            &server,
+            admin,
+            &[
+                "kv",
+                "put",
+                "com.roo.acme.status:down.test",
+                &status.to_string()
+            ]
+        )
+        .0
+    );
+    let (ok, _, err) = rooctl(&server, None, &["certs", "ls"]);
+    assert!(
+        !ok && err.lines().count() == 1 && err.contains("401"),
+        "needs a token: {err}"
+    );
+    let (ok, out, err) = rooctl(&server, admin, &["certs", "ls"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines().any(|l| l.contains("app.test")
+            && l.contains("rooctl test issuer")
+            && l.contains("manual")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("down.test") && l.contains("connection refused")),
+        "{out}"
+    );
+
+    // cluster status / remove.
+    let (ok, out, _) = rooctl(&server, None, &["cluster", "status"]);
+    assert!(ok && out.contains("leader") && out.contains(&api), "{out}");
+    let (ok, _, err) = rooctl(&server, admin, &["cluster", "remove", "12345"]);
+    assert!(!ok && err.lines().count() == 1, "{err}");
+
+    // Errors: a wrong token, no server.
+    let (ok, _, err) = rooctl(
+        &server,
+        Some("wrong-token-0123456789"),
+        &["routes", "add", "x.test", "http://y:1"],
+    );
+    assert!(
+        !ok && err.lines().count() == 1 && err.contains("invalid token"),
+        "{err}"
+    );
+    let dead = format!("http://127.0.0.1:{}", common::free_port("127.0.0.1"));
+    let (ok, _, err) = rooctl(&dead, None, &["routes", "ls"]);
+    assert!(!ok && err.lines().count() == 1, "{err}");
+    node.stop().await;
+}
