@@ -7,6 +7,12 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's start-up options: sample allocations (every 512 KiB on average) so that
+/// `/debug/pprof/heap` has a profile to give.
+#[allow(non_upper_case_globals)]
+#[export_name = "malloc_conf"]
+pub static malloc_conf: &[u8] = b"prof:true,prof_active:true,lg_prof_sample:19\0";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();

@@ -7,6 +7,7 @@
 pub mod auth;
 mod cluster;
 mod kv;
+mod pprof;
 mod reply;
 mod watch;
 
@@ -113,6 +114,10 @@ async fn handle(
 ) -> Result<Response<Body>, ApiError> {
     if path == "/roo/ping" {
         only(&req, &[Method::GET, Method::HEAD]).map(|()| reply::text(StatusCode::OK, "PONG"))
+    } else if let Some(what) = path.strip_prefix(pprof::PREFIX) {
+        only(&req, &[Method::GET])?;
+        api.tokens.require_admin(access)?;
+        pprof::pprof(what, &req).await
     } else if path == "/metrics" {
         only(&req, &[Method::GET])?;
         let stats = api.acme.as_ref().map(Issuer::stats);

@@ -27,6 +27,10 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
     #[error(transparent)]
     Kv(#[from] KvError),
 }
@@ -40,6 +44,8 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Kv(e) => match e {
                 KvError::InvalidKey(_) | KvError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
                 KvError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
