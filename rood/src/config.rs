@@ -1,15 +1,23 @@
-//! Every setting of a node: flags, each with a `ROO_*` environment variable, and defaults.
+//! Every setting of a node, in one struct: a flag, its `ROO_*` environment variable, an optional
+//! TOML file (`--config`), and a default, in that order of precedence. `rood --help` lists them
+//! all with their defaults.
 
+use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 /// A roo node: raft-replicated KV store and admin API.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "rood", version, about, args_override_self = true)]
 pub struct Config {
+    /// A TOML file of settings, named as the flags are (`api_addr = "0.0.0.0:6299"` or
+    /// `api-addr`); flags and environment variables win over it.
+    #[arg(long, env = "ROO_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Raft node id (u64). Default: generated once and kept in the data dir.
     #[arg(long, env = "ROO_NODE_ID")]
     pub node_id: Option<u64>,
@@ -156,7 +164,75 @@ fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is neither an IP nor IP:PORT"))
 }
 
+/// A TOML value as a flag's text.
+fn scalar(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Why the settings could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A bad flag, variable or file value (clap's message names the setting).
+    #[error(transparent)]
+    Invalid(#[from] clap::Error),
+    #[error("{0}")]
+    File(String),
+}
+
 impl Config {
+    /// Reads the settings from `args`, the environment and the file `--config` names: a flag
+    /// wins over its variable, which wins over the file, which wins over the default.
+    pub fn load<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let first = Config::try_parse_from(&args)?;
+        let Some(path) = first.config else {
+            return Ok(first);
+        };
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError::File(format!("config file {shown}: {e}")))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| ConfigError::File(format!("config file {shown}: {e}")))?;
+        let mut command = Config::command();
+        for (key, value) in table {
+            let id = key.replace('-', "_");
+            if id == "config" || !command.get_arguments().any(|a| a.get_id() == id.as_str()) {
+                return Err(ConfigError::File(format!(
+                    "config file {shown}: unknown setting {key:?}"
+                )));
+            }
+            let text = match &value {
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(scalar)
+                    .collect::<Option<Vec<_>>>()
+                    .map(|v| v.join(",")),
+                v => scalar(v),
+            };
+            let Some(text) = text else {
+                return Err(ConfigError::File(format!(
+                    "config file {shown}: {key} is a {}: use a string, number, boolean or list",
+                    value.type_str()
+                )));
+            };
+            // The file's value becomes the default: flags and variables still win, and clap
+            // checks it like any other value.
+            command = command.mut_arg(id, |arg| arg.default_value(text));
+        }
+        let matches = command.try_get_matches_from(&args)?;
+        Ok(Config::from_arg_matches(&matches)?)
+    }
+
     /// Reads the settings kept in files (Docker secrets) into the config, a value given directly
     /// winning over its file, and checks the tokens.
     pub fn load_secret_files(&mut self) -> Result<(), String> {
@@ -340,5 +416,76 @@ mod secret_file_tests {
             "a value given directly wins"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("roo-cfgfile-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("roo.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let path = write(
+            "precedence",
+            "api_addr = \"127.0.0.9:7000\"\nsnapshot-every = 500\nrequest_timeout_ms = 700\njoin = [\"a:1\", \"b:2\"]\nacme = false\n",
+        );
+        let file = path.to_str().unwrap();
+        // The file over the defaults.
+        let c = Config::load(["rood", "--config", file]).unwrap();
+        assert_eq!(c.api_addr, "127.0.0.9:7000".parse().unwrap());
+        assert_eq!(c.snapshot_every, 500);
+        assert_eq!(c.join, vec!["a:1", "b:2"]);
+        assert!(!c.acme);
+        assert_eq!(c.max_connections, 10_000, "a default the file leaves alone");
+        // The environment over the file; a flag over both.
+        std::env::set_var("ROO_REQUEST_TIMEOUT_MS", "800");
+        std::env::set_var("ROO_SNAPSHOT_EVERY", "600");
+        let c = Config::load(["rood", "--config", file, "--snapshot-every", "900"]).unwrap();
+        std::env::remove_var("ROO_REQUEST_TIMEOUT_MS");
+        std::env::remove_var("ROO_SNAPSHOT_EVERY");
+        assert_eq!(c.request_timeout_ms, 800);
+        assert_eq!(c.snapshot_every, 900);
+    }
+
+    #[test]
+    fn bad_files_and_values_name_the_setting() {
+        let unknown = write("unknown", "api_adr = \"x\"\n");
+        let err = Config::load(["rood", "--config", unknown.to_str().unwrap()]).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown setting \"api_adr\""),
+            "{err}"
+        );
+        let bad = write("bad", "snapshot_every = 0\n");
+        let err = Config::load(["rood", "--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("--snapshot-every"), "{err}");
+        let table = write("table", "[acme]\nemail = \"x\"\n");
+        let err = Config::load(["rood", "--config", table.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("acme is a table"), "{err}");
+        let broken = write("broken", "api_addr = \n");
+        assert!(Config::load(["rood", "--config", broken.to_str().unwrap()]).is_err());
+        let err = Config::load(["rood", "--config", "/nonexistent/roo.toml"]).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/roo.toml"), "{err}");
+    }
+
+    #[test]
+    fn help_lists_every_setting_with_its_variable() {
+        let help = Config::command().render_long_help().to_string();
+        for arg in Config::command().get_arguments() {
+            if let Some(env) = arg.get_env() {
+                assert!(
+                    help.contains(env.to_str().unwrap()),
+                    "{env:?} missing from --help"
+                );
+            }
+        }
+        assert!(help.contains("[default: 0.0.0.0:6299]"), "defaults shown");
     }
 }

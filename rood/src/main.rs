@@ -1,6 +1,5 @@
 use anyhow::Context;
-use clap::Parser;
-use rood::config::Config;
+use rood::config::{Config, ConfigError};
 use rood::node::Node;
 use tracing_subscriber::EnvFilter;
 
@@ -15,7 +14,14 @@ pub static malloc_conf: &[u8] = b"prof:true,prof_active:true,lg_prof_sample:19\0
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config = match Config::load(std::env::args_os()) {
+        Ok(c) => c,
+        Err(ConfigError::Invalid(e)) => e.exit(),
+        Err(ConfigError::File(e)) => {
+            eprintln!("rood: {e}");
+            std::process::exit(2);
+        }
+    };
     let filter = EnvFilter::try_new(&config.log)
         .with_context(|| format!("invalid ROO_LOG filter {:?}", config.log))?;
     use std::io::IsTerminal;
