@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -34,35 +33,6 @@ async fn https_request(
     let _ = tls.read_to_end(&mut raw).await;
     let (status, body) = parse_response(&raw)?;
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// An upstream answering every request with `body`.
-async fn upstream(body: &'static str) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
-    addr
 }
 
 /// Three nodes on 127.0.0.1..3 whose HTTP and HTTPS listeners use the ports Pebble validates
@@ -131,12 +101,7 @@ async fn kv_keys(http: &Http, node: &Proc, prefix: &str) -> Vec<String> {
 async fn one_order_one_certificate_served_by_every_node() {
     let dir = tempfile::tempdir().unwrap();
     let (http_port, tls_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
-    let options = PebbleOptions {
-        http_port,
-        tls_port,
-        validity: None,
-        va_sleep: None,
-    };
+    let options = PebbleOptions::new(http_port, tls_port);
     let Some(pebble) = Pebble::start(dir.path(), options).await else {
         return;
     };
@@ -144,7 +109,7 @@ async fn one_order_one_certificate_served_by_every_node() {
     let http = Http::default();
     let target = (leader + 1) % procs.len();
     pebble.point("app.test", &ip_of(&procs[target])).await;
-    let up = upstream("hello from app").await;
+    let up = common::upstream("hello from app").await;
     let root = pebble.issuing_root().await;
 
     let started = Instant::now();
@@ -263,12 +228,7 @@ async fn one_order_one_certificate_served_by_every_node() {
 async fn tls_alpn_01_is_answered_by_a_follower() {
     let dir = tempfile::tempdir().unwrap();
     let (http_port, tls_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
-    let options = PebbleOptions {
-        http_port,
-        tls_port,
-        validity: None,
-        va_sleep: None,
-    };
+    let options = PebbleOptions::new(http_port, tls_port);
     let Some(pebble) = Pebble::start(dir.path(), options).await else {
         return;
     };
@@ -283,7 +243,7 @@ async fn tls_alpn_01_is_answered_by_a_follower() {
     let http = Http::default();
     let target = (leader + 2) % procs.len();
     pebble.point("alpn.test", &ip_of(&procs[target])).await;
-    let up = upstream("alpn app").await;
+    let up = common::upstream("alpn app").await;
     let root = pebble.issuing_root().await;
     put_route(
         &http,
@@ -320,10 +280,8 @@ async fn leader_killed_mid_order_still_ends_with_one_certificate() {
     let (http_port, tls_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
     // Validation takes up to 3 s, so the order is still open when the leader dies.
     let options = PebbleOptions {
-        http_port,
-        tls_port,
-        validity: None,
         va_sleep: Some(3),
+        ..PebbleOptions::new(http_port, tls_port)
     };
     let Some(pebble) = Pebble::start(dir.path(), options).await else {
         return;
@@ -332,7 +290,7 @@ async fn leader_killed_mid_order_still_ends_with_one_certificate() {
     let http = Http::default();
     let target = (leader + 1) % procs.len();
     pebble.point("failover.test", &ip_of(&procs[target])).await;
-    let up = upstream("still here").await;
+    let up = common::upstream("still here").await;
     let root = pebble.issuing_root().await;
     put_route(
         &http,
@@ -397,10 +355,8 @@ async fn short_lived_certificates_renew_without_a_failed_handshake() {
     let (http_port, tls_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
     // 15 s certificates: renewed two thirds in, at about 10 s.
     let options = PebbleOptions {
-        http_port,
-        tls_port,
         validity: Some(15),
-        va_sleep: None,
+        ..PebbleOptions::new(http_port, tls_port)
     };
     let Some(pebble) = Pebble::start(dir.path(), options).await else {
         return;
@@ -409,7 +365,7 @@ async fn short_lived_certificates_renew_without_a_failed_handshake() {
     let http = Http::default();
     let target = (leader + 1) % procs.len();
     pebble.point("renew.test", &ip_of(&procs[target])).await;
-    let up = upstream("renewed").await;
+    let up = common::upstream("renewed").await;
     let root = pebble.issuing_root().await;
     put_route(
         &http,
@@ -457,12 +413,7 @@ async fn short_lived_certificates_renew_without_a_failed_handshake() {
 async fn failures_back_off_and_bad_hosts_never_reach_the_ca() {
     let dir = tempfile::tempdir().unwrap();
     let (http_port, tls_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
-    let options = PebbleOptions {
-        http_port,
-        tls_port,
-        validity: None,
-        va_sleep: None,
-    };
+    let options = PebbleOptions::new(http_port, tls_port);
     let Some(pebble) = Pebble::start(dir.path(), options).await else {
         return;
     };
@@ -484,7 +435,7 @@ async fn failures_back_off_and_bad_hosts_never_reach_the_ca() {
     wait_for_cluster(&http, std::slice::from_ref(&api), 1).await;
     // Nothing answers on 127.0.0.9: validation fails.
     pebble.point("down.test", "127.0.0.9").await;
-    let up = upstream("plain").await;
+    let up = common::upstream("plain").await;
     put_route(
         &http,
         &node,
@@ -559,17 +510,12 @@ async fn failures_back_off_and_bad_hosts_never_reach_the_ca() {
 async fn a_ca_that_answers_garbage_or_nothing_blocks_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (http_port, tls_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
-    let options = PebbleOptions {
-        http_port,
-        tls_port,
-        validity: None,
-        va_sleep: None,
-    };
+    let options = PebbleOptions::new(http_port, tls_port);
     let Some(pebble) = Pebble::start(dir.path(), options).await else {
         return;
     };
     let http = Http::default();
-    let up = upstream("served anyway").await;
+    let up = common::upstream("served anyway").await;
     // Garbage: Pebble's management API answers a PEM where a directory should be. Down: nothing
     // listens.
     let garbage = format!("https://{}/roots/0", pebble.management);

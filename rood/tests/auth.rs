@@ -6,39 +6,13 @@ mod common;
 use std::time::Duration;
 
 use clap::Parser;
-use common::{wait_for, Http};
+use common::Http;
 use rood::config::Config;
 use rood::node::Node;
 
 const ADMIN: &str = "admin-token-0123456789";
 const READ: &str = "read-token-0123456789";
 const CERT: &str = r#"{"cert_pem":"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n","key_pem":"PRIVATE-KEY-MATERIAL","source":"manual"}"#;
-
-async fn node(dir: &std::path::Path, extra: &[&str]) -> Node {
-    let mut argv = vec![
-        "rood",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--acme",
-        "false",
-        "--swarm",
-        "off",
-    ];
-    argv.extend_from_slice(extra);
-    let node = Node::start_on(
-        Config::try_parse_from(argv).unwrap(),
-        common::listeners("127.0.0.1").await,
-    )
-    .await
-    .unwrap();
-    let http = Http::default();
-    let addr = node.api_addr.to_string();
-    wait_for("a leader", Duration::from_secs(20), || async {
-        http.cluster(&addr).await.ok()?["leader_id"].as_u64()
-    })
-    .await;
-    node
-}
 
 /// The status of `method path` with `token` (Some("") sends a malformed header).
 async fn status(
@@ -70,7 +44,7 @@ async fn status(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_matrix() {
     let dir = tempfile::tempdir().unwrap();
-    let node = node(
+    let node = common::node(
         dir.path(),
         &["--api-token", ADMIN, "--api-read-token", READ],
     )
@@ -229,7 +203,7 @@ async fn the_access_matrix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_api_still_hides_private_keys_and_tokens_load_from_files() {
     let dir = tempfile::tempdir().unwrap();
-    let open = node(&dir.path().join("open"), &[]).await;
+    let open = common::node(&dir.path().join("open"), &[]).await;
     let http = Http::default();
     assert_eq!(
         status(
@@ -271,7 +245,7 @@ async fn an_open_api_still_hides_private_keys_and_tokens_load_from_files() {
 
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{ADMIN}\n")).unwrap();
-    let closed = node(
+    let closed = common::node(
         &dir.path().join("closed"),
         &["--api-token-file", token_file.to_str().unwrap()],
     )

@@ -5,40 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use clap::Parser;
 use common::{wait_for, Http};
-use rood::config::Config;
-use rood::node::Node;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// An upstream answering `ok` to everything.
-async fn upstream() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                    )
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 /// The samples of a metrics page: (name, labels, value).
 fn samples(page: &str) -> Vec<prometheus_parse::Sample> {
@@ -63,28 +30,10 @@ fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_with_traffic() {
     let dir = tempfile::tempdir().unwrap();
-    let argv = [
-        "rood",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "--acme",
-        "false",
-        "--swarm",
-        "off",
-    ];
-    let node = Node::start_on(
-        Config::try_parse_from(argv).unwrap(),
-        common::listeners("127.0.0.1").await,
-    )
-    .await
-    .unwrap();
+    let node = common::node(dir.path(), &[]).await;
     let http = Http::default();
     let api = node.api_addr.to_string();
-    wait_for("a leader", Duration::from_secs(20), || async {
-        http.cluster(&api).await.ok()?["leader_id"].as_u64()
-    })
-    .await;
-    let up = upstream().await;
+    let up = common::upstream("ok").await;
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

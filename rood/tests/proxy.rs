@@ -9,12 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Parser;
 use common::{wait_for, Http};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rood::config::Config;
 use rood::node::Node;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -81,27 +79,10 @@ fn dead_port() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-/// Starts a node with `args`, its data in `dir`.
-async fn try_node(dir: &std::path::Path, args: &[&str]) -> Result<Node, rood::node::StartError> {
-    let mut argv = vec![
-        "rood",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--acme",
-        "false",
-        "--swarm",
-        "off",
-    ];
-    argv.extend_from_slice(args);
-    let config = Config::try_parse_from(argv).unwrap();
-    Node::start_on(config, common::listeners("127.0.0.1").await).await
-}
-
 /// A node with `args` in a new data dir, once it leads its one-node cluster.
 async fn node_with(args: &[&str]) -> (Node, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let node = try_node(dir.path(), args).await.unwrap();
-    common::wait_for_cluster(&Http::default(), &[node.api_addr.to_string()], 1).await;
+    let node = common::node(dir.path(), args).await;
     (node, dir)
 }
 
@@ -873,7 +854,7 @@ async fn tls_upstreams_are_verified_unless_the_route_opts_out() {
     );
     // A bad CA file stops start-up with a clear error.
     std::fs::write(&ca_file, "not a certificate").unwrap();
-    let err = try_node(&dir.path().join("bad"), &["--upstream-ca-file", ca_path])
+    let err = common::try_node(&dir.path().join("bad"), &["--upstream-ca-file", ca_path])
         .await
         .err()
         .unwrap();

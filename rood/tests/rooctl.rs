@@ -4,12 +4,6 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
-
-use clap::Parser;
-use common::{wait_for, Http};
-use rood::config::Config;
-use rood::node::Node;
 
 const ADMIN: &str = "admin-token-0123456789";
 
@@ -33,29 +27,8 @@ fn rooctl(server: &str, token: Option<&str>, args: &[&str]) -> (bool, String, St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_against_a_live_node() {
     let dir = tempfile::tempdir().unwrap();
-    let argv = [
-        "rood",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "--acme",
-        "false",
-        "--swarm",
-        "off",
-        "--api-token",
-        ADMIN,
-    ];
-    let node = Node::start_on(
-        Config::try_parse_from(argv).unwrap(),
-        common::listeners("127.0.0.1").await,
-    )
-    .await
-    .unwrap();
-    let http = Http::default();
+    let node = common::node(dir.path(), &["--api-token", ADMIN]).await;
     let api = node.api_addr.to_string();
-    wait_for("a leader", Duration::from_secs(20), || async {
-        http.cluster(&api).await.ok()?["leader_id"].as_u64()
-    })
-    .await;
     let server = format!("http://{api}");
     let admin = Some(ADMIN);
 

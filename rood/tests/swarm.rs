@@ -720,12 +720,7 @@ async fn a_labelled_service_gets_its_certificate_from_pebble() {
     let Some(image) = engine() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (http_port, tls_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
-    let options = PebbleOptions {
-        http_port,
-        tls_port,
-        validity: None,
-        va_sleep: None,
-    };
+    let options = PebbleOptions::new(http_port, tls_port);
     let Some(pebble) = Pebble::start(dir.path(), options).await else {
         return;
     };

@@ -173,6 +173,63 @@ pub async fn listeners(ip: &str) -> rood::node::Listeners {
     }
 }
 
+/// Starts an in-process node on 127.0.0.1 with its data in `dir` and `args`, ACME and the
+/// swarm watcher off.
+pub async fn try_node(
+    dir: &Path,
+    args: &[&str],
+) -> Result<rood::node::Node, rood::node::StartError> {
+    use clap::Parser;
+    let mut argv = vec![
+        "rood",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--acme",
+        "false",
+        "--swarm",
+        "off",
+    ];
+    argv.extend_from_slice(args);
+    let config = rood::config::Config::try_parse_from(argv).unwrap();
+    rood::node::Node::start_on(config, listeners("127.0.0.1").await).await
+}
+
+/// [`try_node`], once the node leads its one-node cluster.
+pub async fn node(dir: &Path, args: &[&str]) -> rood::node::Node {
+    let node = try_node(dir, args).await.unwrap();
+    wait_for_cluster(&Http::default(), &[node.api_addr.to_string()], 1).await;
+    node
+}
+
+/// An upstream answering every request with `body`.
+pub async fn upstream(body: &'static str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::io::AsyncReadExt::read(&mut s, &mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut s, resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
 /// A free TCP port on `ip`.
 pub fn free_port(ip: &str) -> u16 {
     let l = std::net::TcpListener::bind((ip, 0)).unwrap();

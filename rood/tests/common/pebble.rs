@@ -37,6 +37,18 @@ pub struct PebbleOptions {
     pub va_sleep: Option<u64>,
 }
 
+impl PebbleOptions {
+    /// Validating on these ports, default certificate lifetime, no validation delay.
+    pub fn new(http_port: u16, tls_port: u16) -> PebbleOptions {
+        PebbleOptions {
+            http_port,
+            tls_port,
+            validity: None,
+            va_sleep: None,
+        }
+    }
+}
+
 /// Writes a CA and a leaf for 127.0.0.1/localhost signed by it; returns the paths
 /// (ca, cert, key) and the CA's DER.
 fn listener_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf, CertificateDer<'static>) {
