@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# rood next to nginx in front of the same upstream on loopback, in
-# the same run, driven by wrk: HTTP/1.1 keep-alive requests/s and p99, HTTPS keep-alive, new TLS
-# handshakes/s, and resident memory with 10k idle connections. Each row: three rounds, rood and
-# nginx alternating, medians.
+# rood next to nginx, HAProxy and Caddy in front of the same upstream on loopback, in the same
+# run, driven by wrk: HTTP/1.1 keep-alive requests/s and p99, HTTPS keep-alive, new TLS
+# handshakes/s, and resident memory with 9000 idle connections. Each row: three rounds, the
+# proxies taking turns, medians. HAProxy and Caddy are extra columns, left out when not installed.
 #
-#   misc/bench/proxy.sh [seconds-per-row]    (needs: apt-get install nginx wrk openssl)
+#   misc/bench/proxy.sh [seconds-per-round]
+#   (needs: apt-get install nginx wrk openssl; optional: haproxy caddy)
 #
 # wrk sends SNI from the URL's host, so bench.test is added to /etc/hosts for the run (and taken
 # out again). Prints a markdown table; README's figures come from it.
@@ -15,6 +16,8 @@ cd "$root"
 cargo build --release -q -p rood
 rood=$root/target/release/rood
 for t in nginx wrk openssl python3; do command -v $t >/dev/null || { echo "$t not found" >&2; exit 1; }; done
+have_haproxy=0; command -v haproxy >/dev/null && have_haproxy=1
+have_caddy=0; command -v caddy >/dev/null && have_caddy=1
 ulimit -n "$(ulimit -Hn)"
 
 work=$(mktemp -d); chmod 755 "$work"
@@ -43,7 +46,8 @@ http { access_log off; keepalive_requests 1000000;
 CONF
 nginx -c "$work/upstream.conf" -g 'daemon off;' & pids+=($!)
 
-# nginx as the proxy: two workers (rood runs two tokio workers), keep-alive to the upstream.
+# nginx as the proxy: two workers (rood runs two proxy workers), keep-alive to the upstream, TLS
+# 1.2 and 1.3 like rood (Debian's nginx 1.22 offers only up to 1.2 unless told).
 cat > "$work/proxy.conf" <<CONF
 worker_processes 2; pid $work/proxy.pid; error_log $work/proxy.err;
 worker_rlimit_nofile 20000;
@@ -51,14 +55,67 @@ events { worker_connections 16384; }
 http { access_log off; keepalive_requests 1000000;
   upstream app { server 127.0.0.1:18080; keepalive 64; }
   server { listen 127.0.0.1:18081; listen 127.0.0.1:18443 ssl http2; server_name bench.test;
-    ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
 CONF
 nginx -c "$work/proxy.conf" -g 'daemon off;' & pids+=($!)
 
+# HAProxy: two threads, connections to the upstream reused across requests.
+if [ "$have_haproxy" = 1 ]; then
+  cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+  cat > "$work/haproxy.cfg" <<CONF
+global
+  nbthread 2
+  # Two descriptors a connection, under this machine's 20000 limit (the idle row opens 9000).
+  maxconn 9500
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+  option forwardfor
+  http-reuse always
+frontend plain
+  bind 127.0.0.1:18083
+  default_backend app
+frontend tls
+  bind 127.0.0.1:18445 ssl crt $work/haproxy.pem alpn h2,http/1.1
+  default_backend app
+backend app
+  server up 127.0.0.1:18080
+CONF
+  haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
+  haproxy_pid=$!
+fi
+
+# Caddy: two Go threads (GOMAXPROCS), keep-alive to the upstream (its default), no access log.
+if [ "$have_caddy" = 1 ]; then
+  cat > "$work/Caddyfile" <<CONF
+{
+  admin off
+  auto_https off
+  storage file_system $work/caddy
+}
+http://bench.test:18084 {
+  bind 127.0.0.1
+  reverse_proxy 127.0.0.1:18080
+}
+https://bench.test:18446 {
+  bind 127.0.0.1
+  tls $work/cert.pem $work/key.pem
+  reverse_proxy 127.0.0.1:18080
+}
+CONF
+  HOME=$work XDG_DATA_HOME=$work XDG_CONFIG_HOME=$work GOMAXPROCS=2 \
+    caddy run --config "$work/Caddyfile" --adapter caddyfile 2>"$work/caddy.log" & pids+=($!)
+  caddy_pid=$!
+fi
+
 # rood: one node, routes and certificate put through its API.
-ROO_LOG=warn "$rood" --data-dir "$work/roo" --api-addr 127.0.0.1:16300 \
+# ACME and the swarm watcher off: the certificate is a manual one, and nothing leaves the machine.
+ROO_LOG=warn "$rood" --data-dir "$work/roo" --api-addr 127.0.0.1:16300 --acme false --swarm off \
   --http-addr 127.0.0.1:18082 --https-addr 127.0.0.1:18444 2>"$work/rood.log" & pids+=($!)
 rood_pid=$!
 for _ in $(seq 1 100); do curl -fsS -o /dev/null 127.0.0.1:16300/roo/ping 2>/dev/null && break; sleep 0.1; done
@@ -80,32 +137,61 @@ run_wrk() { # url, extra args...
 }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
-echo "| row | rood req/s | rood p99 ms | nginx req/s | nginx p99 ms | rood/nginx req/s | rood/nginx p99 |"
-echo "|---|---|---|---|---|---|---|"
-median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
-row() { # name, rood url, nginx url, extra wrk args...
-  # Three rounds, rood and nginx alternating, medians reported: this VM is noisy.
-  local name=$1 ru=$2 nu=$3; shift 3
-  local rr=() rp=() nr=() np=() a b
-  for _ in 1 2 3; do
-    read -r a b < <(run_wrk "$ru" "$@"); rr+=("$a"); rp+=("$b")
-    read -r a b < <(run_wrk "$nu" "$@"); nr+=("$a"); np+=("$b")
-  done
-  local r_rps r_p99 n_rps n_p99
-  r_rps=$(median "${rr[@]}"); r_p99=$(median "${rp[@]}"); n_rps=$(median "${nr[@]}"); n_p99=$(median "${np[@]}")
-  echo "| $name | ${r_rps%.*} | $r_p99 | ${n_rps%.*} | $n_p99 | $(ratio "$r_rps" "$n_rps") | $(ratio "$r_p99" "$n_p99") |"
-}
-row "HTTP/1.1 keep-alive" http://127.0.0.1:18082/ http://127.0.0.1:18081/
-row "HTTPS keep-alive" https://bench.test:18444/ https://bench.test:18443/
-row "new TLS handshake per request" https://bench.test:18444/ https://bench.test:18443/ -H 'Connection: close'
-
-# Memory with 10k idle keep-alive connections.
+# The proxies: name, plain port, TLS port, pids whose memory counts.
+peers=("rood 18082 18444 $rood_pid")
 nginx_pids=$(pgrep -f "nginx: worker process" | while read -r p; do
   grep -q "proxy.conf" "/proc/$(ps -o ppid= -p "$p" | tr -d ' ')/cmdline" 2>/dev/null && echo "$p"; done | paste -sd,)
-nginx_pids="$nginx_pids,$(cat "$work/proxy.pid")"
-read -r rb ra rn < <(python3 "$root/misc/bench/idle_conns.py" 127.0.0.1 18082 bench.test 10000 "$rood_pid")
-read -r nb na nn < <(python3 "$root/misc/bench/idle_conns.py" 127.0.0.1 18081 bench.test 10000 "$nginx_pids")
-r_per=$(python3 -c "print(f'{($ra-$rb)*1024/$rn:.0f}')"); n_per=$(python3 -c "print(f'{($na-$nb)*1024/$nn:.0f}')")
-echo "| RSS per idle connection (10k), bytes | $r_per | | $n_per | | $(ratio "$r_per" "$n_per") | |"
+peers+=("nginx 18081 18443 $nginx_pids,$(cat "$work/proxy.pid")")
+[ "$have_haproxy" = 1 ] && peers+=("haproxy 18083 18445 $haproxy_pid")
+[ "$have_caddy" = 1 ] && peers+=("caddy 18084 18446 $caddy_pid")
+for peer in "${peers[@]}"; do
+  read -r name port _ _ <<<"$peer"
+  for _ in $(seq 1 100); do curl -fsS -o /dev/null -H 'Host: bench.test' "127.0.0.1:$port/" 2>/dev/null && break; sleep 0.1; done
+done
+
+median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+header="| row |"; rule="|---|"
+for peer in "${peers[@]}"; do read -r name _ <<<"$peer"; header+=" $name req/s | $name p99 ms |"; rule+="---|---|"; done
+echo "$header rood/nginx req/s | rood/nginx p99 |"
+echo "$rule---|---|"
+row() { # name, scheme, extra wrk args...
+  # Three rounds, the proxies taking turns, medians reported: this VM is noisy.
+  local title=$1 scheme=$2; shift 2
+  declare -A rps p99
+  local round peer name port tport url a b
+  for round in 1 2 3; do
+    for peer in "${peers[@]}"; do
+      read -r name port tport _ <<<"$peer"
+      if [ "$scheme" = https ]; then url=https://bench.test:$tport/; else url=http://127.0.0.1:$port/; fi
+      read -r a b < <(run_wrk "$url" "$@")
+      rps[$name]+=" $a"; p99[$name]+=" $b"
+    done
+  done
+  local line="| $title |" r_rps r_p99 n_rps n_p99
+  for peer in "${peers[@]}"; do
+    read -r name _ <<<"$peer"
+    a=$(median ${rps[$name]}); b=$(median ${p99[$name]})
+    line+=" ${a%.*} | $b |"
+    [ "$name" = rood ] && { r_rps=$a; r_p99=$b; }
+    [ "$name" = nginx ] && { n_rps=$a; n_p99=$b; }
+  done
+  echo "$line $(ratio "$r_rps" "$n_rps") | $(ratio "$r_p99" "$n_p99") |"
+}
+row "HTTP/1.1 keep-alive" http
+row "HTTPS keep-alive" https
+row "new TLS handshake per request" https -H 'Connection: close'
+
+# Memory with 9000 idle keep-alive connections (HAProxy needs two descriptors for each under a
+# 20000 descriptor limit).
+line="| RSS per idle connection (9000), bytes |"; summary="RSS before and with the connections:"
+declare -A per
+for peer in "${peers[@]}"; do
+  read -r name port _ ps <<<"$peer"
+  read -r before after n < <(python3 "$root/misc/bench/idle_conns.py" 127.0.0.1 "$port" bench.test 9000 "$ps")
+  per[$name]=$(python3 -c "print(f'{($after-$before)*1024/$n:.0f}')")
+  line+=" ${per[$name]} | |"
+  summary+=" $name $((before/1024)) -> $((after/1024)) MiB ($n);"
+done
+echo "$line $(ratio "${per[rood]}" "${per[nginx]}") | |"
 echo
-echo "RSS: rood $((rb/1024)) MiB idle, $((ra/1024)) MiB with $rn connections; nginx (master + workers) $((nb/1024)) MiB, $((na/1024)) MiB with $nn."
+echo "$summary"

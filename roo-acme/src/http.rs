@@ -14,8 +14,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 
 use crate::AcmeError;
 
@@ -31,30 +29,8 @@ pub(crate) struct CaClient {
 
 impl CaClient {
     pub(crate) fn new(ca_file: Option<&Path>, timeout: Duration) -> Result<CaClient, AcmeError> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for e in &native.errors {
-            tracing::debug!(error = %e, "loading a system root certificate");
-        }
-        roots.add_parsable_certificates(native.certs);
-        if let Some(path) = ca_file {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<_, _>>())
-                .map_err(|e| {
-                    AcmeError::Config(format!("ROO_ACME_CA_FILE {}: {e}", path.display()))
-                })?;
-            if certs.is_empty() {
-                return Err(AcmeError::Config(format!(
-                    "ROO_ACME_CA_FILE {}: no certificate in it",
-                    path.display()
-                )));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| {
-                    AcmeError::Config(format!("ROO_ACME_CA_FILE {}: {e}", path.display()))
-                })?;
-            }
-        }
+        let roots = crate::roots::system_and(ca_file)
+            .map_err(|e| AcmeError::Config(format!("ROO_ACME_CA_FILE {e}")))?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

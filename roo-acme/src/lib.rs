@@ -10,6 +10,7 @@
 //!   stored form every node serves.
 //! - [`schedule`]: when to try again after a failure: exponential back-off with jitter.
 //! - [`http`]: the HTTP client that talks to the CA, with timeouts and the extra trusted root.
+//! - [`roots`]: the roots roo's TLS clients trust (the system's plus an operator's PEM file).
 //!
 //! The crate knows nothing of raft: which node runs the issuer is the caller's decision (rood
 //! runs it on the raft leader only), and every node learns challenges and certificates from the
@@ -22,6 +23,7 @@ pub mod challenge;
 mod error;
 mod http;
 pub mod issuer;
+pub mod roots;
 pub mod schedule;
 pub mod store;
 

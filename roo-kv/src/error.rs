@@ -46,3 +46,16 @@ impl From<sled::Error> for KvError {
         KvError::Storage(e.to_string())
     }
 }
+
+/// An error and its causes on one line: a client's own message alone ("client error (Connect)")
+/// would hide the refused certificate or connection behind it.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

@@ -8,7 +8,7 @@
 //! - [`watch`]: subscriptions to applied changes by key prefix, from a given revision.
 //! - [`network`]: raft RPCs between nodes over HTTP: the client side ([`network::client`]) and the
 //!   handlers a node's HTTP server mounts ([`network::server`]), both authenticated by the cluster
-//!   secret.
+//!   secret and, optionally, mutual TLS ([`network::tls`]).
 //! - `batch`: every write of a node queues there and travels to the leader and into raft
 //!   entries together with the others queued meanwhile.
 //! - [`node`]: [`Kv`], the handle the rest of roo uses: put, get, delete, scan, compare-and-set,

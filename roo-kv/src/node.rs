@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::batch::Batcher;
 use crate::command::{Op, Record, Request, Response};
 use crate::network::client::{CallError, NetworkFactory, PeerClient};
+use crate::network::tls::PeerTls;
 use crate::network::{JoinRequest, RpcError, RPC_PREFIX};
 use crate::store::{self, StateMachineHandle};
 use crate::{KvError, NodeId, Raft, Watch};
@@ -25,8 +26,10 @@ pub struct KvConfig {
     pub data_dir: PathBuf,
     /// The API address other nodes reach this one at (`host:port`).
     pub advertise: String,
-    /// Shared secret every RPC between nodes carries; None: peers are not authenticated.
+    /// Shared secret every RPC between nodes carries; None: peers are not authenticated by it.
     pub cluster_secret: Option<String>,
+    /// Mutual TLS between nodes; None: plain HTTP.
+    pub peer_tls: Option<PeerTls>,
     /// Build a snapshot (and purge the log before it) after this many entries.
     pub snapshot_every: u64,
     /// How long a write or read may wait for a leader and a quorum before failing.
@@ -40,6 +43,7 @@ impl KvConfig {
             data_dir: data_dir.into(),
             advertise: advertise.into(),
             cluster_secret: None,
+            peer_tls: None,
             snapshot_every: 20_000,
             request_timeout: Duration::from_secs(5),
         }
@@ -159,7 +163,7 @@ impl Kv {
         let (log, sm) = store::open(&config.data_dir)?;
         let handle = sm.handle();
         let committed = log.committed_index();
-        let client = PeerClient::new(config.cluster_secret.clone());
+        let client = PeerClient::new(config.cluster_secret.clone(), config.peer_tls.as_ref());
         let network = NetworkFactory {
             client: client.clone(),
         };
@@ -202,6 +206,11 @@ impl Kv {
 
     pub fn cluster_secret(&self) -> Option<&str> {
         self.inner.config.cluster_secret.as_deref()
+    }
+
+    /// The peer TLS settings, when nodes talk over mutual TLS.
+    pub fn peer_tls(&self) -> Option<&PeerTls> {
+        self.inner.config.peer_tls.as_ref()
     }
 
     /// The client this node uses to reach its peers (with the cluster secret).

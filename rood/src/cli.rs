@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -13,6 +14,7 @@ use base64::Engine;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -32,6 +34,10 @@ pub struct Cli {
         global = true
     )]
     pub server: String,
+    /// A CA certificate (PEM) to trust besides the system's, for an `https://` server (the peer
+    /// CA when the nodes run with peer TLS).
+    #[arg(long, env = "ROO_CACERT", global = true)]
+    pub cacert: Option<std::path::PathBuf>,
     /// Bearer token (admin for changes; read or admin for certificates).
     #[arg(long, env = "ROO_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
@@ -116,7 +122,7 @@ pub enum CliError {
 }
 
 struct ApiClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     server: String,
     token: Option<String>,
 }
@@ -143,7 +149,7 @@ impl ApiClient {
         let sent = tokio::time::timeout(Duration::from_secs(15), self.http.request(req))
             .await
             .map_err(|_| unreachable("no answer in 15 s".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(roo_kv::error::with_causes(&e)))?;
         let status = sent.status();
         let body = sent
             .into_body()
@@ -180,8 +186,22 @@ impl ApiClient {
 
 /// Runs one command; returns what to print.
 pub async fn run(cli: Cli) -> Result<String, CliError> {
+    let roots = roo_acme::roots::system_and(cli.cacert.as_deref())
+        .map_err(|e| CliError::Usage(format!("--cacert {e}")))?;
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| CliError::Usage(format!("TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
     let api = ApiClient {
-        http: Client::builder(TokioExecutor::new()).build_http(),
+        http: Client::builder(TokioExecutor::new()).build(connector),
         server: cli.server.clone(),
         token: cli.token.clone(),
     };

@@ -47,6 +47,11 @@ pub struct Config {
     #[arg(long, env = "ROO_UPSTREAM_CA_FILE")]
     pub upstream_ca_file: Option<PathBuf>,
 
+    /// Proxy worker threads, each serving its share of the client connections with its own
+    /// upstream connections. 0: one per CPU.
+    #[arg(long, env = "ROO_PROXY_WORKERS", default_value_t = 0)]
+    pub proxy_workers: u16,
+
     /// Most client connections open at once on the proxy listeners; more get 503.
     #[arg(long, env = "ROO_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
@@ -99,6 +104,20 @@ pub struct Config {
     /// `--cluster-secret` is not given.
     #[arg(long, env = "ROO_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+
+    /// This node's certificate chain (PEM) for mutual TLS between nodes. With `--peer-key` and
+    /// `--peer-ca`, the API port speaks TLS only and every raft RPC and join needs a client
+    /// certificate signed by the peer CA (a CA for this cluster alone: names are not checked).
+    #[arg(long, env = "ROO_PEER_CERT")]
+    pub peer_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of `--peer-cert`.
+    #[arg(long, env = "ROO_PEER_KEY")]
+    pub peer_key: Option<PathBuf>,
+
+    /// The cluster CA (PEM) that signs every node's peer certificate.
+    #[arg(long, env = "ROO_PEER_CA")]
+    pub peer_ca: Option<PathBuf>,
 
     /// Build a raft snapshot and purge the log before it after this many entries.
     #[arg(long, env = "ROO_SNAPSHOT_EVERY", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -277,6 +296,20 @@ impl Config {
         Ok(())
     }
 
+    /// The mutual TLS settings between nodes, or None when they talk plain HTTP.
+    pub fn peer_tls(&self) -> Result<Option<roo_kv::network::tls::PeerTls>, String> {
+        match (&self.peer_cert, &self.peer_key, &self.peer_ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => roo_kv::network::tls::PeerTls::load(cert, key, ca)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            _ => Err(
+                "ROO_PEER_CERT, ROO_PEER_KEY and ROO_PEER_CA go together: set all three or none"
+                    .into(),
+            ),
+        }
+    }
+
     /// The ACME settings, or None when ACME is off.
     pub fn acme_config(&self) -> Option<roo_acme::AcmeConfig> {
         if !self.acme {
@@ -297,6 +330,14 @@ impl Config {
         };
         config.retry_base = Duration::from_secs(self.acme_retry_base_s);
         Some(config)
+    }
+
+    /// How many proxy workers to run.
+    pub fn proxy_workers(&self) -> usize {
+        match self.proxy_workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => usize::from(n),
+        }
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -20,14 +20,15 @@ use crate::feed::Tables;
 pub struct RequestLabels {
     pub host: String,
     /// `2xx`, `3xx`, `4xx`, `5xx`.
-    pub status: String,
+    pub status: &'static str,
     /// The upstream address, `acme` for challenges, `-` when none was reached.
     pub upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SchemeLabels {
-    pub scheme: String,
+    /// `http` or `https`.
+    pub scheme: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -214,7 +215,14 @@ impl Metrics {
     }
 
     /// Counts one answered request.
-    pub fn request(&self, host: &str, status: u16, upstream: &str, scheme: &str, seconds: f64) {
+    pub fn request(
+        &self,
+        host: &str,
+        status: u16,
+        upstream: &str,
+        scheme: &'static str,
+        seconds: f64,
+    ) {
         let class = match status {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -225,23 +233,19 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels {
                 host: host.to_string(),
-                status: class.to_string(),
+                status: class,
                 upstream: upstream.to_string(),
             })
             .inc();
         self.request_seconds
-            .get_or_create(&SchemeLabels {
-                scheme: scheme.to_string(),
-            })
+            .get_or_create(&SchemeLabels { scheme })
             .observe(seconds);
     }
 
     /// The open-connections gauge of a listener.
-    pub fn connections(&self, scheme: &str) -> Gauge {
+    pub fn connections(&self, scheme: &'static str) -> Gauge {
         self.open_connections
-            .get_or_create(&SchemeLabels {
-                scheme: scheme.to_string(),
-            })
+            .get_or_create(&SchemeLabels { scheme })
             .clone()
     }
 

@@ -118,11 +118,13 @@ impl Node {
         } else {
             Formation::Bootstrap
         };
+        let peer_tls = config.peer_tls().map_err(StartError::Config)?;
         let kv = Kv::open(KvConfig {
             node_id: config.node_id,
             data_dir: config.data_dir.clone(),
             advertise,
             cluster_secret: config.cluster_secret.clone(),
+            peer_tls: peer_tls.clone(),
             snapshot_every: config.snapshot_every,
             request_timeout: config.request_timeout(),
         })
@@ -142,24 +144,28 @@ impl Node {
         };
         let acme_wake = Arc::new(tokio::sync::Notify::new());
         let metrics = Arc::new(Metrics::new());
-        let proxy = Arc::new(ProxyState {
-            tables: tables.clone(),
-            upstreams: Upstreams::new(
-                crate::dns::resolver(config.resolver, Duration::from_secs(30))?,
-                Duration::from_millis(config.upstream_timeout_ms),
-                config.upstream_ca_file.as_deref(),
-            )?,
-            limits: proxy::Limits {
-                max_connections: config.max_connections as usize,
-                max_header_bytes: config.max_header_bytes as usize,
-            },
-            cert_wait: match issuer {
-                Some(_) => Duration::from_millis(config.acme_handshake_wait_ms),
-                None => Duration::ZERO,
-            },
-            acme_wake: acme_wake.clone(),
-            metrics: metrics.clone(),
-        });
+        // One state per proxy worker: each has its own upstream connections.
+        let mut workers = Vec::new();
+        for _ in 0..config.proxy_workers() {
+            workers.push(ProxyState {
+                tables: tables.clone(),
+                upstreams: Upstreams::new(
+                    crate::dns::resolver(config.resolver, Duration::from_secs(30))?,
+                    Duration::from_millis(config.upstream_timeout_ms),
+                    config.upstream_ca_file.as_deref(),
+                )?,
+                limits: proxy::Limits {
+                    max_connections: config.max_connections as usize,
+                    max_header_bytes: config.max_header_bytes as usize,
+                },
+                cert_wait: match issuer {
+                    Some(_) => Duration::from_millis(config.acme_handshake_wait_ms),
+                    None => Duration::ZERO,
+                },
+                acme_wake: acme_wake.clone(),
+                metrics: metrics.clone(),
+            });
+        }
         if config.api_token.is_none() {
             tracing::warn!("ROO_API_TOKEN is not set: anyone who reaches the API port can change routes (private keys stay hidden)");
         }
@@ -176,21 +182,25 @@ impl Node {
         };
         let (form_kv, form_shutdown) = (kv.clone(), shutdown.clone());
         let mut tasks = vec![
-            tokio::spawn(api::serve(listeners.api, api, Duration::from_secs(10))),
+            tokio::spawn(api::serve(
+                listeners.api,
+                peer_tls.map(|t| t.server_config()),
+                api,
+                Duration::from_secs(10),
+            )),
             tokio::spawn(feed::run(kv.clone(), tables.clone(), shutdown.clone())),
-            tokio::spawn(proxy::serve_http(
-                listeners.http,
-                proxy.clone(),
-                shutdown.clone(),
-            )),
-            tokio::spawn(proxy::serve_https(
-                listeners.https,
-                proxy,
-                Arc::new(tls),
-                shutdown.clone(),
-            )),
             tokio::spawn(async move { cluster::form(&form_kv, formation, &form_shutdown).await }),
         ];
+        tasks.extend(
+            proxy::spawn_workers(
+                workers,
+                listeners.http,
+                listeners.https,
+                Arc::new(tls),
+                shutdown.clone(),
+            )
+            .map_err(|e| StartError::Config(format!("starting the proxy workers: {e}")))?,
+        );
         if config.swarm != "off" {
             tasks.push(tokio::spawn(crate::swarm::run(
                 kv.clone(),

@@ -417,22 +417,14 @@ async fn failures_back_off_and_bad_hosts_never_reach_the_ca() {
     let Some(pebble) = Pebble::start(dir.path(), options).await else {
         return;
     };
-    let mut args = pebble.node_args();
-    args.extend([
-        "--http-addr".into(),
-        format!("127.0.0.1:{http_port}"),
-        "--https-addr".into(),
-        format!("127.0.0.1:{tls_port}"),
-        "--acme-retry-base-s".into(),
-        "1".into(),
-        "--acme-handshake-wait-ms".into(),
-        "300".into(),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    let node = Proc::start(&api, &dir.path().join("n1"), &args);
+    let extra = [
+        "--acme-retry-base-s",
+        "1",
+        "--acme-handshake-wait-ms",
+        "300",
+    ];
+    let (node, _) = pebble.node(&dir.path().join("n1"), &extra).await;
     let http = Http::default();
-    wait_for_cluster(&http, std::slice::from_ref(&api), 1).await;
     // Nothing answers on 127.0.0.9: validation fails.
     pebble.point("down.test", "127.0.0.9").await;
     let up = common::upstream("plain").await;

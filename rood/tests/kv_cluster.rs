@@ -458,6 +458,11 @@ async fn bad_input_is_refused_and_changes_nothing() {
             }
         }
     }
+    // Over the limit from a slow client, announced or chunked: the body is read (and dropped)
+    // before the 413, so the client gets the answer and the connection stays usable.
+    for chunked in [false, true] {
+        assert_eq!(oversized_put(&c.addrs[f], chunked).await, (413, 200));
+    }
     // The leader refuses an invalid forwarded write inside a 200 RPC answer, applying nothing.
     let r = http
         .send(
@@ -489,6 +494,73 @@ async fn bad_input_is_refused_and_changes_nothing() {
             .len(),
         3
     );
+}
+
+/// Sends a PUT of 1 MiB + 1 byte to the route (with Content-Length, or chunked), pausing half
+/// way as a slow client would, then a GET on the same connection: the two statuses. A server that
+/// answers 413 before the body is in and closes leaves the client writing into a closed socket.
+async fn oversized_put(addr: &str, chunked: bool) -> (u16, u16) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_string()
+    } else {
+        format!("Content-Length: {}", 16 * 64 * 1024 + 1)
+    };
+    let head = format!("PUT {ROUTE} HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n");
+    write.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'v'; 64 * 1024];
+    for i in 0..16 {
+        if i == 8 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if chunked {
+            write.write_all(b"10000\r\n").await.unwrap();
+        }
+        write.write_all(&chunk).await.unwrap();
+        if chunked {
+            write.write_all(b"\r\n").await.unwrap();
+        }
+    }
+    let tail: &[u8] = if chunked {
+        b"1\r\nv\r\n0\r\n\r\n"
+    } else {
+        b"v"
+    };
+    write.write_all(tail).await.unwrap();
+    write
+        .write_all(b"GET /roo/ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        read.read_line(&mut line).await.unwrap();
+        statuses.push(
+            line.split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        );
+        let mut len = 0;
+        loop {
+            let mut header = String::new();
+            read.read_line(&mut header).await.unwrap();
+            if header == "\r\n" || header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    len = value.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        read.read_exact(&mut body).await.unwrap();
+    }
+    (statuses[0], statuses[1])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

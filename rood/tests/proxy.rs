@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{wait_for, Http};
+use common::{wait_for, Http, TestCa};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -290,55 +290,33 @@ async fn dead_upstreams_give_502_quickly_and_safe_requests_retry_elsewhere() {
     }
 }
 
-/// A test CA and certificates it signs.
-struct Ca {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+/// The stored JSON of a certificate for `names` signed by `ca`, and its DER.
+fn stored_leaf(ca: &TestCa, names: &[&str]) -> (String, CertificateDer<'static>) {
+    let (cert, key, der) = ca.leaf(names);
+    let json = serde_json::json!({"cert_pem": cert, "key_pem": key, "source": "manual"});
+    (json.to_string(), der)
 }
 
-impl Ca {
-    fn new() -> Ca {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let issuer =
-            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-                .unwrap();
-        Ca { issuer }
-    }
-
-    /// The stored JSON of a certificate for `names`, and its DER.
-    fn leaf(&self, names: &[&str]) -> (String, CertificateDer<'static>) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let json = serde_json::json!({"cert_pem": cert.pem(), "key_pem": key.serialize_pem(), "source": "manual"});
-        (json.to_string(), cert.der().clone())
-    }
-
-    fn client(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.issuer.der().clone()).unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-    }
+/// A TLS client trusting `ca` and offering `alpn`.
+fn connector(ca: &TestCa, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    let mut config = common::tls_client(Some(ca), None);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
-async fn handshake(ca: &Ca, addr: SocketAddr, sni: &str, alpn: &[&[u8]]) -> Result<Tls, String> {
+async fn handshake(
+    ca: &TestCa,
+    addr: SocketAddr,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> Result<Tls, String> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
     let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
-    ca.client(alpn)
+    connector(ca, alpn)
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())
@@ -354,9 +332,9 @@ fn leaf_of(tls: &Tls) -> CertificateDer<'static> {
 async fn tls_picks_the_certificate_by_sni_and_serves_h2_and_replacements() {
     let (node, _dir) = node().await;
     let a = upstream("a").await;
-    let ca = Ca::new();
-    let (a_json, a_der) = ca.leaf(&["a.test"]);
-    let (w_json, w_der) = ca.leaf(&["*.wild.test"]);
+    let ca = TestCa::new("proxy test CA");
+    let (a_json, a_der) = stored_leaf(&ca, &["a.test"]);
+    let (w_json, w_der) = stored_leaf(&ca, &["*.wild.test"]);
     put(&node, "com.roo.cert:a.test", &a_json).await;
     put(&node, "com.roo.cert:*.wild.test", &w_json).await;
     put(&node, "com.roo.host:a.test:https", &format!("http://{a}")).await;
@@ -428,7 +406,7 @@ async fn tls_picks_the_certificate_by_sni_and_serves_h2_and_replacements() {
     assert_eq!(h1.send_request(req).await.unwrap().status(), 200);
 
     // A certificate replaced in the KV is served on the next handshake.
-    let (a2_json, a2_der) = ca.leaf(&["a.test"]);
+    let (a2_json, a2_der) = stored_leaf(&ca, &["a.test"]);
     assert_ne!(a2_der, a_der);
     put(&node, "com.roo.cert:a.test", &a2_json).await;
     wait_for("the new certificate", Duration::from_secs(1), || async {
@@ -741,8 +719,8 @@ async fn h2c_upstream() -> SocketAddr {
 async fn grpc_style_h2_requests_reach_an_h2c_upstream_with_trailers() {
     let (node, _dir) = node().await;
     let grpc = h2c_upstream().await;
-    let ca = Ca::new();
-    let (cert, _) = ca.leaf(&["grpc.test"]);
+    let ca = TestCa::new("proxy test CA");
+    let (cert, _) = stored_leaf(&ca, &["grpc.test"]);
     put(&node, "com.roo.cert:grpc.test", &cert).await;
     put(
         &node,
@@ -787,16 +765,12 @@ async fn grpc_style_h2_requests_reach_an_h2c_upstream_with_trailers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tls_upstreams_are_verified_unless_the_route_opts_out() {
-    let ca = Ca::new();
-    let (leaf, _) = ca.leaf(&["127.0.0.1"]);
-    let leaf: serde_json::Value = serde_json::from_str(&leaf).unwrap();
-    let chain = CertificateDer::pem_slice_iter(leaf["cert_pem"].as_str().unwrap().as_bytes())
+    let ca = TestCa::new("proxy test CA");
+    let (cert, key, _) = ca.leaf(&["127.0.0.1"]);
+    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(
-        leaf["key_pem"].as_str().unwrap().as_bytes(),
-    )
-    .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
     let server = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -814,7 +788,7 @@ async fn tls_upstreams_are_verified_unless_the_route_opts_out() {
     // A node that trusts the test CA (--upstream-ca-file) and one that does not.
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.issuer.pem()).unwrap();
+    std::fs::write(&ca_file, ca.pem()).unwrap();
     let ca_path = ca_file.to_str().unwrap();
     let (trusting, _dir1) = node_with(&["--upstream-ca-file", ca_path]).await;
     let (plain, _dir2) = node().await;

@@ -358,6 +358,25 @@ impl Drop for Stack {
 }
 
 /// GET `/` for `host` through the stack's published HTTP port: status and body.
+/// Waits up to `secs` until a GET for `host` through the stack's port answers `status`;
+/// returns the body.
+async fn wait_through(
+    http: &Http,
+    port: u16,
+    host: &str,
+    status: u16,
+    secs: u64,
+    what: &str,
+) -> String {
+    let (_, body) = wait_for(what, Duration::from_secs(secs), || async {
+        through(http, port, host)
+            .await
+            .filter(|(s, _)| *s == status)
+    })
+    .await;
+    body
+}
+
 async fn through(http: &Http, port: u16, host: &str) -> Option<(u16, String)> {
     let r = http
         .send(
@@ -499,17 +518,16 @@ async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploy
             &format!("DestinationHost=tasks.{web}"),
         ],
     );
-    let (status, body) = wait_for(
+    let body = wait_through(
+        &http,
+        http_port,
+        &format!("web-{tag}.test"),
+        200,
+        60,
         "the labelled service through the stack",
-        Duration::from_secs(60),
-        || async {
-            through(&http, http_port, &format!("web-{tag}.test"))
-                .await
-                .filter(|(s, _)| *s == 200)
-        },
     )
     .await;
-    assert_eq!((status, body.trim()), (200, "upstream"));
+    assert_eq!(body.trim(), "upstream");
     eprintln!(
         "docker service create to a routed answer: {:?}",
         created.elapsed()
@@ -545,29 +563,27 @@ async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploy
         &web,
     ])
     .unwrap();
-    wait_for("the moved route", Duration::from_secs(10), || async {
-        through(&http, http_port, &format!("moved-{tag}.test"))
-            .await
-            .filter(|(s, _)| *s == 200)
-    })
-    .await;
-    wait_for("the old route gone", Duration::from_secs(10), || async {
-        through(&http, http_port, &format!("web-{tag}.test"))
-            .await
-            .filter(|(s, _)| *s == 404)
-    })
+    let moved = format!("moved-{tag}.test");
+    wait_through(&http, http_port, &moved, 200, 10, "the moved route").await;
+    wait_through(
+        &http,
+        http_port,
+        &format!("web-{tag}.test"),
+        404,
+        10,
+        "the old route gone",
+    )
     .await;
 
     // Removing the service removes its route, not the hand-made one.
     docker(&["service", "rm", &web]).unwrap();
-    wait_for(
+    wait_through(
+        &http,
+        http_port,
+        &moved,
+        404,
+        10,
         "the service's route removed",
-        Duration::from_secs(10),
-        || async {
-            through(&http, http_port, &format!("moved-{tag}.test"))
-                .await
-                .filter(|(s, _)| *s == 404)
-        },
     )
     .await;
     let kept = http
@@ -724,20 +740,10 @@ async fn a_labelled_service_gets_its_certificate_from_pebble() {
     let Some(pebble) = Pebble::start(dir.path(), options).await else {
         return;
     };
-    let mut args = pebble.node_args();
-    args.extend([
-        "--swarm".into(),
-        "on".into(),
-        "--http-addr".into(),
-        format!("127.0.0.1:{http_port}"),
-        "--https-addr".into(),
-        format!("127.0.0.1:{tls_port}"),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    let node = Proc::start(&api, &dir.path().join("n1"), &args);
+    let (node, _) = pebble
+        .node(&dir.path().join("n1"), &["--swarm", "on"])
+        .await;
     let http = Http::default();
-    wait_for_cluster(&http, std::slice::from_ref(&api), 1).await;
     wait_for(
         "the watcher to hold the lease",
         Duration::from_secs(20),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -21,6 +22,7 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::tls::PeerTls;
 use super::{MAX_RPC_BODY, RPC_PREFIX, SECRET_HEADER};
 use crate::{NodeId, TypeConfig};
 
@@ -35,25 +37,44 @@ pub enum CallError {
     BadAnswer(String),
 }
 
-/// A pooled HTTP client to the other nodes, carrying the cluster secret, and where peers are now
-/// when that differs from the membership (a redeployed container has a new address).
+/// A pooled HTTP client to the other nodes, carrying the cluster secret (and the node's
+/// certificate with peer TLS on), and where peers are now when that differs from the membership
+/// (a redeployed container has a new address).
 #[derive(Clone)]
 pub struct PeerClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    transport: Transport,
     secret: Option<String>,
     moved: Arc<RwLock<HashMap<NodeId, String>>>,
 }
 
+/// Plain HTTP, or HTTPS with the node's certificate when peer TLS is on.
+#[derive(Clone)]
+enum Transport {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
 impl PeerClient {
-    pub fn new(secret: Option<String>) -> Self {
+    pub fn new(secret: Option<String>, tls: Option<&PeerTls>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(60));
+        let transport = match tls {
+            None => Transport::Plain(builder.build(connector)),
+            Some(tls) => {
+                connector.enforce_http(false);
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config((*tls.client_config()).clone())
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(connector);
+                Transport::Tls(builder.build(connector))
+            }
+        };
         PeerClient {
-            http,
+            transport,
             secret,
             moved: Arc::default(),
         }
@@ -74,6 +95,14 @@ impl PeerClient {
         match self.moved.write() {
             Ok(mut m) => m.insert(id, addr.to_string()).as_deref() != Some(addr),
             Err(_) => false,
+        }
+    }
+
+    /// `https` with peer TLS on, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        match self.transport {
+            Transport::Plain(_) => "http",
+            Transport::Tls(_) => "https",
         }
     }
 
@@ -121,7 +150,7 @@ impl PeerClient {
     ) -> Result<Resp, CallError> {
         let mut req = http::Request::builder()
             .method(method)
-            .uri(format!("http://{addr}{path}"))
+            .uri(format!("{}://{addr}{path}", self.scheme()))
             .header(http::header::CONTENT_TYPE, "application/json");
         if let Some(secret) = &self.secret {
             req = req.header(SECRET_HEADER, secret.as_str());
@@ -130,11 +159,13 @@ impl PeerClient {
             .body(Full::new(payload))
             .map_err(|e| CallError::BadAnswer(format!("building request: {e}")))?;
         let call = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| CallError::Unreachable(format!("{addr}: {e}")))?;
+            let resp = match &self.transport {
+                Transport::Plain(client) => client.request(req).await,
+                Transport::Tls(client) => client.request(req).await,
+            }
+            .map_err(|e| {
+                CallError::Unreachable(format!("{addr}: {}", crate::error::with_causes(&e)))
+            })?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_RPC_BODY)
                 .collect()

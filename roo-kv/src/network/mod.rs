@@ -1,11 +1,13 @@
 //! Raft RPCs between nodes, over HTTP with JSON bodies on the node's API port.
 //!
-//! Every path under [`RPC_PREFIX`] carries the cluster secret in [`SECRET_HEADER`]. Besides the
+//! Every path under [`RPC_PREFIX`] carries the cluster secret in [`SECRET_HEADER`] and, with peer
+//! TLS on ([`tls`]), comes over a connection with a certificate of the cluster CA. Besides the
 //! three raft RPCs (append, vote, snapshot chunks), a follower uses the same channel to hand
 //! writes, read-index requests and membership changes to the leader.
 
 pub mod client;
 pub mod server;
+pub mod tls;
 
 use serde::{Deserialize, Serialize};
 

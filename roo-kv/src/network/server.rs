@@ -8,19 +8,30 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
+use super::tls::PeerCertificate;
 use super::{JoinRequest, RemoveRequest, RpcError, MAX_RPC_BODY, RPC_PREFIX, SECRET_HEADER};
 use crate::Kv;
 
-/// Whether `headers` carry the cluster secret (always true when the cluster has none).
-pub fn has_cluster_secret(kv: &Kv, headers: &http::HeaderMap) -> bool {
+/// Whether `req` comes from a node of the cluster: with the cluster secret when there is one,
+/// and over a connection with a certificate of the cluster CA when peer TLS is on. The reason
+/// when not.
+pub fn authenticate_peer<B>(kv: &Kv, req: &http::Request<B>) -> Result<(), &'static str> {
+    if kv.peer_tls().is_some() && req.extensions().get::<PeerCertificate>().is_none() {
+        return Err("a client certificate signed by the cluster CA is required");
+    }
     let Some(secret) = kv.cluster_secret() else {
-        return true;
+        return Ok(());
     };
-    let given = headers
+    let given = req
+        .headers()
         .get(SECRET_HEADER)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    bool::from(given.ct_eq(secret.as_bytes()))
+    if bool::from(given.ct_eq(secret.as_bytes())) {
+        Ok(())
+    } else {
+        Err("missing or wrong cluster secret")
+    }
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
@@ -96,9 +107,9 @@ where
     if req.method() != http::Method::POST {
         return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
-    if !has_cluster_secret(kv, req.headers()) {
-        tracing::warn!(rpc, "raft RPC without the cluster secret refused");
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong cluster secret");
+    if let Err(why) = authenticate_peer(kv, &req) {
+        tracing::warn!(rpc, why, "raft RPC refused");
+        return error(StatusCode::UNAUTHORIZED, why);
     }
     let body = req.into_body();
     macro_rules! body {

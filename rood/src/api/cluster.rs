@@ -25,7 +25,7 @@ pub(super) async fn cluster(
         }
         "/join" => {
             only(&req, &[Method::POST])?;
-            check_secret(api, &req)?;
+            check_peer(api, &req)?;
             let body = read_body(req, 64 * 1024).await?;
             let join: JoinRequest = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::BadRequest(format!("malformed join request: {e}")))?;
@@ -54,14 +54,15 @@ pub(super) async fn cluster(
                 return Err(ApiError::NotFound);
             };
             only(&req, &[Method::DELETE])?;
-            // The admin token, or the cluster secret (nodes' tooling). An open API still
-            // needs the cluster secret here when there is one: this removes a node.
-            let secret_set = api.kv.cluster_secret().is_some();
-            let by_secret = secret_set && check_secret(api, &req).is_ok();
-            if !by_secret {
-                if api.tokens.open() && secret_set {
+            // The admin token, or a node's credentials (the cluster secret, its peer
+            // certificate). An open API still needs those here when the cluster has them: this
+            // removes a node.
+            let peers_checked = api.kv.cluster_secret().is_some() || api.kv.peer_tls().is_some();
+            let by_peer = peers_checked && check_peer(api, &req).is_ok();
+            if !by_peer {
+                if api.tokens.open() && peers_checked {
                     return Err(ApiError::Unauthorized(
-                        "missing or wrong cluster secret (or set ROO_API_TOKEN and use it)".into(),
+                        "missing or wrong cluster secret or peer certificate (or set ROO_API_TOKEN and use it)".into(),
                     ));
                 }
                 api.tokens.require_admin(access)?;
@@ -75,12 +76,8 @@ pub(super) async fn cluster(
     }
 }
 
-fn check_secret<B>(api: &Api, req: &Request<B>) -> Result<(), ApiError> {
-    if roo_kv::network::server::has_cluster_secret(&api.kv, req.headers()) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized(
-            "missing or wrong cluster secret".into(),
-        ))
-    }
+/// A request from a node of the cluster (the secret, and the peer certificate with peer TLS).
+fn check_peer<B>(api: &Api, req: &Request<B>) -> Result<(), ApiError> {
+    roo_kv::network::server::authenticate_peer(&api.kv, req)
+        .map_err(|why| ApiError::Unauthorized(why.into()))
 }

@@ -2,6 +2,8 @@
 //!
 //! Roo-compatible where Roo had it (`/roo/ping`, `/roo/v1/kv`, `/roo/v1/kvs`), plus cluster
 //! membership, watch streams, and the raft RPCs between nodes (mounted from `roo_kv::network`).
+//! With peer TLS on, the port speaks TLS only and marks requests whose client certificate
+//! chains to the cluster CA (`roo_kv::network::tls`).
 //! Every error is one JSON line `{"ok":false,"error":"..."}` with the status that fits.
 
 pub mod auth;
@@ -12,6 +14,7 @@ mod reply;
 mod watch;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,12 +23,15 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::sync::Arc;
 
 use roo_acme::Issuer;
+use roo_kv::network::tls::PeerCertificate;
 use roo_kv::Kv;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use reply::{ApiError, Body};
@@ -48,11 +54,20 @@ pub struct Api {
     pub acme: Option<Issuer<KvStore>>,
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled, then drains open connections for
-/// up to `drain`.
-pub async fn serve(listener: TcpListener, api: Api, drain: Duration) {
+/// How long a TLS client may take over its handshake on the API port.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the API on `listener` (TLS only when `tls` is given: peer TLS is on) until the API's
+/// shutdown token is cancelled, then drains open connections for up to `drain`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    api: Api,
+    drain: Duration,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
+    let acceptor = tls.map(TlsAcceptor::from);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -67,19 +82,36 @@ pub async fn serve(listener: TcpListener, api: Api, drain: Duration) {
             _ = api.shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let api = api.clone();
-        let service = service_fn(move |req| {
-            let api = api.clone();
-            async move { Ok::<_, Infallible>(route(&api, req).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let conn = Conn {
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            api: api.clone(),
+            peer,
+        };
+        let Some(acceptor) = acceptor.clone() else {
+            tokio::spawn(conn.serve(stream, None));
+            continue;
+        };
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "api connection");
-            }
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "api TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "api TLS handshake timed out");
+                        return;
+                    }
+                };
+            // rustls only keeps a client certificate that chains to the cluster CA.
+            let node = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|chain| !chain.is_empty());
+            conn.serve(stream, node.then_some(PeerCertificate)).await;
         });
     }
     if tokio::time::timeout(drain, graceful.shutdown())
@@ -87,6 +119,35 @@ pub async fn serve(listener: TcpListener, api: Api, drain: Duration) {
         .is_err()
     {
         tracing::warn!("api connections still open after the drain timeout");
+    }
+}
+
+/// One accepted API connection.
+struct Conn {
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    api: Api,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    /// Serves its requests, marking each as a peer's when the client certificate was one.
+    async fn serve<I>(self, io: I, node: Option<PeerCertificate>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let api = self.api;
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            if let Some(node) = node {
+                req.extensions_mut().insert(node);
+            }
+            let api = api.clone();
+            async move { Ok::<_, Infallible>(route(&api, req).await) }
+        });
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!(peer = %self.peer, error = %e, "api connection");
+        }
     }
 }
 
@@ -209,29 +270,55 @@ fn decode_path(raw: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::BadRequest("key is not valid UTF-8".into()))
 }
 
+/// How much of a body over the limit is still read (and dropped) before the 413 goes out, and for
+/// how long. A client that is still writing when the answer comes and the connection closes sees
+/// "broken pipe" instead of the 413 (HTTP/1.1 has no way to stop a sender mid-body), so bodies up
+/// to this size are drained first; beyond it the connection is closed at once.
+const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Request body up to `limit` bytes; 413 beyond.
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
-    if let Some(len) = req
+    let too_large =
+        |len: u64| ApiError::TooLarge(format!("body is {len} bytes, the limit is {limit}"));
+    let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(ApiError::TooLarge(format!(
-                "body is {len} bytes, the limit is {limit}"
-            )));
-        }
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|&len| len > DRAIN_LIMIT) {
+        return Err(too_large(len));
     }
-    match http_body_util::Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-    {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(format!(
+    let mut body = req.into_body();
+    let mut kept = bytes::BytesMut::new();
+    let mut seen: u64 = 0;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            seen += data.len() as u64;
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+            if seen <= limit as u64 {
+                kept.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(DRAIN_TIMEOUT, read).await {
+        Ok(Ok(())) if seen <= limit as u64 => Ok(kept.freeze()),
+        Ok(Ok(())) => Err(declared.map_or_else(
+            || ApiError::TooLarge(format!("body is over the limit of {limit} bytes")),
+            too_large,
+        )),
+        Ok(Err(e)) => Err(e),
+        Err(_) if seen > limit as u64 => Err(ApiError::TooLarge(format!(
             "body is over the limit of {limit} bytes"
         ))),
-        Err(e) => Err(ApiError::BadRequest(format!("reading body: {e}"))),
+        Err(_) => Err(ApiError::BadRequest("timed out reading the body".into())),
     }
 }

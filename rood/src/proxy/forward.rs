@@ -1,5 +1,7 @@
 //! Sending a request upstream and streaming the answer back.
 
+use std::sync::Arc;
+
 use crate::metrics::UpstreamLabels;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -33,7 +35,7 @@ pub async fn forward(
     host: &str,
     mut req: Request<Incoming>,
     info: ConnInfo,
-) -> Result<(Response<Incoming>, String), ProxyError> {
+) -> Result<(Response<Incoming>, Arc<str>), ProxyError> {
     // TLS destinations are named by host (for SNI and the certificate check); their addresses
     // rotate inside the TLS connector. Plain ones are resolved here, address by address.
     let addrs = if route.tls() {
@@ -69,13 +71,13 @@ pub async fn forward(
         (false, _, true) => upstreams.h2c.request(req),
         (false, _, false) => upstreams.client.request(req),
     };
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    let path = parts.uri.path_and_query().cloned();
     let resendable = parts.method.is_idempotent() && hyper::body::Body::is_end_stream(&body);
+    // Only a plain route with another address to try can send the request twice: copy the
+    // head for that case alone.
+    let may_retry = resendable && addrs.len() > 1;
     let mut body = Some(body);
+    let mut parts = Some(parts);
 
     let mut tried = None;
     loop {
@@ -83,25 +85,40 @@ pub async fn forward(
             addr: host.to_string(),
             reason: "no address left to try".into(),
         };
-        let (target, addr) = if route.tls() {
+        let (target, uri, addr): (Arc<str>, Uri, _) = if route.tls() {
             let d = upstreams
                 .pick_destination(&route.destinations)
                 .ok_or_else(no_target)?;
-            (format!("https://{}:{}", d.host, d.port), None)
+            let target = format!("https://{}:{}", d.host, d.port);
+            let uri = format!("{target}{}", path.as_ref().map_or("/", |p| p.as_str()))
+                .parse()
+                .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))?;
+            (target.into(), uri, None)
         } else {
             let addr = upstreams.pick(&addrs, tried).ok_or_else(no_target)?;
-            (format!("http://{addr}"), Some(addr))
+            let target = upstreams.target(addr)?;
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(target.authority);
+            uri.path_and_query = Some(
+                path.clone()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            );
+            let uri = Uri::from_parts(uri)
+                .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))?;
+            (target.label, uri, Some(addr))
         };
-        let uri: Uri = format!("{target}{path}")
-            .parse()
-            .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))?;
         let upstream_body: UpstreamBody = match body.take() {
             Some(b) if !resendable => b.boxed(),
             _ => http_body_util::Empty::new()
                 .map_err(|never| match never {})
                 .boxed(),
         };
-        let mut upstream_req = Request::from_parts(parts.clone(), upstream_body);
+        let head = match &parts {
+            Some(p) if may_retry && tried.is_none() => p.clone(),
+            _ => parts.take().ok_or_else(no_target)?,
+        };
+        let mut upstream_req = Request::from_parts(head, upstream_body);
         *upstream_req.uri_mut() = uri;
         let sent = tokio::time::timeout(upstreams.timeout, send(upstream_req)).await;
         let error = match sent {
@@ -115,12 +132,12 @@ pub async fn forward(
                 return Ok((resp, target));
             }
             Err(_) => ProxyError::Timeout {
-                addr: target,
+                addr: target.to_string(),
                 secs: upstreams.timeout.as_secs(),
             },
             Ok(Err(e)) if e.is_connect() => {
                 let labels = UpstreamLabels {
-                    upstream: target.clone(),
+                    upstream: target.to_string(),
                 };
                 state
                     .metrics
@@ -136,13 +153,13 @@ pub async fn forward(
                         .inc();
                 }
                 ProxyError::Connect {
-                    addr: target,
-                    reason: error_chain(&e),
+                    addr: target.to_string(),
+                    reason: roo_kv::error::with_causes(&e),
                 }
             }
             Ok(Err(e)) => ProxyError::Upstream {
-                addr: target,
-                reason: error_chain(&e),
+                addr: target.to_string(),
+                reason: roo_kv::error::with_causes(&e),
             },
         };
         let Some(addr) = addr else { return Err(error) };
@@ -159,7 +176,7 @@ pub async fn forward(
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    addr: String,
+    addr: Arc<str>,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
@@ -174,17 +191,4 @@ async fn tunnel(
         Ok((up, down)) => tracing::debug!(%addr, up, down, "tunnel closed"),
         Err(e) => tracing::debug!(%addr, error = %e, "tunnel closed"),
     }
-}
-
-/// An error with its causes, so that "client error (Connect)" says which connect failed and why
-/// (a refused connection, a certificate that does not verify...).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

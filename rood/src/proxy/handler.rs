@@ -1,5 +1,6 @@
 //! One request: find the host's route, then forward, redirect or refuse.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -23,7 +24,9 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // Shares the request's bytes: kept for the access log after the request moves on.
+    let uri = req.uri().clone();
+    let path = uri.path();
     if info.over_limit {
         let mut resp = text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -65,7 +68,7 @@ pub async fn handle(
         &label_host.to_ascii_lowercase(),
         resp.status().as_u16(),
         upstream.as_deref().unwrap_or("-"),
-        &info.scheme.to_string(),
+        info.scheme.as_str(),
         started.elapsed().as_secs_f64(),
     );
     tracing::info!(
@@ -87,7 +90,7 @@ async fn route(
     req: Request<Incoming>,
     info: ConnInfo,
     host: &str,
-) -> Result<(Response<ProxyBody>, Option<String>), ProxyError> {
+) -> Result<(Response<ProxyBody>, Option<Arc<str>>), ProxyError> {
     let routes = state.tables.routes.load();
     let Some(route) = routes.lookup(host, info.scheme).cloned() else {
         if info.scheme == Scheme::Http && routes.lookup(host, Scheme::Https).is_some() {
@@ -102,10 +105,7 @@ async fn route(
         &mut parts.headers,
         parts.status == StatusCode::SWITCHING_PROTOCOLS,
     );
-    Ok((
-        Response::from_parts(parts, body.boxed()),
-        Some(addr.to_string()),
-    ))
+    Ok((Response::from_parts(parts, body.boxed()), Some(addr)))
 }
 
 /// The key authorization of an HTTP-01 token, from the replicated challenge table, for any

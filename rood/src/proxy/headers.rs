@@ -47,27 +47,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// X-Forwarded-Host and X-Real-IP, and keeps the client's Host.
 pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, scheme: Scheme, host: &str) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let chain = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{}, {peer}", prior.trim()),
-        _ => peer.to_string(),
+    // The client's address as text, made once for both headers.
+    let Ok(ip) = HeaderValue::from_str(&peer.to_string()) else {
+        return;
     };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
+    let chain = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{}, {peer}", prior.trim())).ok()
+        }
+        _ => Some(ip.clone()),
+    };
+    if let Some(v) = chain {
         headers.insert(xff, v);
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(match scheme {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        }),
+        HeaderValue::from_static(scheme.as_str()),
     );
     if let Ok(v) = HeaderValue::from_str(host) {
         headers.insert(HeaderName::from_static("x-forwarded-host"), v.clone());
         headers.insert(header::HOST, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
-        headers.insert(HeaderName::from_static("x-real-ip"), v);
-    }
+    headers.insert(HeaderName::from_static("x-real-ip"), ip);
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! The proxy: HTTP and HTTPS listeners, each request routed by host to an upstream.
 //!
-//! Top-down: [`serve_http`] / [`serve_https`] accept connections (TLS with a certificate per SNI
-//! from [`crate::certs`]) and hand each request to [`handler::handle`], which finds the route in
-//! the current [`crate::routes::RouteTable`] snapshot, then [`upstream`] picks an address and
-//! [`forward`] sends the request on, with [`headers`] fixing the forwarding headers.
+//! Top-down: [`spawn_workers`] starts the worker threads, whose loops accept connections (TLS
+//! with a certificate per SNI from [`crate::certs`]) and hand each request to
+//! [`handler::handle`], which finds the route in the current [`crate::routes::RouteTable`]
+//! snapshot, then [`upstream`] picks an address and [`forward`] sends the request on, with
+//! [`headers`] fixing the forwarding headers.
 
 mod error;
 mod forward;
@@ -21,6 +22,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use roo_acme::challenge::ACME_TLS_ALPN;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -83,40 +85,75 @@ fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves plain HTTP on `listener` until `shutdown`, then drains.
-pub async fn serve_http(
-    listener: TcpListener,
-    state: Arc<ProxyState>,
-    shutdown: CancellationToken,
-) {
-    serve(listener, state, None, shutdown).await
-}
-
-/// Serves HTTPS on `listener` until `shutdown`, then drains.
-pub async fn serve_https(
-    listener: TcpListener,
-    state: Arc<ProxyState>,
+/// Serves plain HTTP on `http` and HTTPS on `https` with one worker thread per state in
+/// `workers`, each running a single-threaded runtime with its own upstream connections (as
+/// nginx's worker processes): a request, its upstream connection and the answer stay on one
+/// thread, without wake-ups across threads. The workers take turns accepting on both listeners.
+/// Each returned task ends when its worker has drained after `shutdown`.
+pub fn spawn_workers(
+    workers: Vec<ProxyState>,
+    http: TcpListener,
+    https: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
-) {
-    serve(listener, state, Some(tls), shutdown).await
+) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let (http, https) = (http.into_std()?, https.into_std()?);
+    // The connection limit holds per listener, across workers.
+    let max = workers.first().map_or(1, |w| w.limits.max_connections);
+    let slots = (Arc::new(Semaphore::new(max)), Arc::new(Semaphore::new(max)));
+    let mut tasks = Vec::new();
+    for (i, state) in workers.into_iter().enumerate() {
+        let (http, https) = (http.try_clone()?, https.try_clone()?);
+        let (slots, tls, shutdown) = (slots.clone(), tls.clone(), shutdown.clone());
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("rood-proxy-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let (http, https) = match (
+                        TcpListener::from_std(http),
+                        TcpListener::from_std(https),
+                    ) {
+                        (Ok(h), Ok(s)) => (h, s),
+                        (Err(e), _) | (_, Err(e)) => {
+                            tracing::error!(error = %e, worker = i, "proxy worker cannot listen");
+                            return;
+                        }
+                    };
+                    let state = Arc::new(state);
+                    tokio::join!(
+                        serve(http, state.clone(), None, slots.0, shutdown.clone()),
+                        serve(https, state, Some(tls), slots.1, shutdown),
+                    );
+                });
+                drop(done);
+            })?;
+        tasks.push(tokio::spawn(async move {
+            let _ = finished.await;
+        }));
+    }
+    Ok(tasks)
 }
 
+/// One worker's accept loop on one listener, until `shutdown`; then drains its connections.
 async fn serve(
     listener: TcpListener,
     state: Arc<ProxyState>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    slots: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
     let builder = Arc::new(builder(state.limits));
-    let slots = Arc::new(tokio::sync::Semaphore::new(state.limits.max_connections));
     let graceful = GracefulShutdown::new();
     let scheme = if tls.is_some() {
         Scheme::Https
     } else {
         Scheme::Http
     };
-    let open_connections = state.metrics.connections(&scheme.to_string());
+    let open_connections = state.metrics.connections(scheme.as_str());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

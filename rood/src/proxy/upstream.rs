@@ -9,20 +9,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hickory_resolver::TokioResolver;
+use http::uri::Authority;
 use http_body_util::combinators::BoxBody;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 
 use super::ProxyError;
 use crate::routes::Destination;
@@ -38,8 +37,8 @@ type TlsClient = Client<HttpsConnector<HttpConnector<AddressDns>>, UpstreamBody>
 /// Why the upstream clients could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("upstream CA file {path}: {reason}")]
-    CaFile { path: String, reason: String },
+    #[error("upstream CA file {0}")]
+    CaFile(String),
     #[error("upstream TLS: {0}")]
     Tls(#[from] rustls::Error),
 }
@@ -114,7 +113,21 @@ pub struct Upstreams {
     pub(super) https_unverified: TlsClient,
     /// How long an upstream may take to answer with headers.
     pub(super) timeout: Duration,
+    /// The URI authority and label of each plain address seen, made once rather than per request.
+    targets: RwLock<HashMap<SocketAddr, Target>>,
 }
+
+/// A plain upstream address as requests name it.
+#[derive(Clone)]
+pub struct Target {
+    pub authority: Authority,
+    /// `http://ip:port`, for logs and metrics.
+    pub label: Arc<str>,
+}
+
+/// More plain addresses than this in the target cache (addresses churn as tasks come and go):
+/// start it again.
+const MAX_TARGETS: usize = 4096;
 
 fn tls_client(addrs: &Arc<Addresses>, config: rustls::ClientConfig) -> TlsClient {
     let mut http = HttpConnector::new_with_resolver(AddressDns(addrs.clone()));
@@ -129,33 +142,6 @@ fn tls_client(addrs: &Arc<Addresses>, config: rustls::ClientConfig) -> TlsClient
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .build(connector)
-}
-
-/// The roots upstream certificates are checked against: the system's, and `extra`.
-fn roots(extra: Option<&Path>) -> Result<rustls::RootCertStore, UpstreamError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::warn!(error = %e, "loading the system's CA certificates");
-    }
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = extra {
-        let ca_err = |reason: String| UpstreamError::CaFile {
-            path: path.display().to_string(),
-            reason,
-        };
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| ca_err(e.to_string()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| ca_err(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(ca_err("no certificate in it".into()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
-        }
-    }
-    Ok(roots)
 }
 
 impl Upstreams {
@@ -184,7 +170,9 @@ impl Upstreams {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verified = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots(extra_ca)?)
+            .with_root_certificates(
+                roo_acme::roots::system_and(extra_ca).map_err(UpstreamError::CaFile)?,
+            )
             .with_no_client_auth();
         let unverified = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
@@ -198,6 +186,7 @@ impl Upstreams {
             client,
             h2c,
             timeout,
+            targets: RwLock::default(),
         })
     }
 
@@ -236,22 +225,41 @@ impl Upstreams {
     pub fn pick(&self, addrs: &[SocketAddr], not: Option<SocketAddr>) -> Option<SocketAddr> {
         let now = Instant::now();
         let ejected = self.addrs.ejected.lock().unwrap_or_else(|p| p.into_inner());
-        let usable: Vec<SocketAddr> = addrs
-            .iter()
-            .copied()
-            .filter(|a| Some(*a) != not && ejected.get(a).is_none_or(|until| *until <= now))
-            .collect();
-        drop(ejected);
-        let pool = if usable.is_empty() {
-            // Everything is ejected: better to try one than to fail without trying.
-            addrs.iter().copied().filter(|a| Some(*a) != not).collect()
-        } else {
-            usable
+        let other = |a: &&SocketAddr| Some(**a) != not;
+        let usable =
+            |a: &&SocketAddr| other(a) && ejected.get(*a).is_none_or(|until| *until <= now);
+        let turn = self.addrs.turn();
+        let nth = |count: usize, keep: &dyn Fn(&&SocketAddr) -> bool| {
+            (count > 0).then(|| addrs.iter().filter(keep).nth(turn % count).copied())
         };
-        if pool.is_empty() {
-            return None;
+        match addrs.iter().filter(usable).count() {
+            // Everything is ejected: better to try one than to fail without trying.
+            0 => nth(addrs.iter().filter(other).count(), &other).flatten(),
+            n => nth(n, &usable).flatten(),
         }
-        Some(pool[self.addrs.turn() % pool.len()])
+    }
+
+    /// How requests name the plain address `addr`.
+    pub fn target(&self, addr: SocketAddr) -> Result<Target, ProxyError> {
+        if let Some(t) = self.targets.read().ok().and_then(|m| m.get(&addr).cloned()) {
+            return Ok(t);
+        }
+        let authority =
+            Authority::try_from(addr.to_string()).map_err(|e| ProxyError::Upstream {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        let target = Target {
+            authority,
+            label: format!("http://{addr}").into(),
+        };
+        if let Ok(mut m) = self.targets.write() {
+            if m.len() >= MAX_TARGETS {
+                m.clear();
+            }
+            m.insert(addr, target.clone());
+        }
+        Ok(target)
     }
 
     /// Leaves `addr` out for a while after a failed connect.
@@ -320,5 +328,54 @@ mod danger {
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstreams() -> Upstreams {
+        // A resolver pointed at the loopback discard port: these tests never resolve a name.
+        let resolver =
+            crate::dns::resolver(Some(([127, 0, 0, 1], 9).into()), Duration::from_secs(1)).unwrap();
+        Upstreams::new(resolver, Duration::from_secs(1), None).unwrap()
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[tokio::test]
+    async fn pick_goes_round_robin_around_ejected_addresses() {
+        let u = upstreams();
+        let addrs = [addr(1), addr(2), addr(3)];
+        let mut seen: Vec<_> = (0..3).filter_map(|_| u.pick(&addrs, None)).collect();
+        seen.sort();
+        assert_eq!(seen, addrs);
+
+        u.eject(addr(2));
+        for _ in 0..6 {
+            assert_ne!(u.pick(&addrs, None), Some(addr(2)));
+        }
+        // `not` is skipped too; with everything else out, an ejected address is still tried.
+        assert_eq!(u.pick(&addrs, Some(addr(1))), Some(addr(3)));
+        u.eject(addr(1));
+        u.eject(addr(3));
+        assert!(u.pick(&addrs, Some(addr(1))).is_some_and(|a| a != addr(1)));
+        assert_eq!(u.pick(&[addr(1)], Some(addr(1))), None);
+        assert_eq!(u.pick(&[], None), None);
+    }
+
+    #[tokio::test]
+    async fn targets_name_the_address_and_are_made_once() {
+        let u = upstreams();
+        let t = u.target(addr(8080)).unwrap();
+        assert_eq!(t.authority.as_str(), "127.0.0.1:8080");
+        assert_eq!(&*t.label, "http://127.0.0.1:8080");
+        let again = u.target(addr(8080)).unwrap();
+        assert!(Arc::ptr_eq(&t.label, &again.label));
+        let v6 = u.target("[::1]:81".parse().unwrap()).unwrap();
+        assert_eq!(v6.authority.as_str(), "[::1]:81");
     }
 }

@@ -7,13 +7,16 @@ pub mod pebble;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
 use serde_json::Value;
 
 pub const SECRET: &str = "test-cluster-secret";
@@ -36,21 +39,39 @@ impl Reply {
     }
 }
 
-/// A plain HTTP/1.1 client.
+/// An HTTP/1.1 client; `https://` URLs work with [`Http::tls`].
 #[derive(Clone)]
 pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// The scheme [`Http::cluster`] uses.
+    scheme: &'static str,
 }
 
 impl Default for Http {
     fn default() -> Self {
-        Http {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
+        Http::with(tls_client(None, None), "http")
     }
 }
 
 impl Http {
+    /// A client that trusts `ca` only and speaks `https` to nodes (with peer TLS on), showing
+    /// `identity` (a certificate chain and key, PEM) when given.
+    pub fn tls(ca: &TestCa, identity: Option<(&str, &str)>) -> Http {
+        Http::with(tls_client(Some(ca), identity), "https")
+    }
+
+    fn with(config: rustls::ClientConfig, scheme: &'static str) -> Http {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Http {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            scheme,
+        }
+    }
+
     pub async fn send(
         &self,
         method: &str,
@@ -66,11 +87,12 @@ impl Http {
             .body(Full::new(body.into()))
             .map_err(|e| e.to_string())?;
         let call = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| format!("{method} {url}: {e}"))?;
+            let resp = self.client.request(req).await.map_err(|e| {
+                let causes =
+                    std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source());
+                let causes: Vec<String> = causes.map(ToString::to_string).collect();
+                format!("{method} {url}: {}", causes.join(": "))
+            })?;
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
             let body = resp
@@ -104,11 +126,79 @@ impl Http {
 
     /// `GET /roo/v1/cluster` of the node at `addr`.
     pub async fn cluster(&self, addr: &str) -> Result<Value, String> {
-        let r = self.get(&format!("http://{addr}/roo/v1/cluster")).await?;
+        let r = self
+            .get(&format!("{}://{addr}/roo/v1/cluster", self.scheme))
+            .await?;
         if r.status != 200 {
             return Err(format!("status {}", r.status));
         }
         Ok(r.json())
+    }
+}
+
+/// A TLS client configuration trusting `ca` (nothing when None), with a client certificate
+/// when `identity` (chain and key, PEM) is given.
+pub fn tls_client(ca: Option<&TestCa>, identity: Option<(&str, &str)>) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = ca {
+        roots.add(ca.der()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .unwrap(),
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    }
+}
+
+/// A throwaway certificate authority.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        TestCa { issuer }
+    }
+
+    /// A certificate for `names` signed by this CA: (certificate PEM, key PEM, certificate DER).
+    pub fn leaf(&self, names: &[&str]) -> (String, String, CertificateDer<'static>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        // rustls refuses a CA certificate as a server's: say CA:FALSE explicitly.
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().clone())
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    pub fn der(&self) -> CertificateDer<'static> {
+        self.issuer.der().clone()
     }
 }
 

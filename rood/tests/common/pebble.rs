@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{free_port, wait_for, Http, KillOnDrop};
+use super::{free_port, wait_for, wait_for_cluster, Http, KillOnDrop, Proc};
 
 /// A Pebble ACME server with its own DNS (pebble-challtestsrv).
 pub struct Pebble {
@@ -25,6 +25,9 @@ pub struct Pebble {
     pub management: String,
     pub dns_management: String,
     pub log: PathBuf,
+    /// Where Pebble validates HTTP-01 and TLS-ALPN-01 (a node's proxy listens there).
+    pub http_port: u16,
+    pub tls_port: u16,
 }
 
 pub struct PebbleOptions {
@@ -52,29 +55,17 @@ impl PebbleOptions {
 /// Writes a CA and a leaf for 127.0.0.1/localhost signed by it; returns the paths
 /// (ca, cert, key) and the CA's DER.
 fn listener_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf, CertificateDer<'static>) {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "pebble listener test CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
-        .unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let mut leaf_params =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap();
-    // rustls refuses a CA certificate as a server's: say CA:FALSE explicitly.
-    leaf_params.is_ca = rcgen::IsCa::ExplicitNoCa;
-    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+    let ca = super::TestCa::new("pebble listener test CA");
+    let (cert, key, _) = ca.leaf(&["localhost", "127.0.0.1"]);
     let paths = (
         dir.join("ca.pem"),
         dir.join("cert.pem"),
         dir.join("key.pem"),
     );
     std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, leaf.pem()).unwrap();
-    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
-    (paths.0, paths.1, paths.2, ca.der().clone())
+    std::fs::write(&paths.1, cert).unwrap();
+    std::fs::write(&paths.2, key).unwrap();
+    (paths.0, paths.1, paths.2, ca.der())
 }
 
 impl Pebble {
@@ -124,6 +115,8 @@ impl Pebble {
             management,
             dns_management,
             log,
+            http_port: options.http_port,
+            tls_port: options.tls_port,
         };
         wait_for("Pebble's directory", Duration::from_secs(20), || async {
             let (status, _) = pebble.https_get(&listen, "/dir").await.ok()?;
@@ -177,6 +170,24 @@ impl Pebble {
             .lines()
             .filter(|l| l.contains(needle))
             .count()
+    }
+
+    /// One rood process on 127.0.0.1 that uses this Pebble, its proxy on the ports Pebble
+    /// validates, with `extra` flags; returned with its API address once it leads its cluster.
+    pub async fn node(&self, data_dir: &Path, extra: &[&str]) -> (Proc, String) {
+        let mut args = self.node_args();
+        args.extend([
+            "--http-addr".into(),
+            format!("127.0.0.1:{}", self.http_port),
+            "--https-addr".into(),
+            format!("127.0.0.1:{}", self.tls_port),
+        ]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let node = Proc::start(&api, data_dir, &args);
+        wait_for_cluster(&Http::default(), std::slice::from_ref(&api), 1).await;
+        (node, api)
     }
 
     /// rood flags that use this Pebble.
