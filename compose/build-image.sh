@@ -2,12 +2,12 @@
 # Builds the rood image without pulling anything: FROM scratch with the rood binary, the shared
 # libraries `ldd` lists for it, and the CA roots (for Let's Encrypt and TLS upstreams).
 #
-#   compose/build-image.sh [binary] [tag]     (defaults: target/release/rood, roo:local)
+#   compose/build-image.sh [binary] [tag]     (defaults: target/dist/rood, roo:local)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-binary=${1:-$here/../target/release/rood}
+binary=${1:-$here/../target/dist/rood}
 tag=${2:-roo:local}
-[ -x "$binary" ] || { echo "no rood binary at $binary: cargo build --release -p rood" >&2; exit 1; }
+[ -x "$binary" ] || { echo "no rood binary at $binary: cargo build --profile dist -p rood" >&2; exit 1; }
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/rootfs/etc/ssl/certs" "$ctx/rootfs/tmp" "$ctx/rootfs/data"

@@ -13,8 +13,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 secs=${1:-10}
 cd "$root"
-cargo build --release -q -p rood
-rood=$root/target/release/rood
+cargo build --profile dist -q -p rood
+rood=$root/target/dist/rood
 for t in nginx wrk openssl python3; do command -v $t >/dev/null || { echo "$t not found" >&2; exit 1; }; done
 have_haproxy=0; command -v haproxy >/dev/null && have_haproxy=1
 have_caddy=0; command -v caddy >/dev/null && have_caddy=1

@@ -113,7 +113,21 @@ async fn counters_move_with_traffic() {
             .is_err()
     );
 
-    let r = http.get(&format!("http://{api}/metrics")).await.unwrap();
+    // The server counts the failure once its side of the handshake has ended, which may be
+    // after the client has seen it.
+    let r = wait_for(
+        "the failed handshake in the metrics",
+        Duration::from_secs(5),
+        || {
+            let (http, url) = (&http, format!("http://{api}/metrics"));
+            async move {
+                let r = http.get(&url).await.ok()?;
+                let failures = value(&samples(&r.text()), "roo_tls_handshake_failures_total", &[]);
+                failures.is_some_and(|n| n >= 1.0).then_some(r)
+            }
+        },
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert!(r
         .headers

@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::headers;
-use super::upstream::UpstreamBody;
+use super::upstream::{SendError, UpstreamBody};
 use super::{ConnInfo, ProxyError, ProxyState};
 use crate::routes::Route;
 
@@ -35,7 +35,7 @@ pub async fn forward(
     host: &str,
     mut req: Request<Incoming>,
     info: ConnInfo,
-) -> Result<(Response<Incoming>, Arc<str>), ProxyError> {
+) -> Result<(Response<UpstreamBody>, Arc<str>), ProxyError> {
     // TLS destinations are named by host (for SNI and the certificate check); their addresses
     // rotate inside the TLS connector. Plain ones are resolved here, address by address.
     let addrs = if route.tls() {
@@ -65,12 +65,6 @@ pub async fn forward(
             .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     }
     let upstreams = &state.upstreams;
-    let send = |req: Request<UpstreamBody>| match (route.tls(), route.tls_verify, route.h2c) {
-        (true, true, _) => upstreams.https.request(req),
-        (true, false, _) => upstreams.https_unverified.request(req),
-        (false, _, true) => upstreams.h2c.request(req),
-        (false, _, false) => upstreams.client.request(req),
-    };
     let path = parts.uri.path_and_query().cloned();
     let resendable = parts.method.is_idempotent() && hyper::body::Body::is_end_stream(&body);
     // Only a plain route with another address to try can send the request twice: copy the
@@ -98,8 +92,11 @@ pub async fn forward(
             let addr = upstreams.pick(&addrs, tried).ok_or_else(no_target)?;
             let target = upstreams.target(addr)?;
             let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(http::uri::Scheme::HTTP);
-            uri.authority = Some(target.authority);
+            // HTTP/1.1 goes on a connection to `addr` (origin form); h2c names it.
+            if route.h2c {
+                uri.scheme = Some(http::uri::Scheme::HTTP);
+                uri.authority = Some(target.authority);
+            }
             uri.path_and_query = Some(
                 path.clone()
                     .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
@@ -120,7 +117,9 @@ pub async fn forward(
         };
         let mut upstream_req = Request::from_parts(head, upstream_body);
         *upstream_req.uri_mut() = uri;
-        let sent = tokio::time::timeout(upstreams.timeout, send(upstream_req)).await;
+        let sent =
+            tokio::time::timeout(upstreams.timeout, upstreams.send(route, addr, upstream_req))
+                .await;
         let error = match sent {
             Ok(Ok(mut resp)) => {
                 if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) =
@@ -135,7 +134,7 @@ pub async fn forward(
                 addr: target.to_string(),
                 secs: upstreams.timeout.as_secs(),
             },
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err(SendError::Connect(reason))) => {
                 let labels = UpstreamLabels {
                     upstream: target.to_string(),
                 };
@@ -154,12 +153,12 @@ pub async fn forward(
                 }
                 ProxyError::Connect {
                     addr: target.to_string(),
-                    reason: roo_kv::error::with_causes(&e),
+                    reason,
                 }
             }
-            Ok(Err(e)) => ProxyError::Upstream {
+            Ok(Err(SendError::Failed(reason))) => ProxyError::Upstream {
                 addr: target.to_string(),
-                reason: roo_kv::error::with_causes(&e),
+                reason,
             },
         };
         let Some(addr) = addr else { return Err(error) };

@@ -99,13 +99,15 @@ async fn route(
         return Err(ProxyError::NoRoute(host.to_string()));
     };
     drop(routes);
-    let (resp, addr) = forward::forward(state, &route, host, req, info).await?;
+    // Boxed: the request's future is moved whole at each level it is awaited, and forwarding
+    // is most of its size.
+    let (resp, addr) = Box::pin(forward::forward(state, &route, host, req, info)).await?;
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(
         &mut parts.headers,
         parts.status == StatusCode::SWITCHING_PROTOCOLS,
     );
-    Ok((Response::from_parts(parts, body.boxed()), Some(addr)))
+    Ok((Response::from_parts(parts, body), Some(addr)))
 }
 
 /// The key authorization of an HTTP-01 token, from the replicated challenge table, for any

@@ -19,56 +19,64 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 /// Removes hop-by-hop headers (keeping `Upgrade` and `Connection: upgrade` when `upgrade`).
+/// One pass over the names present (a handful), rather than a lookup for every name that could be.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !(upgrade && name == header::UPGRADE))
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || *name == header::PROXY_AUTHORIZATION
+                || (!upgrade && *name == header::UPGRADE)
+        })
+        .cloned()
         .collect();
-    for name in named {
-        headers.remove(name);
+    if doomed.contains(&header::CONNECTION) {
+        doomed.extend(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+                .filter(|name| !(upgrade && name == header::UPGRADE)),
+        );
     }
-    for name in &HOP_BY_HOP {
+    for name in doomed {
         headers.remove(name);
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
-    headers.remove(header::PROXY_AUTHORIZATION);
 }
 
 /// Adds X-Forwarded-For (appended to what the client sent), X-Forwarded-Proto,
 /// X-Forwarded-Host and X-Real-IP, and keeps the client's Host.
 pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, scheme: Scheme, host: &str) {
-    let xff = HeaderName::from_static("x-forwarded-for");
     // The client's address as text, made once for both headers.
     let Ok(ip) = HeaderValue::from_str(&peer.to_string()) else {
         return;
     };
-    let chain = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+    let chain = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => {
             HeaderValue::from_str(&format!("{}, {peer}", prior.trim())).ok()
         }
         _ => Some(ip.clone()),
     };
     if let Some(v) = chain {
-        headers.insert(xff, v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(scheme.as_str()),
-    );
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
     if let Ok(v) = HeaderValue::from_str(host) {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), v.clone());
+        headers.insert(X_FORWARDED_HOST, v.clone());
         headers.insert(header::HOST, v);
     }
-    headers.insert(HeaderName::from_static("x-real-ip"), ip);
+    headers.insert(X_REAL_IP, ip);
 }
 
 #[cfg(test)]

@@ -3,13 +3,15 @@
 //! Top-down: [`spawn_workers`] starts the worker threads, whose loops accept connections (TLS
 //! with a certificate per SNI from [`crate::certs`]) and hand each request to
 //! [`handler::handle`], which finds the route in the current [`crate::routes::RouteTable`]
-//! snapshot, then [`upstream`] picks an address and [`forward`] sends the request on, with
-//! [`headers`] fixing the forwarding headers.
+//! snapshot, then [`upstream`] picks an address and [`forward`] sends the request on (plain
+//! HTTP/1.1 over the worker's [`pool`] of keep-alive connections), with [`headers`] fixing the
+//! forwarding headers.
 
 mod error;
 mod forward;
 pub mod handler;
 mod headers;
+mod pool;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -175,58 +177,50 @@ async fn serve(
             over_limit: slot.is_none(),
         };
         let conn_state = state.clone();
+        // Boxed: hyper keeps room for this future per connection, idle or not.
         let service = service_fn(move |req| {
             let state = conn_state.clone();
-            async move { Ok::<_, std::convert::Infallible>(handler::handle(&state, req, info).await) }
+            Box::pin(async move {
+                Ok::<_, std::convert::Infallible>(handler::handle(&state, req, info).await)
+            })
         });
-        let state = state.clone();
-        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         let open = open_connections.clone();
         open.inc();
-        tokio::spawn(async move {
-            let _open = OnDrop(move || {
+        // Held for the connection's life: its slot, and its count in the gauge.
+        let held = (
+            slot,
+            OnDrop(move || {
                 open.dec();
-            });
-            let result = match tls {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-                Some(config) => {
-                    let handshake = tls_handshake(stream, config, &state);
-                    let tls_stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-                            Ok(Ok(s)) => {
-                                state.metrics.tls_handshakes.inc();
-                                s
-                            }
-                            Ok(Err(e)) => {
-                                state.metrics.tls_handshake_failures.inc();
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                state.metrics.tls_handshake_failures.inc();
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    if tls_stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
-                        // A TLS-ALPN-01 validation: the handshake was the answer.
-                        tracing::info!(%peer, "answered a TLS-ALPN-01 validation");
-                        return;
+            }),
+        );
+        let watcher = graceful.watcher();
+        // Two tasks, not one with both branches: a plain connection's stays small.
+        match &tls {
+            None => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let conn = watcher.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "client connection");
                     }
+                    drop(held);
+                });
+            }
+            Some(config) => {
+                let (builder, state, config) = (builder.clone(), state.clone(), config.clone());
+                tokio::spawn(async move {
+                    let Some(tls_stream) = tls_accept(stream, config, &state, peer).await else {
+                        return;
+                    };
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "client connection");
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(%peer, error = %e, "client connection");
+                    }
+                    drop(held);
+                });
             }
-            drop(slot);
-        });
+        }
     }
     drop(listener);
     if tokio::time::timeout(DRAIN, graceful.shutdown())
@@ -235,6 +229,38 @@ async fn serve(
     {
         tracing::warn!(%scheme, "connections still open after the drain timeout");
     }
+}
+
+/// The TLS handshake of a new connection, within [`TLS_HANDSHAKE_TIMEOUT`], counted; None when
+/// it failed or was a TLS-ALPN-01 validation (the handshake was the answer).
+async fn tls_accept(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    state: &ProxyState,
+    peer: SocketAddr,
+) -> Option<TlsStream<TcpStream>> {
+    let tls_stream =
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls_handshake(stream, config, state))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                state.metrics.tls_handshake_failures.inc();
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                state.metrics.tls_handshake_failures.inc();
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return None;
+            }
+        };
+    state.metrics.tls_handshakes.inc();
+    if tls_stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+        tracing::info!(%peer, "answered a TLS-ALPN-01 validation");
+        return None;
+    }
+    Some(tls_stream)
 }
 
 /// The server side of a TLS handshake. A handshake for a routed https host that has no

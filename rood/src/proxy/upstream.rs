@@ -1,7 +1,7 @@
 //! Upstream addresses and connections: a route's destinations resolved to socket addresses
 //! (every address DNS returns: `tasks.<service>` gives one per task), taken round robin, with an
-//! address that refused a connection left out for a while; pooled keep-alive clients for plain
-//! HTTP/1.1, h2c, and TLS (verified by default).
+//! address that refused a connection left out for a while; pooled keep-alive connections for
+//! plain HTTP/1.1 ([`super::pool`]), h2c, and TLS (verified by default).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hickory_resolver::TokioResolver;
 use http::uri::Authority;
+use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::dns::Name;
@@ -23,13 +24,18 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::pool::{Http1Pool, PoolConfig, PoolError};
 use super::ProxyError;
-use crate::routes::Destination;
+use crate::routes::{Destination, Route};
 
 /// How long an address that refused a connection is left out.
 const EJECT_FOR: Duration = Duration::from_secs(10);
+/// How long a connection to an upstream may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an upstream connection is kept idle.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The body of requests sent upstream.
+/// The body of requests sent upstream, and of their answers.
 pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
 
 type TlsClient = Client<HttpsConnector<HttpConnector<AddressDns>>, UpstreamBody>;
@@ -57,8 +63,9 @@ impl Addresses {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
-        // hickory caches answers for their TTL, so this is a lookup in memory most times.
-        crate::dns::lookup(&self.resolver, host).await
+        // hickory caches answers for their TTL, so this is a lookup in memory most times. Boxed:
+        // hickory's future is large, and every request's future would otherwise carry its size.
+        Box::pin(crate::dns::lookup(&self.resolver, host)).await
     }
 
     fn turn(&self) -> usize {
@@ -101,20 +108,28 @@ impl tower_service::Service<Name> for AddressDns {
 /// Upstream connections and address choice, shared by every request.
 pub struct Upstreams {
     addrs: Arc<Addresses>,
-    /// Pooled keep-alive HTTP/1.1 connections, one pool per address.
-    pub(super) client: Client<HttpConnector, UpstreamBody>,
+    /// Keep-alive HTTP/1.1 connections to plain addresses.
+    http1: Arc<Http1Pool>,
     /// HTTP/2 over plain TCP (prior knowledge), for `h2c` routes: one multiplexed connection
     /// per address.
-    pub(super) h2c: Client<HttpConnector, UpstreamBody>,
+    h2c: Client<HttpConnector, UpstreamBody>,
     /// HTTP/1.1 over TLS, the upstream's certificate verified against the system's roots and
     /// `--upstream-ca-file`; pooled per destination host.
-    pub(super) https: TlsClient,
+    https: TlsClient,
     /// The same without certificate verification, for routes that opt out.
-    pub(super) https_unverified: TlsClient,
+    https_unverified: TlsClient,
     /// How long an upstream may take to answer with headers.
     pub(super) timeout: Duration,
     /// The URI authority and label of each plain address seen, made once rather than per request.
     targets: RwLock<HashMap<SocketAddr, Target>>,
+}
+
+/// Why an upstream gave no answer.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be opened: nothing was sent.
+    Connect(String),
+    Failed(String),
 }
 
 /// A plain upstream address as requests name it.
@@ -133,14 +148,14 @@ fn tls_client(addrs: &Arc<Addresses>, config: rustls::ClientConfig) -> TlsClient
     let mut http = HttpConnector::new_with_resolver(AddressDns(addrs.clone()));
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(3)));
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_only()
         .enable_http1()
         .wrap_connector(http);
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(IDLE_TIMEOUT)
         .build(connector)
 }
 
@@ -153,13 +168,14 @@ impl Upstreams {
     ) -> Result<Self, UpstreamError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector.clone());
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let http1 = Http1Pool::new(PoolConfig {
+            max_idle_per_addr: 256,
+            idle_timeout: IDLE_TIMEOUT,
+            connect_timeout: CONNECT_TIMEOUT,
+        });
         let h2c = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(IDLE_TIMEOUT)
             .http2_only(true)
             .build(connector);
         let addrs = Arc::new(Addresses {
@@ -183,7 +199,7 @@ impl Upstreams {
             https: tls_client(&addrs, verified),
             https_unverified: tls_client(&addrs, unverified),
             addrs,
-            client,
+            http1,
             h2c,
             timeout,
             targets: RwLock::default(),
@@ -260,6 +276,35 @@ impl Upstreams {
             m.insert(addr, target.clone());
         }
         Ok(target)
+    }
+
+    /// Sends `req` for `route`: to `addr` for a plain route (its URI in origin form), else to
+    /// the host its absolute URI names.
+    pub async fn send(
+        &self,
+        route: &Route,
+        addr: Option<SocketAddr>,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        use http_body_util::BodyExt;
+        let legacy = match (route.tls(), route.h2c, addr) {
+            (true, _, _) if route.tls_verify => self.https.request(req),
+            (true, _, _) => self.https_unverified.request(req),
+            (false, true, _) => self.h2c.request(req),
+            (false, false, Some(addr)) => {
+                return match self.http1.send(addr, req).await {
+                    Ok(resp) => Ok(resp.map(|b| b.boxed())),
+                    Err(PoolError::Connect(reason)) => Err(SendError::Connect(reason)),
+                    Err(PoolError::Request(reason)) => Err(SendError::Failed(reason)),
+                };
+            }
+            (false, false, None) => return Err(SendError::Failed("no address".into())),
+        };
+        match legacy.await {
+            Ok(resp) => Ok(resp.map(|b| b.boxed())),
+            Err(e) if e.is_connect() => Err(SendError::Connect(roo_kv::error::with_causes(&e))),
+            Err(e) => Err(SendError::Failed(roo_kv::error::with_causes(&e))),
+        }
     }
 
     /// Leaves `addr` out for a while after a failed connect.
