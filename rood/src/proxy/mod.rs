@@ -23,8 +23,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use roo_acme::challenge::ACME_TLS_ALPN;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -90,8 +91,10 @@ fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
 /// Serves plain HTTP on `http` and HTTPS on `https` with one worker thread per state in
 /// `workers`, each running a single-threaded runtime with its own upstream connections (as
 /// nginx's worker processes): a request, its upstream connection and the answer stay on one
-/// thread, without wake-ups across threads. The workers take turns accepting on both listeners.
-/// Each returned task ends when its worker has drained after `shutdown`.
+/// thread, without wake-ups across threads. One task per listener (on the caller's runtime)
+/// accepts and hands each connection to the worker with the fewest open: workers accepting on a
+/// shared socket themselves took them in bursts, at times every connection on one worker.
+/// Each returned task ends when its worker has drained after `shutdown`, or its listener closed.
 pub fn spawn_workers(
     workers: Vec<ProxyState>,
     http: TcpListener,
@@ -99,14 +102,23 @@ pub fn spawn_workers(
     tls: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let (http, https) = (http.into_std()?, https.into_std()?);
     // The connection limit holds per listener, across workers.
     let max = workers.first().map_or(1, |w| w.limits.max_connections);
-    let slots = (Arc::new(Semaphore::new(max)), Arc::new(Semaphore::new(max)));
     let mut tasks = Vec::new();
+    let (mut to_http, mut to_https) = (Vec::new(), Vec::new());
     for (i, state) in workers.into_iter().enumerate() {
-        let (http, https) = (http.try_clone()?, https.try_clone()?);
-        let (slots, tls, shutdown) = (slots.clone(), tls.clone(), shutdown.clone());
+        let (http_tx, http_rx) = mpsc::unbounded_channel();
+        let (https_tx, https_rx) = mpsc::unbounded_channel();
+        let load = Arc::new(AtomicUsize::new(0));
+        to_http.push(Worker {
+            accepted: http_tx,
+            load: load.clone(),
+        });
+        to_https.push(Worker {
+            accepted: https_tx,
+            load,
+        });
+        let (tls, shutdown) = (tls.clone(), shutdown.clone());
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -115,20 +127,10 @@ pub fn spawn_workers(
             .name(format!("rood-proxy-{i}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    let (http, https) = match (
-                        TcpListener::from_std(http),
-                        TcpListener::from_std(https),
-                    ) {
-                        (Ok(h), Ok(s)) => (h, s),
-                        (Err(e), _) | (_, Err(e)) => {
-                            tracing::error!(error = %e, worker = i, "proxy worker cannot listen");
-                            return;
-                        }
-                    };
                     let state = Arc::new(state);
                     tokio::join!(
-                        serve(http, state.clone(), None, slots.0, shutdown.clone()),
-                        serve(https, state, Some(tls), slots.1, shutdown),
+                        serve(http_rx, state.clone(), None, shutdown.clone()),
+                        serve(https_rx, state, Some(tls), shutdown),
                     );
                 });
                 drop(done);
@@ -137,15 +139,89 @@ pub fn spawn_workers(
             let _ = finished.await;
         }));
     }
+    for (listener, workers) in [(http, to_http), (https, to_https)] {
+        let slots = Arc::new(Semaphore::new(max));
+        tasks.push(tokio::spawn(accept(
+            listener,
+            workers,
+            slots,
+            shutdown.clone(),
+        )));
+    }
     Ok(tasks)
 }
 
-/// One worker's accept loop on one listener, until `shutdown`; then drains its connections.
-async fn serve(
+/// A worker as its listener's accept loop sees it.
+struct Worker {
+    accepted: mpsc::UnboundedSender<Accepted>,
+    /// Connections open on the worker (both listeners).
+    load: Arc<AtomicUsize>,
+}
+
+/// A connection accepted for a worker.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    /// Held for the connection's life; None: over the limit.
+    slot: Option<OwnedSemaphorePermit>,
+    load: Arc<AtomicUsize>,
+}
+
+/// Accepts on `listener` until `shutdown`, each connection going to the worker with the fewest
+/// open.
+async fn accept(
     listener: TcpListener,
+    workers: Vec<Worker>,
+    slots: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let slot = slots.clone().try_acquire_owned().ok();
+        // Leaves this runtime for the worker's.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, %peer, "accepted connection");
+                continue;
+            }
+        };
+        let Some(worker) = workers
+            .iter()
+            .filter(|w| !w.accepted.is_closed())
+            .min_by_key(|w| w.load.load(Ordering::Relaxed))
+        else {
+            break;
+        };
+        worker.load.fetch_add(1, Ordering::Relaxed);
+        let load = worker.load.clone();
+        if let Err(unsent) = worker.accepted.send(Accepted {
+            stream,
+            peer,
+            slot,
+            load,
+        }) {
+            unsent.0.load.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One worker's connections from one listener, until `shutdown`; then drains them.
+async fn serve(
+    mut accepted: mpsc::UnboundedReceiver<Accepted>,
     state: Arc<ProxyState>,
     tls: Option<Arc<rustls::ServerConfig>>,
-    slots: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
     let builder = Arc::new(builder(state.limits));
@@ -157,24 +233,40 @@ async fn serve(
     };
     let open_connections = state.metrics.connections(scheme.as_str());
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, %scheme, "accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+        let Accepted {
+            stream,
+            peer,
+            slot,
+            load,
+        } = tokio::select! {
+            next = accepted.recv() => match next {
+                Some(conn) => conn,
+                None => break,
             },
             _ = shutdown.cancelled() => break,
         };
-        let _ = stream.set_nodelay(true);
-        // Held for the connection's life; None: over the limit.
-        let slot = slots.clone().try_acquire_owned().ok();
+        let open = open_connections.clone();
+        open.inc();
+        // Held for the connection's life: its slot, and its counts.
+        let over_limit = slot.is_none();
+        let held = (
+            slot,
+            OnDrop(move || {
+                open.dec();
+                load.fetch_sub(1, Ordering::Relaxed);
+            }),
+        );
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, %peer, "connection handed to a worker");
+                continue;
+            }
+        };
         let info = ConnInfo {
             peer,
             scheme,
-            over_limit: slot.is_none(),
+            over_limit,
         };
         let conn_state = state.clone();
         // Boxed: hyper keeps room for this future per connection, idle or not.
@@ -184,15 +276,6 @@ async fn serve(
                 Ok::<_, std::convert::Infallible>(handler::handle(&state, req, info).await)
             })
         });
-        let open = open_connections.clone();
-        open.inc();
-        // Held for the connection's life: its slot, and its count in the gauge.
-        let held = (
-            slot,
-            OnDrop(move || {
-                open.dec();
-            }),
-        );
         let watcher = graceful.watcher();
         // Two tasks, not one with both branches: a plain connection's stays small.
         match &tls {
@@ -222,7 +305,7 @@ async fn serve(
             }
         }
     }
-    drop(listener);
+    drop(accepted);
     if tokio::time::timeout(DRAIN, graceful.shutdown())
         .await
         .is_err()
