@@ -145,6 +145,7 @@ impl Node {
         let acme_wake = Arc::new(tokio::sync::Notify::new());
         let metrics = Arc::new(Metrics::new());
         // One state per proxy worker: each has its own upstream connections.
+        let roots = crate::proxy::upstream::upstream_roots(config.upstream_ca_file.as_deref())?;
         let mut workers = Vec::new();
         for _ in 0..config.proxy_workers() {
             workers.push(ProxyState {
@@ -152,7 +153,7 @@ impl Node {
                 upstreams: Upstreams::new(
                     crate::dns::resolver(config.resolver, Duration::from_secs(30))?,
                     Duration::from_millis(config.upstream_timeout_ms),
-                    config.upstream_ca_file.as_deref(),
+                    roots.clone(),
                 )?,
                 limits: proxy::Limits {
                     max_connections: config.max_connections as usize,

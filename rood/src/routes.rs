@@ -36,9 +36,7 @@ impl Scheme {
             _ => None,
         }
     }
-}
 
-impl Scheme {
     pub fn as_str(self) -> &'static str {
         match self {
             Scheme::Http => "http",

@@ -310,15 +310,12 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErr
         Ok(())
     };
     match tokio::time::timeout(DRAIN_TIMEOUT, read).await {
-        Ok(Ok(())) if seen <= limit as u64 => Ok(kept.freeze()),
-        Ok(Ok(())) => Err(declared.map_or_else(
+        Ok(Err(e)) => Err(e),
+        _ if seen > limit as u64 => Err(declared.map_or_else(
             || ApiError::TooLarge(format!("body is over the limit of {limit} bytes")),
             too_large,
         )),
-        Ok(Err(e)) => Err(e),
-        Err(_) if seen > limit as u64 => Err(ApiError::TooLarge(format!(
-            "body is over the limit of {limit} bytes"
-        ))),
+        Ok(Ok(())) => Ok(kept.freeze()),
         Err(_) => Err(ApiError::BadRequest("timed out reading the body".into())),
     }
 }

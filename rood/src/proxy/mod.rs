@@ -116,7 +116,7 @@ pub fn spawn_workers(
         });
         to_https.push(Worker {
             accepted: https_tx,
-            load,
+            load: load.clone(),
         });
         let (tls, shutdown) = (tls.clone(), shutdown.clone());
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
@@ -129,8 +129,8 @@ pub fn spawn_workers(
                 runtime.block_on(async move {
                     let state = Arc::new(state);
                     tokio::join!(
-                        serve(http_rx, state.clone(), None, shutdown.clone()),
-                        serve(https_rx, state, Some(tls), shutdown),
+                        serve(http_rx, state.clone(), None, load.clone(), shutdown.clone()),
+                        serve(https_rx, state, Some(tls), load, shutdown),
                     );
                 });
                 drop(done);
@@ -164,7 +164,6 @@ struct Accepted {
     peer: SocketAddr,
     /// Held for the connection's life; None: over the limit.
     slot: Option<OwnedSemaphorePermit>,
-    load: Arc<AtomicUsize>,
 }
 
 /// Accepts on `listener` until `shutdown`, each connection going to the worker with the fewest
@@ -205,23 +204,23 @@ async fn accept(
             break;
         };
         worker.load.fetch_add(1, Ordering::Relaxed);
-        let load = worker.load.clone();
-        if let Err(unsent) = worker.accepted.send(Accepted {
-            stream,
-            peer,
-            slot,
-            load,
-        }) {
-            unsent.0.load.fetch_sub(1, Ordering::Relaxed);
+        if worker
+            .accepted
+            .send(Accepted { stream, peer, slot })
+            .is_err()
+        {
+            worker.load.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
-/// One worker's connections from one listener, until `shutdown`; then drains them.
+/// One worker's connections from one listener, until `shutdown`; then drains them. `load`
+/// counts the worker's open connections.
 async fn serve(
     mut accepted: mpsc::UnboundedReceiver<Accepted>,
     state: Arc<ProxyState>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    load: Arc<AtomicUsize>,
     shutdown: CancellationToken,
 ) {
     let builder = Arc::new(builder(state.limits));
@@ -233,12 +232,7 @@ async fn serve(
     };
     let open_connections = state.metrics.connections(scheme.as_str());
     loop {
-        let Accepted {
-            stream,
-            peer,
-            slot,
-            load,
-        } = tokio::select! {
+        let Accepted { stream, peer, slot } = tokio::select! {
             next = accepted.recv() => match next {
                 Some(conn) => conn,
                 None => break,
@@ -249,6 +243,7 @@ async fn serve(
         open.inc();
         // Held for the connection's life: its slot, and its counts.
         let over_limit = slot.is_none();
+        let load = load.clone();
         let held = (
             slot,
             OnDrop(move || {

@@ -159,12 +159,18 @@ fn tls_client(addrs: &Arc<Addresses>, config: rustls::ClientConfig) -> TlsClient
         .build(connector)
 }
 
+/// The system's roots and those of `extra_ca` (`--upstream-ca-file`): loaded once, for every
+/// worker's [`Upstreams`].
+pub fn upstream_roots(extra_ca: Option<&Path>) -> Result<rustls::RootCertStore, UpstreamError> {
+    roo_acme::roots::system_and(extra_ca).map_err(UpstreamError::CaFile)
+}
+
 impl Upstreams {
-    /// `extra_ca`: more roots to trust for TLS upstreams (PEM file).
+    /// `roots`: what TLS upstreams' certificates are checked against (see [`upstream_roots`]).
     pub fn new(
         resolver: TokioResolver,
         timeout: Duration,
-        extra_ca: Option<&Path>,
+        roots: rustls::RootCertStore,
     ) -> Result<Self, UpstreamError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -186,9 +192,7 @@ impl Upstreams {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verified = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(
-                roo_acme::roots::system_and(extra_ca).map_err(UpstreamError::CaFile)?,
-            )
+            .with_root_certificates(roots)
             .with_no_client_auth();
         let unverified = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
@@ -384,7 +388,12 @@ mod tests {
         // A resolver pointed at the loopback discard port: these tests never resolve a name.
         let resolver =
             crate::dns::resolver(Some(([127, 0, 0, 1], 9).into()), Duration::from_secs(1)).unwrap();
-        Upstreams::new(resolver, Duration::from_secs(1), None).unwrap()
+        Upstreams::new(
+            resolver,
+            Duration::from_secs(1),
+            upstream_roots(None).unwrap(),
+        )
+        .unwrap()
     }
 
     fn addr(port: u16) -> SocketAddr {
