@@ -6,11 +6,11 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's start-up options: sample allocations (every 512 KiB on average) so that
+/// jemalloc's start-up options: sample allocations (every 2 MiB on average) so that
 /// `/debug/pprof/heap` has a profile to give.
 #[allow(non_upper_case_globals)]
 #[export_name = "malloc_conf"]
-pub static malloc_conf: &[u8] = b"prof:true,prof_active:true,lg_prof_sample:19\0";
+pub static malloc_conf: &[u8] = b"prof:true,prof_active:true,lg_prof_sample:21\0";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -214,10 +214,10 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Counts one answered request.
+    /// Counts one answered request (`host` in lowercase).
     pub fn request(
         &self,
-        host: &str,
+        host: String,
         status: u16,
         upstream: &str,
         scheme: &'static str,
@@ -232,7 +232,7 @@ impl Metrics {
         };
         self.requests
             .get_or_create(&RequestLabels {
-                host: host.to_string(),
+                host,
                 status: class,
                 upstream: upstream.to_string(),
             })

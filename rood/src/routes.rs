@@ -77,9 +77,19 @@ pub enum RouteError {
 
 /// Checks a DNS host name (optionally `*.`-prefixed) and returns it lowercased.
 pub fn normalize_host(host: &str) -> Result<String, RouteError> {
-    let lower = host.trim_end_matches('.').to_ascii_lowercase();
-    let name = lower.strip_prefix("*.").unwrap_or(&lower);
-    let valid = !name.is_empty()
+    if valid_host(host) {
+        Ok(host.trim_end_matches('.').to_ascii_lowercase())
+    } else {
+        Err(RouteError::InvalidHost(host.to_string()))
+    }
+}
+
+/// Whether `host` is a DNS name (any case, maybe `*.` in front and a dot at the end), checked
+/// without copying it: every request's Host is.
+pub fn valid_host(host: &str) -> bool {
+    let name = host.trim_end_matches('.');
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|label| {
             !label.is_empty()
@@ -89,12 +99,7 @@ pub fn normalize_host(host: &str) -> Result<String, RouteError> {
                 && label
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if valid {
-        Ok(lower)
-    } else {
-        Err(RouteError::InvalidHost(host.to_string()))
-    }
+        })
 }
 
 impl RouteKey {
@@ -282,32 +287,50 @@ impl Route {
 /// An immutable routing table.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    routes: HashMap<RouteKey, Arc<Route>>,
+    /// By host name (lowercase; `*.` for a wildcard), each with its few routes by port and
+    /// scheme: a lookup borrows the request's host, with no key to build.
+    hosts: HashMap<String, HostRoutes, ahash::RandomState>,
 }
+
+/// One host's routes, by port (None: the scheme's default) and scheme.
+type HostRoutes = Vec<(Option<u16>, Scheme, Arc<Route>)>;
 
 impl RouteTable {
     pub fn insert(&mut self, key: RouteKey, route: Route) {
-        self.routes.insert(key, Arc::new(route));
+        let routes = self.hosts.entry(key.host).or_default();
+        let route = Arc::new(route);
+        match routes
+            .iter_mut()
+            .find(|(port, scheme, _)| *port == key.port && *scheme == key.scheme)
+        {
+            Some(slot) => slot.2 = route,
+            None => routes.push((key.port, key.scheme, route)),
+        }
     }
 
     pub fn remove(&mut self, key: &RouteKey) {
-        self.routes.remove(key);
+        if let Some(routes) = self.hosts.get_mut(&key.host) {
+            routes.retain(|(port, scheme, _)| !(*port == key.port && *scheme == key.scheme));
+            if routes.is_empty() {
+                self.hosts.remove(&key.host);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.routes.len()
+        self.hosts.values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.hosts.is_empty()
     }
 
     /// Every host with an https route: the hosts that should have a certificate.
     pub fn https_hosts(&self) -> std::collections::BTreeSet<String> {
-        self.routes
-            .keys()
-            .filter(|k| k.scheme == Scheme::Https)
-            .map(|k| k.host.clone())
+        self.hosts
+            .iter()
+            .filter(|(_, routes)| routes.iter().any(|(_, s, _)| *s == Scheme::Https))
+            .map(|(host, _)| host.clone())
             .collect()
     }
 
@@ -315,21 +338,21 @@ impl RouteTable {
     /// `scheme`: `host:port:scheme` first, then `host:scheme`, then the wildcard one label up.
     pub fn lookup(&self, host: &str, scheme: Scheme) -> Option<&Arc<Route>> {
         let (name, port) = split_host_port(host)?;
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let name = name.trim_end_matches('.');
+        let name = match name.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => std::borrow::Cow::Owned(name.to_ascii_lowercase()),
+            false => std::borrow::Cow::Borrowed(name),
+        };
         let port = port.filter(|p| *p != scheme.default_port());
         let find = |h: &str| -> Option<&Arc<Route>> {
-            let mut key = RouteKey {
-                host: h.to_string(),
-                port,
-                scheme,
+            let routes = self.hosts.get(h)?;
+            let on = |p: Option<u16>| {
+                routes
+                    .iter()
+                    .find(|(port, s, _)| *port == p && *s == scheme)
+                    .map(|(_, _, r)| r)
             };
-            if port.is_some() {
-                if let Some(r) = self.routes.get(&key) {
-                    return Some(r);
-                }
-                key.port = None;
-            }
-            self.routes.get(&key)
+            port.and_then(|_| on(port)).or_else(|| on(None))
         };
         if let Some(r) = find(&name) {
             return Some(r);

@@ -592,7 +592,7 @@ async fn malformed_requests_never_reach_an_upstream() {
         (b"NOT HTTP AT ALL\r\n\r\n", "400"),
         (big.as_bytes(), "431"),
     ];
-    // Content-Length with Transfer-Encoding: hyper drops the length (RFC 9112 6.1) and the
+    // Content-Length with Transfer-Encoding: the length is dropped (RFC 9112 6.1) and the
     // request goes on re-framed, so no conflicting framing reaches the upstream.
     let answer = {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -833,4 +833,332 @@ async fn tls_upstreams_are_verified_unless_the_route_opts_out() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("ca.pem"), "{err}");
+}
+
+/// The upstream of the HTTP/1 wire tests: `/echo` streams the request body back as it comes
+/// (no length: the proxy chunks it), `/slow` answers after 500 ms, anything else is [`echo`].
+async fn wire_upstream() -> SocketAddr {
+    use http_body_util::combinators::BoxBody;
+    type Answer = http::Response<BoxBody<Bytes, hyper::Error>>;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let answer: Answer = match req.uri().path() {
+                    "/echo" => http::Response::new(req.into_body().boxed()),
+                    "/slow" => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        http::Response::new(
+                            Full::new(Bytes::from("slow"))
+                                .map_err(|never| match never {})
+                                .boxed(),
+                        )
+                    }
+                    _ => echo("wire", req)
+                        .await?
+                        .map(|b| b.map_err(|never| match never {}).boxed()),
+                };
+                Ok::<_, std::convert::Infallible>(answer)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+/// A node routing `wire.test` to [`wire_upstream`], once the route is live.
+async fn wire_node() -> (Node, tempfile::TempDir) {
+    let (node, dir) = node().await;
+    let up = wire_upstream().await;
+    put(
+        &node,
+        "com.roo.host:wire.test:http",
+        &format!("http://{up}"),
+    )
+    .await;
+    wait_routed(&Http::default(), &node, "wire.test").await;
+    (node, dir)
+}
+
+/// Reads one answer from `tcp` into (head, body): the body by its Content-Length, none when
+/// `head_only`. `pending` keeps what was read past it.
+async fn read_answer(
+    tcp: &mut tokio::net::TcpStream,
+    pending: &mut Vec<u8>,
+    head_only: bool,
+) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_string();
+            let len = match head_only {
+                true => 0,
+                false => head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0),
+            };
+            if pending.len() >= end + 4 + len {
+                let body = pending[end + 4..end + 4 + len].to_vec();
+                pending.drain(..end + 4 + len);
+                return (head, body);
+            }
+        }
+        let mut chunk = [0u8; 16384];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk))
+            .await
+            .expect("an answer within 5s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-answer: {:?}",
+            String::from_utf8_lossy(pending)
+        );
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The value of header `name` in an answer's head.
+fn header_of<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http1_bodies_stream_both_ways_on_one_kept_connection() {
+    use futures_util::StreamExt;
+    use hyper::body::Frame;
+    let (node, _dir) = wire_node().await;
+    let tcp = tokio::net::TcpStream::connect(node.http_addr)
+        .await
+        .unwrap();
+    let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    type ReqBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+    let post = |path: &str, body: ReqBody| {
+        http::Request::post(path)
+            .header("host", "wire.test")
+            .body(body)
+            .unwrap()
+    };
+
+    // 1 MiB with a Content-Length, echoed back as it streams.
+    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let resp = client
+        .send_request(post("/echo", Full::new(Bytes::from(big.clone())).boxed()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), big);
+
+    // A chunked request body of unknown length: the first piece comes back before the client
+    // sends the second, so neither side was buffered whole.
+    client.ready().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let data = rx.recv().await?;
+        Some((Ok(Frame::data(data)), rx))
+    });
+    let resp = client
+        .send_request(post(
+            "/echo",
+            BodyExt::boxed(http_body_util::StreamBody::new(frames)),
+        ))
+        .await;
+    tx.send(Bytes::from_static(b"ping")).await.unwrap();
+    let resp = resp.unwrap();
+    assert_eq!(resp.headers()["transfer-encoding"], "chunked");
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the first piece back while the request is open")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "ping");
+    tx.send(Bytes::from_static(b"pong")).await.unwrap();
+    drop(tx);
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "pong");
+
+    // The upstream sees a chunked body's length as sent, and the connection is still the same.
+    client.ready().await.unwrap();
+    let pieces = futures_util::stream::iter([&b"abc"[..], &b"defgh"[..]])
+        .map(|p| Ok(Frame::data(Bytes::from_static(p))));
+    let resp = client
+        .send_request(post(
+            "/",
+            BodyExt::boxed(http_body_util::StreamBody::new(pieces)),
+        ))
+        .await
+        .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(json["body_len"], 8, "{json}");
+    assert_eq!(json["method"], "POST");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http1_pipelining_head_expect_continue_and_http10() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (node, _dir) = wire_node().await;
+    let mut tcp = tokio::net::TcpStream::connect(node.http_addr)
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+
+    // Two requests in one write: two answers, in order.
+    tcp.write_all(
+        b"GET /a HTTP/1.1\r\nHost: wire.test\r\n\r\nGET /b?x=1 HTTP/1.1\r\nHost: wire.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for path in ["/a", "/b?x=1"] {
+        let (head, body) = read_answer(&mut tcp, &mut pending, false).await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(header_of(&head, "date").is_some(), "{head}");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["uri"], path);
+    }
+
+    // HEAD: the length of what GET would send, no body; the connection goes on.
+    tcp.write_all(b"HEAD / HTTP/1.1\r\nHost: wire.test\r\n\r\nGET /after-head HTTP/1.1\r\nHost: wire.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_answer(&mut tcp, &mut pending, true).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(header_of(&head, "content-length").is_some(), "{head}");
+    let (_, body) = read_answer(&mut tcp, &mut pending, false).await;
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["uri"], "/after-head");
+
+    // Expect: 100-continue gets its interim answer before the body is sent.
+    tcp.write_all(
+        b"POST / HTTP/1.1\r\nHost: wire.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (head, _) = read_answer(&mut tcp, &mut pending, true).await;
+    assert!(head.starts_with("HTTP/1.1 100 Continue"), "{head}");
+    tcp.write_all(b"hello").await.unwrap();
+    let (head, body) = read_answer(&mut tcp, &mut pending, false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["body_len"], 5);
+
+    // A body nobody reads (no route: 404 at once) is skipped, and the next request is read.
+    let unread = format!(
+        "POST / HTTP/1.1\r\nHost: nobody.test\r\nContent-Length: 20000\r\n\r\n{}GET /next HTTP/1.1\r\nHost: wire.test\r\n\r\n",
+        "x".repeat(20_000)
+    );
+    tcp.write_all(unread.as_bytes()).await.unwrap();
+    let (head, _) = read_answer(&mut tcp, &mut pending, false).await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let (head, body) = read_answer(&mut tcp, &mut pending, false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["uri"],
+        "/next"
+    );
+
+    // HTTP/1.0 keeps the connection only when asked, and hears that it did.
+    tcp.write_all(b"GET /10 HTTP/1.0\r\nHost: wire.test\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_answer(&mut tcp, &mut pending, false).await;
+    assert_eq!(header_of(&head, "connection"), Some("keep-alive"), "{head}");
+    // An answer of unknown length to HTTP/1.0 ends with the connection.
+    tcp.write_all(b"POST /echo HTTP/1.0\r\nHost: wire.test\r\nContent-Length: 3\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut rest = std::mem::take(&mut pending);
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
+        .await
+        .expect("the connection closed")
+        .unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
+    assert!(header_of(&rest, "transfer-encoding").is_none(), "{rest}");
+    assert!(rest.ends_with("\r\n\r\nabc"), "{rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_with_prior_knowledge_on_the_plain_listener() {
+    let (node, _dir) = wire_node().await;
+    let tcp = tokio::net::TcpStream::connect(node.http_addr)
+        .await
+        .unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = h2
+        .send_request(
+            http::Request::get("http://wire.test/h2")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let json: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(json["uri"], "/h2");
+    assert_eq!(json["headers"]["x-forwarded-proto"], "http");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (node, _dir) = wire_node().await;
+    let addr = node.http_addr;
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut pending = Vec::new();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: wire.test\r\n\r\n")
+        .await
+        .unwrap();
+    read_answer(&mut idle, &mut pending, false).await;
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: wire.test\r\n\r\n")
+        .await
+        .unwrap();
+    // The slow request is at the upstream; stop the node under it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let stopped = tokio::spawn(node.stop());
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+        .await
+        .expect("the idle connection closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the idle connection got {:?}", &buf[..n]);
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), busy.read_to_end(&mut answer))
+        .await
+        .expect("the request in flight answered, then its connection closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(header_of(&answer, "connection"), Some("close"), "{answer}");
+    assert!(answer.ends_with("slow"), "{answer}");
+    tokio::time::timeout(Duration::from_secs(8), stopped)
+        .await
+        .expect("the node stopped without waiting for the drain limit")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(8));
 }

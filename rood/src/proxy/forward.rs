@@ -3,13 +3,11 @@
 use std::sync::Arc;
 
 use crate::metrics::UpstreamLabels;
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use http::{Request, Response, Uri, Version};
 
 use super::headers;
-use super::upstream::{SendError, UpstreamBody};
-use super::{ConnInfo, ProxyError, ProxyState};
+use super::upstream::SendError;
+use super::{ConnInfo, ProxyBody, ProxyError, ProxyState};
 use crate::routes::Route;
 
 /// Whether a request asks to switch protocols (WebSocket and the like).
@@ -27,15 +25,15 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Sends `req` to one of the route's addresses; on a refused connection of a request that is
 /// safe to send again (idempotent, no body), once more to another address. An upgrade that the
-/// upstream accepts (101) becomes a tunnel between client and upstream, on its own task: it
-/// stays open whatever happens to the route afterwards.
+/// upstream accepts (101) comes back with the upstream's side of it for the client connection
+/// to tunnel to.
 pub async fn forward(
     state: &ProxyState,
     route: &Route,
     host: &str,
-    mut req: Request<Incoming>,
+    req: Request<ProxyBody>,
     info: ConnInfo,
-) -> Result<(Response<UpstreamBody>, Arc<str>), ProxyError> {
+) -> Result<(Response<ProxyBody>, Arc<str>), ProxyError> {
     // TLS destinations are named by host (for SNI and the certificate check); their addresses
     // rotate inside the TLS connector. Plain ones are resolved here, address by address.
     let addrs = if route.tls() {
@@ -50,10 +48,9 @@ pub async fn forward(
             .headers()
             .get(http::header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let mut client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::add_forwarded(&mut parts.headers, info.peer.ip(), info.scheme, host);
+    headers::add_forwarded(&mut parts.headers, &info.client_ip, info.scheme, host);
     parts.version = if route.h2c {
         Version::HTTP_2
     } else {
@@ -105,11 +102,9 @@ pub async fn forward(
                 .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))?;
             (target.label, uri, Some(addr))
         };
-        let upstream_body: UpstreamBody = match body.take() {
-            Some(b) if !resendable => b.boxed(),
-            _ => http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed(),
+        let upstream_body = match body.take() {
+            Some(b) if !resendable => b,
+            _ => super::empty_body(),
         };
         let head = match &parts {
             Some(p) if may_retry && tried.is_none() => p.clone(),
@@ -121,15 +116,7 @@ pub async fn forward(
             tokio::time::timeout(upstreams.timeout, upstreams.send(route, addr, upstream_req))
                 .await;
         let error = match sent {
-            Ok(Ok(mut resp)) => {
-                if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) =
-                    (client_upgrade.take(), resp.status())
-                {
-                    let upstream = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(tunnel(client, upstream, target.clone()));
-                }
-                return Ok((resp, target));
-            }
+            Ok(Ok(resp)) => return Ok((resp, target)),
             Err(_) => ProxyError::Timeout {
                 addr: target.to_string(),
                 secs: upstreams.timeout.as_secs(),
@@ -167,27 +154,5 @@ pub async fn forward(
         }
         tracing::debug!(error = %error, "retrying on another address");
         tried = Some(addr);
-    }
-}
-
-/// Copies bytes both ways between an upgraded client connection and its upstream until either
-/// side closes.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    addr: Arc<str>,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(both) => both,
-        Err(e) => {
-            tracing::debug!(%addr, error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let mut client = hyper_util::rt::TokioIo::new(client);
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(%addr, up, down, "tunnel closed"),
-        Err(e) => tracing::debug!(%addr, error = %e, "tunnel closed"),
     }
 }

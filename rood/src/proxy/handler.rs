@@ -5,21 +5,16 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use roo_acme::challenge::HTTP01_PATH;
 
-use super::{forward, headers, ConnInfo, ProxyError, ProxyState, CHALLENGE_WAIT};
-use crate::routes::{normalize_host, split_host_port, Scheme};
-
-/// The body of every answer the proxy gives.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+use super::{forward, headers, ConnInfo, ProxyBody, ProxyError, ProxyState, CHALLENGE_WAIT};
+use crate::routes::{split_host_port, valid_host, Scheme};
 
 /// Answers one request.
 pub async fn handle(
     state: &ProxyState,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     info: ConnInfo,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -65,7 +60,7 @@ pub async fn handle(
         _ => "-",
     };
     state.metrics.request(
-        &label_host.to_ascii_lowercase(),
+        label_host.to_ascii_lowercase(),
         resp.status().as_u16(),
         upstream.as_deref().unwrap_or("-"),
         info.scheme.as_str(),
@@ -87,7 +82,7 @@ pub async fn handle(
 
 async fn route(
     state: &ProxyState,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     info: ConnInfo,
     host: &str,
 ) -> Result<(Response<ProxyBody>, Option<Arc<str>>), ProxyError> {
@@ -143,8 +138,8 @@ fn request_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
     };
     let (name, _) =
         split_host_port(&raw).ok_or_else(|| ProxyError::BadRequest(format!("bad Host {raw:?}")))?;
-    if name.parse::<std::net::IpAddr>().is_err() {
-        normalize_host(name).map_err(|_| ProxyError::BadRequest(format!("bad Host {raw:?}")))?;
+    if !valid_host(name) && name.parse::<std::net::IpAddr>().is_err() {
+        return Err(ProxyError::BadRequest(format!("bad Host {raw:?}")));
     }
     Ok(raw)
 }

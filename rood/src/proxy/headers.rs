@@ -55,16 +55,39 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// A client's address as header text, written once per connection (formatting it for every
+/// request cost more than the rest of the forwarding headers).
+#[derive(Debug, Clone, Copy)]
+pub struct IpText {
+    len: u8,
+    text: [u8; 45],
+}
+
+impl IpText {
+    pub fn new(ip: IpAddr) -> IpText {
+        let mut text = [0u8; 45];
+        let mut rest = &mut text[..];
+        // 45 bytes hold the longest address text (IPv6 with an IPv4 tail).
+        let _ = std::io::Write::write_fmt(&mut rest, format_args!("{ip}"));
+        let len = (45 - rest.len()) as u8;
+        IpText { len, text }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.text[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
 /// Adds X-Forwarded-For (appended to what the client sent), X-Forwarded-Proto,
 /// X-Forwarded-Host and X-Real-IP, and keeps the client's Host.
-pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, scheme: Scheme, host: &str) {
-    // The client's address as text, made once for both headers.
-    let Ok(ip) = HeaderValue::from_str(&peer.to_string()) else {
+pub fn add_forwarded(headers: &mut HeaderMap, client: &IpText, scheme: Scheme, host: &str) {
+    let client = client.as_str();
+    let Ok(ip) = HeaderValue::from_str(client) else {
         return;
     };
     let chain = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{}, {peer}", prior.trim())).ok()
+            HeaderValue::from_str(&format!("{}, {client}", prior.trim())).ok()
         }
         _ => Some(ip.clone()),
     };
@@ -119,7 +142,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
         add_forwarded(
             &mut h,
-            "10.0.0.1".parse().unwrap(),
+            &IpText::new("10.0.0.1".parse().unwrap()),
             Scheme::Https,
             "Example.com",
         );
@@ -129,7 +152,17 @@ mod tests {
         assert_eq!(h["x-real-ip"], "10.0.0.1");
         assert_eq!(h[header::HOST], "Example.com");
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "::1".parse().unwrap(), Scheme::Http, "a.b");
-        assert_eq!(h["x-forwarded-for"], "::1");
+        add_forwarded(
+            &mut h,
+            &IpText::new("::ffff:255.255.255.255".parse().unwrap()),
+            Scheme::Http,
+            "a.b",
+        );
+        assert_eq!(h["x-forwarded-for"], "::ffff:255.255.255.255");
+        let long = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
+        assert_eq!(
+            IpText::new(long.parse().unwrap()).as_str(),
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
     }
 }

@@ -1,34 +1,39 @@
 //! The proxy: HTTP and HTTPS listeners, each request routed by host to an upstream.
 //!
 //! Top-down: [`spawn_workers`] starts the worker threads, whose loops accept connections (TLS
-//! with a certificate per SNI from [`crate::certs`]) and hand each request to
-//! [`handler::handle`], which finds the route in the current [`crate::routes::RouteTable`]
+//! with a certificate per SNI from [`crate::certs`]) and serve them: HTTP/1.x by [`h1`], HTTP/2
+//! by hyper. Each request goes to [`handler::handle`], which finds the route in the current [`crate::routes::RouteTable`]
 //! snapshot, then [`upstream`] picks an address and [`forward`] sends the request on (plain
 //! HTTP/1.1 over the worker's [`pool`] of keep-alive connections), with [`headers`] fixing the
 //! forwarding headers.
 
 mod error;
 mod forward;
+mod h1;
 pub mod handler;
 mod headers;
 mod pool;
 pub mod upstream;
+mod wire;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use roo_acme::challenge::ACME_TLS_ALPN;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use error::ProxyError;
 
@@ -36,8 +41,18 @@ use crate::certs::is_acme_tls;
 use crate::feed::Tables;
 use crate::routes::Scheme;
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The error of a body streamed through the proxy (from the client, an upstream, or ours).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every body the proxy passes on: requests to upstreams, answers to clients.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A body with nothing in it.
+fn empty_body() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 /// How long an ACME validation waits for a challenge this node has not applied yet: the CA may
 /// validate as soon as the issuer's write commits, a moment before a follower applies it.
 pub const CHALLENGE_WAIT: Duration = Duration::from_secs(2);
@@ -72,20 +87,11 @@ pub struct Limits {
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as the forwarding headers give it.
+    pub client_ip: headers::IpText,
     pub scheme: Scheme,
     /// The connection is over [`Limits::max_connections`]: answer 503 and close.
     pub over_limit: bool,
-}
-
-fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(limits.max_header_bytes);
-    builder.http2().timer(TokioTimer::new());
-    builder
 }
 
 /// Serves plain HTTP on `http` and HTTPS on `https` with one worker thread per state in
@@ -223,8 +229,7 @@ async fn serve(
     load: Arc<AtomicUsize>,
     shutdown: CancellationToken,
 ) {
-    let builder = Arc::new(builder(state.limits));
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     let scheme = if tls.is_some() {
         Scheme::Https
     } else {
@@ -260,40 +265,28 @@ async fn serve(
         };
         let info = ConnInfo {
             peer,
+            client_ip: headers::IpText::new(peer.ip()),
             scheme,
             over_limit,
         };
-        let conn_state = state.clone();
-        // Boxed: hyper keeps room for this future per connection, idle or not.
-        let service = service_fn(move |req| {
-            let state = conn_state.clone();
-            Box::pin(async move {
-                Ok::<_, std::convert::Infallible>(handler::handle(&state, req, info).await)
-            })
-        });
-        let watcher = graceful.watcher();
+        let (state, shutdown) = (state.clone(), shutdown.clone());
         // Two tasks, not one with both branches: a plain connection's stays small.
         match &tls {
             None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let conn = watcher.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "client connection");
-                    }
+                connections.spawn(async move {
+                    serve_connection(stream, &state, info, &shutdown).await;
                     drop(held);
                 });
             }
             Some(config) => {
-                let (builder, state, config) = (builder.clone(), state.clone(), config.clone());
-                tokio::spawn(async move {
-                    let Some(tls_stream) = tls_accept(stream, config, &state, peer).await else {
-                        return;
-                    };
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "client connection");
+                let config = config.clone();
+                connections.spawn(async move {
+                    if let Some(tls_stream) = tls_accept(stream, config, &state, peer).await {
+                        if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            Box::pin(serve_h2(tls_stream, state, info, shutdown)).await;
+                        } else {
+                            serve_connection(tls_stream, &state, info, &shutdown).await;
+                        }
                     }
                     drop(held);
                 });
@@ -301,11 +294,58 @@ async fn serve(
         }
     }
     drop(accepted);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
+    connections.close();
+    if tokio::time::timeout(DRAIN, connections.wait())
         .await
         .is_err()
     {
         tracing::warn!(%scheme, "connections still open after the drain timeout");
+    }
+}
+
+/// A client connection, HTTP/1.x until it shows itself HTTP/2.
+async fn serve_connection<T>(
+    io: T,
+    state: &Arc<ProxyState>,
+    info: ConnInfo,
+    shutdown: &CancellationToken,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+{
+    match h1::serve(io, state, info, true, shutdown).await {
+        Ok(h1::Outcome::Closed) => {}
+        Ok(h1::Outcome::Http2(io)) => {
+            Box::pin(serve_h2(io, state.clone(), info, shutdown.clone())).await
+        }
+        Err(e) => tracing::debug!(peer = %info.peer, error = %e, "client connection"),
+    }
+}
+
+/// An HTTP/2 client connection, served by hyper; on shutdown it is told to finish its streams.
+async fn serve_h2<T>(io: T, state: Arc<ProxyState>, info: ConnInfo, shutdown: CancellationToken)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let state = state.clone();
+        Box::pin(async move {
+            let req = req.map(|b| b.map_err(BoxError::from).boxed());
+            Ok::<_, std::convert::Infallible>(handler::handle(&state, req, info).await)
+        })
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let done = tokio::select! {
+        done = conn.as_mut() => done,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = done {
+        tracing::debug!(peer = %info.peer, error = %e, "client connection");
     }
 }
 

@@ -1,25 +1,34 @@
-//! Keep-alive HTTP/1.1 connections to plain upstream addresses, kept by one proxy worker.
+//! Keep-alive HTTP/1.1 connections to plain upstream addresses, kept by one proxy worker, and
+//! the requests sent on them.
 //!
 //! A connection is taken for one request and given back when the answer's body has been read to
 //! its end, so the next request on this worker can use it at once; an answer dropped half read
 //! (the client went away) closes its connection instead. Each worker has its own pool and its
-//! connections run on the worker's thread, so the lock here is never contended.
+//! connections run on the worker's thread, so the lock here is never contended. The protocol is
+//! [`super::wire`]'s, as on the client side: no task per connection, no buffer while idle.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use bytes::{Bytes, BytesMut};
+use http::{header, Method, Request, Response, StatusCode, Version};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
-use super::upstream::UpstreamBody;
+use super::wire::{self, field_slots, header_map, read_some, spans, Chunked, Decode};
+use super::{BoxError, ProxyBody};
+
+/// The largest answer head taken from an upstream.
+const MAX_HEAD: usize = 64 * 1024;
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +52,12 @@ pub struct PoolConfig {
 }
 
 struct Idle {
-    sender: SendRequest<UpstreamBody>,
+    conn: TcpStream,
     since: Instant,
 }
 
 struct Inner {
-    idle: HashMap<SocketAddr, Vec<Idle>>,
+    idle: HashMap<SocketAddr, Vec<Idle>, ahash::RandomState>,
     /// When idle connections of every address were last swept.
     swept: Instant,
 }
@@ -59,44 +68,128 @@ pub struct Http1Pool {
     inner: Mutex<Inner>,
 }
 
+/// The upstream's side of a switched (101) connection, with what it sent after its answer, for
+/// the client connection's tunnel.
+#[derive(Clone)]
+pub struct Switched(Arc<Mutex<Option<(TcpStream, Bytes)>>>);
+
+impl Switched {
+    pub fn take(&self) -> Option<(TcpStream, Bytes)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
 impl Http1Pool {
     pub fn new(config: PoolConfig) -> Arc<Self> {
         Arc::new(Http1Pool {
             config,
             inner: Mutex::new(Inner {
-                idle: HashMap::new(),
+                idle: HashMap::default(),
                 swept: Instant::now(),
             }),
         })
     }
 
     /// Sends `req` (origin-form URI, Host set) to `addr` on an idle connection, or a new one.
-    /// A request that an idle connection could not take (the upstream closed it meanwhile)
-    /// goes on the next one, then on a new connection.
+    /// An idempotent request without a body that a kept connection could not take (the
+    /// upstream closed it meanwhile: nothing of an answer came) goes again on a new connection.
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
-        mut req: Request<UpstreamBody>,
+        req: Request<ProxyBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        while let Some(mut sender) = self.take(addr) {
-            if sender.ready().await.is_err() {
-                continue;
+        let (parts, body) = req.into_parts();
+        let head_only = parts.method == Method::HEAD;
+        let (head, chunked) = request_head(&parts, &body);
+        if body.is_end_stream() {
+            if let Some(conn) = self.take(addr) {
+                match self.exchange(addr, conn, &head, head_only).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(Failure::Unanswered(e)) if parts.method.is_idempotent() => {
+                        tracing::debug!(%addr, error = %e, "kept connection closed; sending again");
+                    }
+                    Err(e) => return Err(e.into_error()),
+                }
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.answer(addr, sender, resp)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(request_error(e.into_error())),
-                },
-            }
+            let conn = self.connect(addr).await?;
+            return self
+                .exchange(addr, conn, &head, head_only)
+                .await
+                .map_err(Failure::into_error);
         }
-        let mut sender = self.connect(addr).await?;
-        sender.ready().await.map_err(request_error)?;
-        let resp = sender.send_request(req).await.map_err(request_error)?;
-        Ok(self.answer(addr, sender, resp))
+        // A body streams from its own task while the answer is read: an upstream may answer (or
+        // echo) before the body's end.
+        let conn = match self.take(addr) {
+            Some(conn) => conn,
+            None => self.connect(addr).await?,
+        };
+        let (mut read, mut write) = conn.into_split();
+        let writer = tokio::spawn(async move {
+            wire::write_body(&mut write, head, body, chunked)
+                .await
+                .map(|()| write)
+        });
+        let mut buf = BytesMut::new();
+        let answer = read_answer(&mut read, &mut buf, head_only).await;
+        let (parts, decode, keep) = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                writer.abort();
+                return Err(e.into_error());
+            }
+        };
+        let give_back = keep.then(|| GiveBack {
+            pool: self.clone(),
+            addr,
+        });
+        let body = PooledBody {
+            io: Some(Io::Split(read, writer)),
+            buf,
+            decode,
+            give_back,
+        };
+        Ok(Response::from_parts(parts, body.released_if_done()))
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<UpstreamBody>, PoolError> {
+    /// One request without a body on `conn`, its answer's head read.
+    async fn exchange(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut conn: TcpStream,
+        head: &[u8],
+        head_only: bool,
+    ) -> Result<Response<PooledBody>, Failure> {
+        conn.write_all(head)
+            .await
+            .map_err(|e| Failure::Unanswered(e.to_string()))?;
+        let mut buf = BytesMut::new();
+        let (mut parts, decode, keep) = read_answer(&mut conn, &mut buf, head_only).await?;
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection belongs to the tunnel now.
+            let switched = Switched(Arc::new(Mutex::new(Some((conn, buf.freeze())))));
+            parts.extensions.insert(switched);
+            let body = PooledBody {
+                io: None,
+                buf: BytesMut::new(),
+                decode: Decode::Done,
+                give_back: None,
+            };
+            return Ok(Response::from_parts(parts, body));
+        }
+        let give_back = keep.then(|| GiveBack {
+            pool: self.clone(),
+            addr,
+        });
+        let body = PooledBody {
+            io: Some(Io::Whole(conn)),
+            buf,
+            decode,
+            give_back,
+        };
+        Ok(Response::from_parts(parts, body.released_if_done()))
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, PoolError> {
         let stream = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| {
@@ -107,35 +200,24 @@ impl Http1Pool {
             })?
             .map_err(|e| PoolError::Connect(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| PoolError::Connect(roo_kv::error::with_causes(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%addr, error = %e, "upstream connection closed");
-            }
-        });
-        Ok(sender)
+        Ok(stream)
     }
 
-    /// The most recently used live idle connection to `addr`, if any.
-    fn take(&self, addr: SocketAddr) -> Option<SendRequest<UpstreamBody>> {
+    /// The most recently used idle connection to `addr` that is still open, if any.
+    fn take(&self, addr: SocketAddr) -> Option<TcpStream> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let idle = inner.idle.get_mut(&addr)?;
         let fresh_since = Instant::now().checked_sub(self.config.idle_timeout);
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() && fresh_since.is_none_or(|t| conn.since > t) {
-                return Some(conn.sender);
+        while let Some(Idle { conn, since }) = idle.pop() {
+            if fresh_since.is_none_or(|t| since > t) && !readable(&conn) {
+                return Some(conn);
             }
         }
         None
     }
 
     /// Takes back a connection whose answer has been read in full.
-    fn give_back(&self, addr: SocketAddr, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn give_back(&self, addr: SocketAddr, conn: TcpStream) {
         let now = Instant::now();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         // Now and then, close what has idled too long everywhere: addresses come and go with
@@ -144,29 +226,14 @@ impl Http1Pool {
             inner.swept = now;
             let timeout = self.config.idle_timeout;
             inner.idle.retain(|_, conns| {
-                conns.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < timeout);
+                conns.retain(|c| now.duration_since(c.since) < timeout && !readable(&c.conn));
                 !conns.is_empty()
             });
         }
         let idle = inner.idle.entry(addr).or_default();
         if idle.len() < self.config.max_idle_per_addr {
-            idle.push(Idle { sender, since: now });
+            idle.push(Idle { conn, since: now });
         }
-    }
-
-    fn answer(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        sender: SendRequest<UpstreamBody>,
-        resp: Response<Incoming>,
-    ) -> Response<PooledBody> {
-        // A switched connection belongs to the tunnel now.
-        let keep = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| GiveBack {
-            pool: self.clone(),
-            addr,
-            sender,
-        });
-        resp.map(|body| PooledBody::new(body, keep))
     }
 
     /// Idle connections to `addr` (for tests).
@@ -177,64 +244,254 @@ impl Http1Pool {
     }
 }
 
-fn request_error(e: hyper::Error) -> PoolError {
-    PoolError::Request(roo_kv::error::with_causes(&e))
+/// Whether an idle connection has something to read: its end (the upstream closed it) or bytes
+/// nobody asked for; either way it cannot carry a request. Asks the runtime's readiness, not the
+/// socket.
+fn readable(conn: &TcpStream) -> bool {
+    conn.poll_read_ready(&mut Context::from_waker(Waker::noop()))
+        .is_ready()
+}
+
+/// How a request failed.
+enum Failure {
+    /// Nothing of an answer came: the request can go on another connection.
+    Unanswered(String),
+    Failed(PoolError),
+}
+
+impl Failure {
+    fn into_error(self) -> PoolError {
+        match self {
+            Failure::Unanswered(e) => PoolError::Request(e),
+            Failure::Failed(e) => e,
+        }
+    }
+}
+
+/// A request's head, with its framing: the length the body has, else chunked (true).
+fn request_head(parts: &http::request::Parts, body: &ProxyBody) -> (Vec<u8>, bool) {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if *name == header::TRANSFER_ENCODING || *name == header::CONTENT_LENGTH {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let chunked = match body.size_hint().exact() {
+        Some(0) if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => false,
+        Some(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+            false
+        }
+        None => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            true
+        }
+    };
+    out.extend_from_slice(b"\r\n");
+    (out, chunked)
+}
+
+/// Reads an answer's head (informational ones skipped): its parts, how its body is framed,
+/// and whether the connection may carry another request after it.
+async fn read_answer<T: tokio::io::AsyncRead + Unpin>(
+    io: &mut T,
+    buf: &mut BytesMut,
+    head_only: bool,
+) -> Result<(http::response::Parts, Decode, bool), Failure> {
+    let mut answered = false;
+    loop {
+        if !buf.is_empty() {
+            answered = true;
+            match parse_answer(buf, head_only).map_err(Failure::Failed)? {
+                Some(answer)
+                    if answer.0.status.is_informational()
+                        && answer.0.status != StatusCode::SWITCHING_PROTOCOLS =>
+                {
+                    continue
+                }
+                Some(answer) => return Ok(answer),
+                None => {}
+            }
+        }
+        let n = read_some(io, buf).await.map_err(|e| match answered {
+            false => Failure::Unanswered(e.to_string()),
+            true => Failure::Failed(PoolError::Request(e.to_string())),
+        })?;
+        if n == 0 {
+            return Err(match answered {
+                false => Failure::Unanswered("the upstream closed the connection".into()),
+                true => Failure::Failed(PoolError::Request(
+                    "the upstream closed the connection mid-answer".into(),
+                )),
+            });
+        }
+    }
+}
+
+/// The answer head at the start of `buf`, taken out of it when whole.
+fn parse_answer(
+    buf: &mut BytesMut,
+    head_only: bool,
+) -> Result<Option<(http::response::Parts, Decode, bool)>, PoolError> {
+    let refused = |what: &str| PoolError::Request(format!("bad answer from the upstream: {what}"));
+    let (len, code, version, spans) = {
+        let mut slots = field_slots();
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Ok(None),
+            Ok(httparse::Status::Partial) => return Err(refused("head too large")),
+            Err(e) => return Err(refused(&e.to_string())),
+        };
+        let version = match resp.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        let code = resp.code.unwrap_or_default();
+        (len, code, version, spans(buf.as_ptr(), resp.headers))
+    };
+    let head = buf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code).map_err(|_| refused("status"))?;
+    let (headers, fields) = header_map(&head, &spans, 0).ok_or_else(|| refused("header field"))?;
+    let mut keep = match version {
+        Version::HTTP_10 => fields.keep_alive && !fields.close,
+        _ => !fields.close,
+    };
+    let decode = if head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Decode::Done
+    } else {
+        match (fields.transfer_encoding, fields.content_length) {
+            (Some(true), _) => Decode::Chunked(Chunked::Size),
+            (Some(false), _) | (None, None) => Decode::UntilClose,
+            (None, Some(Err(()))) => return Err(refused("bad or conflicting Content-Length")),
+            (None, Some(Ok(0))) => Decode::Done,
+            (None, Some(Ok(n))) => Decode::Length(n),
+        }
+    };
+    // Without a length the body ends with the connection; a switched one is the tunnel's.
+    if decode == Decode::UntilClose || status == StatusCode::SWITCHING_PROTOCOLS {
+        keep = false;
+    }
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some((parts, decode, keep)))
 }
 
 struct GiveBack {
     pool: Arc<Http1Pool>,
     addr: SocketAddr,
-    sender: SendRequest<UpstreamBody>,
+}
+
+/// The connection an answer's body is read from.
+enum Io {
+    Whole(TcpStream),
+    /// The request's body still going out on its own task.
+    Split(OwnedReadHalf, JoinHandle<std::io::Result<OwnedWriteHalf>>),
 }
 
 /// An upstream answer's body: its connection goes back to the pool at the body's end.
 pub struct PooledBody {
-    body: Incoming,
+    io: Option<Io>,
+    /// Read and not yet taken.
+    buf: BytesMut,
+    decode: Decode,
     give_back: Option<GiveBack>,
 }
 
 impl PooledBody {
-    fn new(body: Incoming, give_back: Option<GiveBack>) -> Self {
-        let mut this = PooledBody { body, give_back };
-        // An empty body is never polled.
-        if this.body.is_end_stream() {
-            this.release();
+    /// An empty body is never polled: its connection goes back at once.
+    fn released_if_done(mut self) -> Self {
+        if self.decode.is_done() {
+            self.release();
         }
-        this
+        self
     }
 
+    /// At the body's end: the connection back to the pool when it can carry another request
+    /// (nothing read past the answer, the request's body sent in full).
     fn release(&mut self) {
-        if let Some(g) = self.give_back.take() {
-            g.pool.give_back(g.addr, g.sender);
+        let (Some(give_back), Some(io)) = (self.give_back.take(), self.io.take()) else {
+            return;
+        };
+        if !self.buf.is_empty() {
+            return;
+        }
+        let conn = match io {
+            Io::Whole(conn) => conn,
+            Io::Split(read, writer) if writer.is_finished() => {
+                let waker = Waker::noop();
+                let mut writer = writer;
+                match Pin::new(&mut writer).poll(&mut Context::from_waker(waker)) {
+                    Poll::Ready(Ok(Ok(write))) => match read.reunite(write) {
+                        Ok(conn) => conn,
+                        Err(_) => return,
+                    },
+                    _ => return,
+                }
+            }
+            Io::Split(..) => return,
+        };
+        give_back.pool.give_back(give_back.addr, conn);
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if let Some(Io::Split(_, writer)) = &self.io {
+            writer.abort();
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
-        match &frame {
-            Some(Ok(_)) if this.body.is_end_stream() => this.release(),
-            None => this.release(),
-            Some(Err(_)) => this.give_back = None,
-            Some(Ok(_)) => {}
+        let polled = match &mut this.io {
+            Some(Io::Whole(conn)) => this.decode.poll_data(conn, &mut this.buf, cx),
+            Some(Io::Split(read, _)) => this.decode.poll_data(read, &mut this.buf, cx),
+            None => return Poll::Ready(None),
+        };
+        let data = std::task::ready!(polled);
+        match &data {
+            None | Some(Ok(_)) if this.decode.is_done() => this.release(),
+            Some(Err(_)) => {
+                this.give_back = None;
+                this.io = None;
+            }
+            _ => {}
         }
-        Poll::Ready(frame)
+        Poll::Ready(data.map(|d| d.map(Frame::data)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.decode.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.decode.size_hint()
     }
 }
 
@@ -242,6 +499,8 @@ impl Body for PooledBody {
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, Empty};
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// An upstream on loopback answering `hello` (`Connection: close` on `/close`, a body
@@ -283,7 +542,7 @@ mod tests {
         })
     }
 
-    fn get(path: &str) -> Request<UpstreamBody> {
+    fn get(path: &str) -> Request<ProxyBody> {
         Request::get(path)
             .header(http::header::HOST, "test")
             .body(Empty::new().map_err(|never| match never {}).boxed())
@@ -357,5 +616,114 @@ mod tests {
             Err(PoolError::Connect(_)) => {}
             other => panic!("want a connect error, got {:?}", other.map(|r| r.status())),
         }
+    }
+
+    /// A raw upstream: answers each request head by its path with the canned bytes of
+    /// `answers`, closing after `/last`; counts connections.
+    async fn raw_upstream(
+        answers: &'static [(&'static str, &'static str)],
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&seen[..end]).to_string();
+                        seen.drain(..end + 4);
+                        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                        let answer = answers.iter().find(|(p, _)| *p == path).map_or("", |a| a.1);
+                        if stream.write_all(answer.as_bytes()).await.is_err() || path == "/last" {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn answers_framed_every_way_and_connections_kept_only_when_they_can_be() {
+        let (addr, accepted) = raw_upstream(&[
+            ("/chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: 1\r\n\r\n"),
+            ("/continue", "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            ("/empty", "HTTP/1.1 204 No Content\r\n\r\n"),
+            ("/last", "HTTP/1.1 200 OK\r\n\r\nuntil the end"),
+        ])
+        .await;
+        let pool = pool();
+        assert_eq!(
+            text(pool.send(addr, get("/chunked")).await.unwrap()).await,
+            "abcde"
+        );
+        assert_eq!(
+            text(pool.send(addr, get("/continue")).await.unwrap()).await,
+            "ok"
+        );
+        let empty = pool.send(addr, get("/empty")).await.unwrap();
+        assert_eq!(empty.status(), 204);
+        assert!(empty.body().is_end_stream());
+        drop(empty);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection so far");
+        // No length: the body is what comes until the upstream closes, and the connection goes.
+        assert_eq!(
+            text(pool.send(addr, get("/last")).await.unwrap()).await,
+            "until the end"
+        );
+        assert_eq!(pool.idle_count(addr), 0);
+        assert_eq!(
+            text(pool.send(addr, get("/chunked")).await.unwrap()).await,
+            "abcde"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_the_upstream_closed_is_replaced() {
+        // Answers with a length, then closes without saying so: the pool keeps the connection.
+        let (addr, accepted) =
+            raw_upstream(&[("/last", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")]).await;
+        let pool = pool();
+        for round in 1..=3 {
+            assert_eq!(
+                text(pool.send(addr, get("/last")).await.unwrap()).await,
+                "ok"
+            );
+            assert_eq!(accepted.load(Ordering::SeqCst), round);
+        }
+        // A request the closed connection swallowed goes again on a new one, if idempotent.
+        assert_eq!(pool.idle_count(addr), 1);
+        let readable = |pool: &Http1Pool| {
+            let inner = pool.inner.lock().unwrap();
+            inner
+                .idle
+                .get(&addr)
+                .is_some_and(|c| c.iter().all(|c| readable(&c.conn)))
+        };
+        let mut waited = 0;
+        while !readable(&pool) && waited < 100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        assert!(readable(&pool), "the runtime saw the upstream close");
+        assert_eq!(
+            text(pool.send(addr, get("/last")).await.unwrap()).await,
+            "ok"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
     }
 }

@@ -13,11 +13,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hickory_resolver::TokioResolver;
 use http::uri::Authority;
 use http::{Request, Response};
-use http_body_util::combinators::BoxBody;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -25,7 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::pool::{Http1Pool, PoolConfig, PoolError};
-use super::ProxyError;
+use super::{BoxError, ProxyBody, ProxyError};
 use crate::routes::{Destination, Route};
 
 /// How long an address that refused a connection is left out.
@@ -35,10 +33,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an upstream connection is kept idle.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The body of requests sent upstream, and of their answers.
-pub type UpstreamBody = BoxBody<Bytes, hyper::Error>;
-
-type TlsClient = Client<HttpsConnector<HttpConnector<AddressDns>>, UpstreamBody>;
+type TlsClient = Client<HttpsConnector<HttpConnector<AddressDns>>, ProxyBody>;
 
 /// Why the upstream clients could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +49,7 @@ struct Addresses {
     resolver: TokioResolver,
     /// Addresses left out until the given time. A plain lock: held for a lookup, never across
     /// an await.
-    ejected: Mutex<HashMap<SocketAddr, Instant>>,
+    ejected: Mutex<HashMap<SocketAddr, Instant, ahash::RandomState>>,
     next: AtomicUsize,
 }
 
@@ -112,7 +107,7 @@ pub struct Upstreams {
     http1: Arc<Http1Pool>,
     /// HTTP/2 over plain TCP (prior knowledge), for `h2c` routes: one multiplexed connection
     /// per address.
-    h2c: Client<HttpConnector, UpstreamBody>,
+    h2c: Client<HttpConnector, ProxyBody>,
     /// HTTP/1.1 over TLS, the upstream's certificate verified against the system's roots and
     /// `--upstream-ca-file`; pooled per destination host.
     https: TlsClient,
@@ -121,7 +116,7 @@ pub struct Upstreams {
     /// How long an upstream may take to answer with headers.
     pub(super) timeout: Duration,
     /// The URI authority and label of each plain address seen, made once rather than per request.
-    targets: RwLock<HashMap<SocketAddr, Target>>,
+    targets: RwLock<HashMap<SocketAddr, Target, ahash::RandomState>>,
 }
 
 /// Why an upstream gave no answer.
@@ -186,7 +181,7 @@ impl Upstreams {
             .build(connector);
         let addrs = Arc::new(Addresses {
             resolver,
-            ejected: Mutex::new(HashMap::new()),
+            ejected: Mutex::new(HashMap::default()),
             next: AtomicUsize::new(0),
         });
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -288,8 +283,8 @@ impl Upstreams {
         &self,
         route: &Route,
         addr: Option<SocketAddr>,
-        req: Request<UpstreamBody>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+        req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, SendError> {
         use http_body_util::BodyExt;
         let legacy = match (route.tls(), route.h2c, addr) {
             (true, _, _) if route.tls_verify => self.https.request(req),
@@ -305,7 +300,7 @@ impl Upstreams {
             (false, false, None) => return Err(SendError::Failed("no address".into())),
         };
         match legacy.await {
-            Ok(resp) => Ok(resp.map(|b| b.boxed())),
+            Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed())),
             Err(e) if e.is_connect() => Err(SendError::Connect(roo_kv::error::with_causes(&e))),
             Err(e) => Err(SendError::Failed(roo_kv::error::with_causes(&e))),
         }

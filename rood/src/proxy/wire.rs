@@ -1,0 +1,346 @@
+//! HTTP/1.1 on the wire, for both sides of the proxy ([`super::h1`] to clients, [`super::pool`]
+//! to upstreams): reads through one scratch buffer per thread, header maps that share the head's
+//! bytes, body decoding (length, chunked, until close) and body writing.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::{BoxError, ProxyBody};
+
+/// Header fields a head may have.
+pub const MAX_HEADERS: usize = 100;
+/// Where a header's name and value lie in a head.
+pub type Span = (Range<usize>, Range<usize>);
+/// A chunk-size line (with extensions) or a trailer field longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Body bytes gathered before a write when more of the body is ready at once.
+const WRITE_BATCH: usize = 64 * 1024;
+
+thread_local! {
+    /// Where every read of this thread lands first; only the bytes read are kept.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; 16 * 1024].into_boxed_slice());
+}
+
+/// Appends what `io` has now (one read) to `buf`; 0 at the end of the stream. Between messages
+/// a connection so holds no buffer of its own.
+pub async fn read_some<T: AsyncRead + Unpin>(io: &mut T, buf: &mut BytesMut) -> io::Result<usize> {
+    poll_fn(|cx| {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut read = ReadBuf::new(&mut scratch[..]);
+            ready!(Pin::new(&mut *io).poll_read(cx, &mut read))?;
+            buf.extend_from_slice(read.filled());
+            Poll::Ready(Ok(read.filled().len()))
+        })
+    })
+    .await
+}
+
+/// Room for httparse's view of a head's fields, not initialized before it parses.
+pub fn field_slots<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
+/// The spans of the fields httparse found in the buffer that starts at `base`.
+pub fn spans(base: *const u8, fields: &[httparse::Header<'_>]) -> Vec<Span> {
+    fields
+        .iter()
+        .map(|h| (span_of(base, h.name.as_bytes()), span_of(base, h.value)))
+        .collect()
+}
+
+/// The span of `part`, a slice of the buffer that starts at `base`.
+pub fn span_of(base: *const u8, part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - base as usize;
+    start..start + part.len()
+}
+
+/// What the framing and connection fields of a head say, gathered as the map is built.
+#[derive(Debug, Default)]
+pub struct Fields {
+    /// `Connection: close` / `keep-alive` seen.
+    pub close: bool,
+    pub keep_alive: bool,
+    /// Transfer-Encoding present: whether its last coding is chunked.
+    pub transfer_encoding: Option<bool>,
+    /// Content-Length present: its value, or Err when a value is not a number or two differ.
+    pub content_length: Option<Result<u64, ()>>,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+}
+
+impl Fields {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        if *name == header::CONNECTION {
+            for t in tokens() {
+                self.close |= t.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            let last = tokens().next_back().unwrap_or_default();
+            self.transfer_encoding = Some(last.eq_ignore_ascii_case(b"chunked"));
+        } else if *name == header::CONTENT_LENGTH {
+            for t in tokens() {
+                let n = (!t.is_empty() && t.len() <= 19 && t.iter().all(u8::is_ascii_digit))
+                    .then(|| t.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+                self.content_length = match (self.content_length, n) {
+                    (_, None) | (Some(Err(())), _) => Some(Err(())),
+                    (Some(Ok(l)), Some(n)) if l != n => Some(Err(())),
+                    (_, Some(n)) => Some(Ok(n)),
+                };
+            }
+        } else if *name == header::EXPECT {
+            self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+}
+
+/// A header map from the fields at `spans` of `head`, values sharing its bytes, and what its
+/// framing fields say; `room`: fields to leave space for. None when a name or value is not
+/// valid.
+pub fn header_map(head: &Bytes, spans: &[Span], room: usize) -> Option<(HeaderMap, Fields)> {
+    let mut headers = HeaderMap::with_capacity(spans.len() + room);
+    let mut fields = Fields::default();
+    for (name, value) in spans {
+        let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
+        fields.note(&name, value.as_bytes());
+        headers.append(name, value);
+    }
+    Some((headers, fields))
+}
+
+/// How a body is delimited, and how much of it is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decode {
+    /// Bytes left.
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the connection closes (an answer without length).
+    UntilClose,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunked {
+    /// At a chunk-size line.
+    Size,
+    /// In a chunk's data, bytes left.
+    Data(u64),
+    /// At the CRLF after a chunk's data.
+    DataEnd,
+    /// In the trailer section.
+    Trailers,
+}
+
+/// One step of decoding the body from what is buffered.
+enum Step {
+    Data(Bytes),
+    End,
+    More,
+}
+
+impl Decode {
+    /// The next piece of the body: from `buf` (read and not yet taken), else read from `io`.
+    /// Whatever follows the body stays in `buf`.
+    pub fn poll_data<T: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut T,
+        buf: &mut BytesMut,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, BoxError>>> {
+        loop {
+            match self.step(buf)? {
+                Step::Data(data) => return Poll::Ready(Some(Ok(data))),
+                Step::End => return Poll::Ready(None),
+                Step::More => {}
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(match *self {
+                    Decode::Length(n) => n.clamp(4096, 64 * 1024) as usize,
+                    _ => 16 * 1024,
+                });
+            }
+            let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf))?;
+            if n == 0 {
+                if *self == Decode::UntilClose {
+                    *self = Decode::Done;
+                    return Poll::Ready(None);
+                }
+                return Poll::Ready(Some(Err("the connection closed mid-body".into())));
+            }
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        *self == Decode::Done
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match *self {
+            Decode::Length(n) => SizeHint::with_exact(n),
+            Decode::Done => SizeHint::with_exact(0),
+            Decode::Chunked(_) | Decode::UntilClose => SizeHint::default(),
+        }
+    }
+
+    fn step(&mut self, buf: &mut BytesMut) -> Result<Step, BoxError> {
+        loop {
+            match *self {
+                Decode::Done => return Ok(Step::End),
+                Decode::UntilClose if buf.is_empty() => return Ok(Step::More),
+                Decode::UntilClose => return Ok(Step::Data(buf.split().freeze())),
+                Decode::Length(left) | Decode::Chunked(Chunked::Data(left)) => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let left = left - n as u64;
+                    *self = match (*self, left) {
+                        (Decode::Length(_), 0) => Decode::Done,
+                        (Decode::Length(_), _) => Decode::Length(left),
+                        (_, 0) => Decode::Chunked(Chunked::DataEnd),
+                        (_, _) => Decode::Chunked(Chunked::Data(left)),
+                    };
+                    return Ok(Step::Data(buf.split_to(n).freeze()));
+                }
+                Decode::Chunked(Chunked::DataEnd) => {
+                    if buf.len() < 2 {
+                        return Ok(Step::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err("chunk data not followed by CRLF".into());
+                    }
+                    buf.advance(2);
+                    *self = Decode::Chunked(Chunked::Size);
+                }
+                Decode::Chunked(at) => {
+                    let Some(line) = line(buf)? else {
+                        return Ok(Step::More);
+                    };
+                    *self = match at {
+                        Chunked::Size => match chunk_size(&line)? {
+                            0 => Decode::Chunked(Chunked::Trailers),
+                            n => Decode::Chunked(Chunked::Data(n)),
+                        },
+                        // Trailer fields are read and dropped; an empty line ends the body.
+                        _ if line.is_empty() => Decode::Done,
+                        _ => Decode::Chunked(Chunked::Trailers),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The next CRLF-ended line of `buf`, taken out without its CRLF.
+fn line(buf: &mut BytesMut) -> Result<Option<Bytes>, BoxError> {
+    match buf.windows(2).position(|w| w == b"\r\n") {
+        Some(end) if end <= MAX_CHUNK_LINE => {
+            let line = buf.split_to(end).freeze();
+            buf.advance(2);
+            Ok(Some(line))
+        }
+        Some(_) => Err("chunk line too long".into()),
+        None if buf.len() > MAX_CHUNK_LINE => Err("chunk line too long".into()),
+        None => Ok(None),
+    }
+}
+
+/// A chunk-size line's size (extensions after `;` ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, BoxError> {
+    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+    let digits = digits.trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err("bad chunk size".into());
+    }
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| u64::from_str_radix(d, 16).ok())
+        .ok_or_else(|| "bad chunk size".into())
+}
+
+/// Writes `out` (a message head, maybe more) and then `body` (chunked when `chunked`), batching
+/// what the body has ready at once into one write.
+pub async fn write_body<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut out: Vec<u8>,
+    mut body: ProxyBody,
+    chunked: bool,
+) -> io::Result<()> {
+    loop {
+        // What the body has ready joins the batch; the batch goes out before waiting.
+        let frame = match poll_fn(|cx| Poll::Ready(ready_frame(&mut body, cx))).await {
+            Some(frame) => frame,
+            None => {
+                if !out.is_empty() {
+                    w.write_all(&out).await?;
+                    out.clear();
+                }
+                body.frame().await
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => {
+                // The message cannot be finished: the peer sees the connection end early.
+                w.write_all(&out).await?;
+                return Err(io::Error::other(e));
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                // Trailers: not passed on over HTTP/1.1.
+                Err(_) => continue,
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            let _ = write!(out, "{:x}\r\n", data.len());
+        }
+        if data.len() > WRITE_BATCH / 4 {
+            w.write_all(&out).await?;
+            out.clear();
+            w.write_all(&data).await?;
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.len() >= WRITE_BATCH {
+            w.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    w.write_all(&out).await?;
+    w.flush().await
+}
+
+/// The body's next frame if it is there without waiting.
+#[allow(clippy::type_complexity)]
+fn ready_frame(
+    body: &mut ProxyBody,
+    cx: &mut Context<'_>,
+) -> Option<Option<Result<Frame<Bytes>, BoxError>>> {
+    match Pin::new(body).poll_frame(cx) {
+        Poll::Ready(frame) => Some(frame),
+        Poll::Pending => None,
+    }
+}
