@@ -44,7 +44,11 @@ fn engine() -> Option<Image> {
     }
     let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).unwrap();
     if state != "active" {
-        docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]).expect("docker swarm init");
+        // Several test processes may find the engine out of a swarm at once: one init wins.
+        if let Err(e) = docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]) {
+            let now = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).unwrap();
+            assert_eq!(now, "active", "docker swarm init: {e}");
+        }
     }
     let image = Image(format!("roo-test-upstream:{:x}", rand::random::<u32>()));
     {

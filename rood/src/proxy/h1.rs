@@ -70,12 +70,12 @@ pub async fn serve<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
-    let mut io = io;
-    let mut buf = BytesMut::new();
+    let mut conn = (io, BytesMut::new());
     let mut first = true;
     loop {
+        let (mut io, mut buf) = conn;
         if buf.is_empty() {
-            // Between requests the connection holds no buffer.
+            // Between requests the connection holds no buffer, and its task only this wait.
             buf = BytesMut::new();
             let wait = if first {
                 HEADER_READ_TIMEOUT
@@ -93,24 +93,56 @@ where
                 Ok(Ok(_)) => {}
             }
         }
-        let head = match read_head(
-            &mut io,
-            &mut buf,
-            state.limits.max_header_bytes,
-            h2 && first,
-        )
-        .await?
-        {
+        let conversation = Conversation {
+            state,
+            info,
+            h2: h2 && first,
+            shutdown,
+        };
+        // Boxed: the request's steps take room only while it is under way.
+        match Box::pin(conversation.next(io, buf)).await? {
+            Next::Idle(io, buf) => conn = (io, buf),
+            Next::Closed => return Ok(Outcome::Closed),
+            Next::Http2(io) => return Ok(Outcome::Http2(io)),
+        }
+        first = false;
+    }
+}
+
+/// What a connection does after a request.
+enum Next<T> {
+    /// Waits for the next one (with what was read of it).
+    Idle(T, BytesMut),
+    Closed,
+    Http2(Rewind<T>),
+}
+
+/// A connection's settings for its requests.
+struct Conversation<'a> {
+    state: &'a ProxyState,
+    info: ConnInfo,
+    /// The client may still open with the HTTP/2 preface.
+    h2: bool,
+    shutdown: &'a CancellationToken,
+}
+
+impl Conversation<'_> {
+    /// One request, from the start of its head in `buf` to the end of its answer.
+    async fn next<T>(self, mut io: T, mut buf: BytesMut) -> io::Result<Next<T>>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+    {
+        let max = self.state.limits.max_header_bytes;
+        let head = match read_head(&mut io, &mut buf, max, self.h2).await? {
             Head::Request(head) => head,
-            Head::Http2 => return Ok(Outcome::Http2(Rewind::new(io, buf.freeze()))),
-            Head::Closed => return Ok(Outcome::Closed),
+            Head::Http2 => return Ok(Next::Http2(Rewind::new(io, buf.freeze()))),
+            Head::Closed => return Ok(Next::Closed),
             Head::Bad(bad) => {
-                tracing::debug!(peer = %info.peer, error = bad.message, "malformed request");
+                tracing::debug!(peer = %self.info.peer, error = bad.message, "malformed request");
                 write_error(&mut io, bad.status, bad.message).await?;
-                return Ok(Outcome::Closed);
+                return Ok(Next::Closed);
             }
         };
-        first = false;
         let Parsed {
             parts,
             framing,
@@ -118,21 +150,20 @@ where
             expect_continue,
         } = head;
         let exchange = Exchange {
-            state,
-            info,
+            state: self.state,
+            info: self.info,
             head_only: parts.method == Method::HEAD,
             version: parts.version,
-            shutdown,
+            shutdown: self.shutdown,
         };
         if framing == Framing::None {
             let req = Request::from_parts(parts, empty_body());
             let upgrade = forward::is_upgrade(&req);
-            // Boxed, like every step of a request: an idle connection keeps room for none.
-            if let Some(upstream) = Box::pin(exchange.run(&mut io, req, &mut keep_alive)).await? {
+            if let Some(upstream) = exchange.run(&mut io, req, &mut keep_alive).await? {
                 if upgrade {
                     Box::pin(tunnel(io, buf.freeze(), upstream)).await;
                 }
-                return Ok(Outcome::Closed);
+                return Ok(Next::Closed);
             }
         } else {
             if expect_continue {
@@ -154,32 +185,25 @@ where
                 back: Some(back),
             };
             let req = Request::from_parts(parts, body.boxed());
-            if Box::pin(exchange.run(&mut write, req, &mut keep_alive))
-                .await?
-                .is_some()
-            {
+            if exchange.run(&mut write, req, &mut keep_alive).await?.is_some() {
                 // An upgrade of a request with a body: not one this connection can follow.
-                return Ok(Outcome::Closed);
+                return Ok(Next::Closed);
             }
             // The body comes back when whoever read it is done with it (at once if nobody did).
-            let reader = Box::pin(async {
-                let reader = tokio::time::timeout(DISCARD_TIMEOUT, returned)
-                    .await
-                    .ok()?
-                    .ok()?;
-                reader.discard_rest().await
-            })
-            .await;
-            let Some(reader) = reader else {
-                return Ok(Outcome::Closed);
+            let Ok(Ok(reader)) = tokio::time::timeout(DISCARD_TIMEOUT, returned).await else {
+                return Ok(Next::Closed);
+            };
+            let Some(reader) = reader.discard_rest().await else {
+                return Ok(Next::Closed);
             };
             io = reader.io.unsplit(write);
             buf = reader.buf;
         }
         if !keep_alive {
             let _ = io.shutdown().await;
-            return Ok(Outcome::Closed);
+            return Ok(Next::Closed);
         }
+        Ok(Next::Idle(io, buf))
     }
 }
 
