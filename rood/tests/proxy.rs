@@ -1162,3 +1162,55 @@ async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(8));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_idle_past_the_parking_delay_still_serve_and_close_on_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (node, _dir) = wire_node().await;
+    let addr = node.http_addr;
+    let mut pending = Vec::new();
+    let mut parked = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut parked_again = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for conn in [&mut parked, &mut parked_again] {
+        conn.write_all(b"GET /first HTTP/1.1\r\nHost: wire.test\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, _) = read_answer(conn, &mut pending, false).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    // Idle for longer than the parking delay (0.5 s): out of its task, into the worker's lot.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    parked
+        .write_all(b"GET /after-parking HTTP/1.1\r\nHost: wire.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_answer(&mut parked, &mut pending, false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["uri"], "/after-parking");
+    // A request split across the wake-up arrives whole.
+    parked.write_all(b"GET /split HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    parked.write_all(b"Host: wire.test\r\n\r\n").await.unwrap();
+    let (_, body) = read_answer(&mut parked, &mut pending, false).await;
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["uri"],
+        "/split"
+    );
+
+    // Shutdown closes the parked connections at once.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stopped = tokio::spawn(node.stop());
+    let mut buf = [0u8; 64];
+    for conn in [&mut parked, &mut parked_again] {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("the parked connection closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "got {:?}", &buf[..n]);
+    }
+    tokio::time::timeout(Duration::from_secs(8), stopped)
+        .await
+        .expect("the node stopped")
+        .unwrap();
+}

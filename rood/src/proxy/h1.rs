@@ -36,7 +36,7 @@ use super::{empty_body, forward, handler, BoxError, ConnInfo, ProxyBody, ProxySt
 /// connection's start for its first request).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a keep-alive connection may wait for its next request.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// What is read of a request body nobody wanted (the answer came without it) so that the
 /// connection can carry the next request; a longer body closes the connection instead.
 const DISCARD_LIMIT: u64 = 256 * 1024;
@@ -56,31 +56,36 @@ pub enum Outcome<T> {
     Closed,
     /// The client spoke HTTP/2: its connection, with what was read of it put back.
     Http2(Rewind<T>),
+    /// Idle for the `park_after` given, nothing of a next request read.
+    Parked(T),
 }
 
-/// Serves HTTP/1.x requests on `io` until the connection ends. `h2`: hand a client that opens
-/// with the HTTP/2 preface back to the caller.
+/// Serves HTTP/1.x requests on `io` until the connection ends. `new`: nothing was read from it
+/// yet (a client that opens with the HTTP/2 preface is handed back); `park_after`: hand it back
+/// when it has waited that long for its next request.
 pub async fn serve<T>(
     io: T,
     state: &ProxyState,
     info: ConnInfo,
-    h2: bool,
+    new: bool,
+    park_after: Option<Duration>,
     shutdown: &CancellationToken,
 ) -> io::Result<Outcome<T>>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
     let mut conn = (io, BytesMut::new());
-    let mut first = true;
+    let mut first = new;
     loop {
         let (mut io, mut buf) = conn;
         if buf.is_empty() {
             // Between requests the connection holds no buffer, and its task only this wait.
             buf = BytesMut::new();
-            let wait = if first {
-                HEADER_READ_TIMEOUT
-            } else {
-                IDLE_TIMEOUT
+            let park = park_after.filter(|_| !first);
+            let wait = match (first, park) {
+                (true, _) => HEADER_READ_TIMEOUT,
+                (false, Some(park)) => park,
+                (false, None) => IDLE_TIMEOUT,
             };
             let read = tokio::select! {
                 biased;
@@ -88,6 +93,7 @@ where
                 read = tokio::time::timeout(wait, read_some(&mut io, &mut buf)) => read,
             };
             match read {
+                Err(_) if park.is_some() => return Ok(Outcome::Parked(io)),
                 Err(_) | Ok(Ok(0)) => return Ok(Outcome::Closed),
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(_)) => {}
@@ -96,7 +102,7 @@ where
         let conversation = Conversation {
             state,
             info,
-            h2: h2 && first,
+            h2: new && first,
             shutdown,
         };
         // Boxed: the request's steps take room only while it is under way.
@@ -185,7 +191,11 @@ impl Conversation<'_> {
                 back: Some(back),
             };
             let req = Request::from_parts(parts, body.boxed());
-            if exchange.run(&mut write, req, &mut keep_alive).await?.is_some() {
+            if exchange
+                .run(&mut write, req, &mut keep_alive)
+                .await?
+                .is_some()
+            {
                 // An upgrade of a request with a body: not one this connection can follow.
                 return Ok(Next::Closed);
             }

@@ -12,6 +12,7 @@ mod forward;
 mod h1;
 pub mod handler;
 mod headers;
+mod park;
 mod pool;
 pub mod upstream;
 mod wire;
@@ -236,62 +237,94 @@ async fn serve(
         Scheme::Http
     };
     let open_connections = state.metrics.connections(scheme.as_str());
-    loop {
-        let Accepted { stream, peer, slot } = tokio::select! {
-            next = accepted.recv() => match next {
-                Some(conn) => conn,
-                None => break,
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let open = open_connections.clone();
-        open.inc();
-        // Held for the connection's life: its slot, and its counts.
-        let over_limit = slot.is_none();
-        let load = load.clone();
-        let held = (
-            slot,
-            OnDrop(move || {
-                open.dec();
-                load.fetch_sub(1, Ordering::Relaxed);
-            }),
-        );
-        let stream = match TcpStream::from_std(stream) {
-            Ok(s) => s,
+    // Plain connections idle for a while wait in the lot (TLS ones keep their session in
+    // their task).
+    let (lot, mut waiter) = match tls {
+        None => match park::ParkingLot::new() {
+            Ok((lot, waiter)) => (Some(lot), Some(waiter)),
             Err(e) => {
-                tracing::warn!(error = %e, %peer, "connection handed to a worker");
-                continue;
+                tracing::warn!(error = %e, "no parking lot for idle connections");
+                (None, None)
             }
-        };
-        let info = ConnInfo {
-            peer,
-            client_ip: headers::IpText::new(peer.ip()),
-            scheme,
-            over_limit,
-        };
-        let (state, shutdown) = (state.clone(), shutdown.clone());
-        // Two tasks, not one with both branches: a plain connection's stays small.
-        match &tls {
-            None => {
-                connections.spawn(async move {
-                    serve_connection(stream, &state, info, &shutdown).await;
-                    drop(held);
-                });
-            }
-            Some(config) => {
-                let config = config.clone();
-                connections.spawn(async move {
-                    if let Some(tls_stream) = tls_accept(stream, config, &state, peer).await {
-                        if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            Box::pin(serve_h2(tls_stream, state, info, shutdown)).await;
-                        } else {
-                            serve_connection(tls_stream, &state, info, &shutdown).await;
-                        }
+        },
+        Some(_) => (None, None),
+    };
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let (lot, waiter) = (lot.as_ref(), waiter.as_mut());
+        tokio::select! {
+            next = accepted.recv() => {
+                let Some(Accepted { stream, peer, slot }) = next else { break };
+                let stream = match TcpStream::from_std(stream) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, %peer, "connection handed to a worker");
+                        continue;
                     }
-                    drop(held);
-                });
+                };
+                open_connections.inc();
+                let held = Held {
+                    slot,
+                    open: open_connections.clone(),
+                    load: load.clone(),
+                };
+                let info = ConnInfo {
+                    peer,
+                    client_ip: headers::IpText::new(peer.ip()),
+                    scheme,
+                    over_limit: held.slot.is_none(),
+                };
+                let (state, shutdown) = (state.clone(), shutdown.clone());
+                // Two tasks, not one with both branches: a plain connection's stays small.
+                match (&tls, lot) {
+                    (None, lot) => {
+                        let plain = Plain { state, info, held, lot: lot.cloned(), shutdown };
+                        connections.spawn(plain.serve(stream, true));
+                    }
+                    (Some(config), _) => {
+                        let config = config.clone();
+                        connections.spawn(async move {
+                            if let Some(tls_stream) = tls_accept(stream, config, &state, peer).await {
+                                if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                    Box::pin(serve_h2(tls_stream, state, info, shutdown)).await;
+                                } else {
+                                    serve_connection(tls_stream, &state, info, &shutdown).await;
+                                }
+                            }
+                            drop(held);
+                        });
+                    }
+                }
             }
+            woken = async { waiter?.woken(lot?).await.ok() }, if lot.is_some() => {
+                for parked in woken.into_iter().flatten() {
+                    let stream = match TcpStream::from_std(parked.stream) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "parked connection");
+                            continue;
+                        }
+                    };
+                    let plain = Plain {
+                        state: state.clone(),
+                        info: parked.info,
+                        held: parked.held,
+                        lot: lot.cloned(),
+                        shutdown: shutdown.clone(),
+                    };
+                    connections.spawn(plain.serve(stream, false));
+                }
+            }
+            _ = sweep.tick(), if lot.is_some() => {
+                if let Some(lot) = lot {
+                    lot.expire(h1::IDLE_TIMEOUT);
+                }
+            }
+            _ = shutdown.cancelled() => break,
         }
+    }
+    if let Some(lot) = &lot {
+        lot.clear();
     }
     drop(accepted);
     connections.close();
@@ -300,6 +333,41 @@ async fn serve(
         .is_err()
     {
         tracing::warn!(%scheme, "connections still open after the drain timeout");
+    }
+}
+
+/// A plain connection's task: HTTP/1.x (or HTTP/2 by its preface), parked when idle.
+struct Plain {
+    state: Arc<ProxyState>,
+    info: ConnInfo,
+    held: Held,
+    lot: Option<Arc<park::ParkingLot>>,
+    shutdown: CancellationToken,
+}
+
+impl Plain {
+    /// Serves the connection; `new`: it has not sent a request yet.
+    async fn serve(self, stream: TcpStream, new: bool) {
+        let Plain {
+            state,
+            info,
+            held,
+            lot,
+            shutdown,
+        } = self;
+        let park_after = lot.as_ref().map(|_| park::PARK_AFTER);
+        match h1::serve(stream, &state, info, new, park_after, &shutdown).await {
+            Ok(h1::Outcome::Closed) => {}
+            Ok(h1::Outcome::Parked(stream)) => {
+                if let Some(lot) = lot.filter(|_| !shutdown.is_cancelled()) {
+                    if let Err(e) = lot.park(stream, info, held) {
+                        tracing::debug!(peer = %info.peer, error = %e, "parking a connection");
+                    }
+                }
+            }
+            Ok(h1::Outcome::Http2(io)) => Box::pin(serve_h2(io, state, info, shutdown)).await,
+            Err(e) => tracing::debug!(peer = %info.peer, error = %e, "client connection"),
+        }
     }
 }
 
@@ -312,8 +380,8 @@ async fn serve_connection<T>(
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
-    match h1::serve(io, state, info, true, shutdown).await {
-        Ok(h1::Outcome::Closed) => {}
+    match h1::serve(io, state, info, true, None, shutdown).await {
+        Ok(h1::Outcome::Closed | h1::Outcome::Parked(_)) => {}
         Ok(h1::Outcome::Http2(io)) => {
             Box::pin(serve_h2(io, state.clone(), info, shutdown.clone())).await
         }
@@ -427,11 +495,17 @@ async fn tls_handshake(
     start.into_stream(config).await
 }
 
-/// Runs a closure when dropped (however the connection task ends).
-struct OnDrop<F: FnMut()>(F);
+/// What a connection holds for its life, wherever it is (task or parking lot): its slot under
+/// the connection limit, and its counts.
+pub struct Held {
+    slot: Option<OwnedSemaphorePermit>,
+    open: prometheus_client::metrics::gauge::Gauge,
+    load: Arc<AtomicUsize>,
+}
 
-impl<F: FnMut()> Drop for OnDrop<F> {
+impl Drop for Held {
     fn drop(&mut self) {
-        (self.0)()
+        self.open.dec();
+        self.load.fetch_sub(1, Ordering::Relaxed);
     }
 }
