@@ -1,11 +1,12 @@
 //! The proxy: HTTP and HTTPS listeners, each request routed by host to an upstream.
 //!
 //! Top-down: [`spawn_workers`] starts the worker threads, whose loops accept connections (TLS
-//! with a certificate per SNI from [`crate::certs`]) and serve them: HTTP/1.x by [`h1`], HTTP/2
-//! by hyper. Each request goes to [`handler::handle`], which finds the route in the current [`crate::routes::RouteTable`]
-//! snapshot, then [`upstream`] picks an address and [`forward`] sends the request on (plain
-//! HTTP/1.1 over the worker's [`pool`] of keep-alive connections), with [`headers`] fixing the
-//! forwarding headers.
+//! with a certificate per SNI from [`crate::certs`]) and serve them: HTTP/1.x by [`h1`] (plain
+//! connections idle for a while wait in the worker's [`park`] lot), HTTP/2 by hyper. Each
+//! request goes to [`handler::handle`], which finds the route in the current
+//! [`crate::routes::RouteTable`] snapshot, then [`upstream`] picks an address and [`forward`]
+//! sends the request on (plain HTTP/1.1 over the worker's [`pool`] of keep-alive connections),
+//! with [`headers`] fixing the forwarding headers. [`wire`] is the HTTP/1.1 both sides speak.
 
 mod error;
 mod forward;
