@@ -240,7 +240,7 @@ async fn serve(
     let open_connections = state.metrics.connections(scheme.as_str());
     // Plain connections idle for a while wait in the lot (TLS ones keep their session in
     // their task).
-    let (lot, mut waiter) = match tls {
+    let (mut lot, mut waiter) = match tls {
         None => match park::ParkingLot::new() {
             Ok((lot, waiter)) => (Some(lot), Some(waiter)),
             Err(e) => {
@@ -252,80 +252,98 @@ async fn serve(
     };
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let (lot, waiter) = (lot.as_ref(), waiter.as_mut());
-        tokio::select! {
-            next = accepted.recv() => {
-                let Some(Accepted { stream, peer, slot }) = next else { break };
-                let stream = match TcpStream::from_std(stream) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, %peer, "connection handed to a worker");
-                        continue;
-                    }
-                };
-                open_connections.inc();
-                let held = Held {
-                    slot,
-                    open: open_connections.clone(),
-                    load: load.clone(),
-                };
-                let info = ConnInfo {
-                    peer,
-                    client_ip: headers::IpText::new(peer.ip()),
-                    scheme,
-                    over_limit: held.slot.is_none(),
-                };
-                let (state, shutdown) = (state.clone(), shutdown.clone());
-                // Two tasks, not one with both branches: a plain connection's stays small.
-                match (&tls, lot) {
-                    (None, lot) => {
-                        let plain = Plain { state, info, held, lot: lot.cloned(), shutdown };
-                        connections.spawn(plain.serve(stream, true));
-                    }
-                    (Some(config), _) => {
-                        let config = config.clone();
-                        connections.spawn(async move {
-                            if let Some(tls_stream) = tls_accept(stream, config, &state, peer).await {
-                                if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                                    Box::pin(serve_h2(tls_stream, state, info, shutdown)).await;
-                                } else {
-                                    serve_connection(tls_stream, &state, info, &shutdown).await;
-                                }
-                            }
-                            drop(held);
-                        });
-                    }
-                }
-            }
-            woken = async { waiter?.woken(lot?).await.ok() }, if lot.is_some() => {
-                for parked in woken.into_iter().flatten() {
-                    let stream = match TcpStream::from_std(parked.stream) {
+        let mut lot_failed = false;
+        {
+            let (lot, waiter) = (lot.as_ref(), waiter.as_mut());
+            tokio::select! {
+                next = accepted.recv() => {
+                    let Some(Accepted { stream, peer, slot }) = next else { break };
+                    let stream = match TcpStream::from_std(stream) {
                         Ok(s) => s,
                         Err(e) => {
-                            tracing::debug!(error = %e, "parked connection");
+                            tracing::warn!(error = %e, %peer, "connection handed to a worker");
                             continue;
                         }
                     };
-                    let plain = Plain {
-                        state: state.clone(),
-                        info: parked.info,
-                        held: parked.held,
-                        lot: lot.cloned(),
-                        shutdown: shutdown.clone(),
+                    open_connections.inc();
+                    let held = Held {
+                        slot,
+                        open: open_connections.clone(),
+                        load: load.clone(),
                     };
-                    connections.spawn(plain.serve(stream, false));
+                    let info = ConnInfo {
+                        peer,
+                        client_ip: headers::IpText::new(peer.ip()),
+                        scheme,
+                        over_limit: held.slot.is_none(),
+                    };
+                    let (state, shutdown) = (state.clone(), shutdown.clone());
+                    // Two tasks, not one with both branches: a plain connection's stays small.
+                    match (&tls, lot) {
+                        (None, lot) => {
+                            let plain = Plain { state, info, held, lot: lot.cloned(), shutdown };
+                            connections.spawn(plain.serve(stream, true));
+                        }
+                        (Some(config), _) => {
+                            let config = config.clone();
+                            connections.spawn(async move {
+                                if let Some(tls_stream) = tls_accept(stream, config, &state, peer).await {
+                                    if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                        Box::pin(serve_h2(tls_stream, state, info, shutdown)).await;
+                                    } else {
+                                        serve_connection(tls_stream, &state, info, &shutdown).await;
+                                    }
+                                }
+                                drop(held);
+                            });
+                        }
+                    }
                 }
-            }
-            _ = sweep.tick(), if lot.is_some() => {
-                if let Some(lot) = lot {
-                    lot.expire(h1::IDLE_TIMEOUT);
+                woken = async { Some(waiter?.woken(lot?).await) }, if waiter.is_some() => {
+                    let woken = match woken {
+                        Some(Ok(woken)) => woken,
+                        _ => {
+                            lot_failed = true;
+                            Vec::new()
+                        }
+                    };
+                    for parked in woken {
+                        let stream = match TcpStream::from_std(parked.stream) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "parked connection");
+                                continue;
+                            }
+                        };
+                        let plain = Plain {
+                            state: state.clone(),
+                            info: parked.info,
+                            held: parked.held,
+                            lot: lot.cloned(),
+                            shutdown: shutdown.clone(),
+                        };
+                        connections.spawn(plain.serve(stream, false));
+                    }
                 }
+                _ = sweep.tick(), if lot.is_some() => {
+                    if let Some(lot) = lot {
+                        lot.expire(h1::IDLE_TIMEOUT);
+                    }
+                }
+                _ = shutdown.cancelled() => break,
             }
-            _ = shutdown.cancelled() => break,
+        }
+        if lot_failed {
+            // Its epoll set failed: what was parked closes, and idle connections stay tasks.
+            tracing::warn!("the parking lot for idle connections failed; parking no more");
+            if let Some(lot) = lot.take() {
+                lot.close();
+            }
+            waiter = None;
         }
     }
     if let Some(lot) = &lot {
-        lot.clear();
+        lot.close();
     }
     drop(accepted);
     connections.close();

@@ -37,6 +37,8 @@ pub struct ParkingLot {
 struct Slots {
     parked: Vec<Option<Parked>>,
     free: Vec<usize>,
+    /// No more parking (shutdown, or the set failed).
+    closed: bool,
 }
 
 /// The lot's epoll set, registered with the runtime: readable when a parked connection is.
@@ -75,6 +77,9 @@ impl ParkingLot {
         let stream = stream.into_std()?;
         let fd = stream.as_raw_fd();
         let mut slots = self.lock();
+        if slots.closed {
+            return Err(std::io::Error::other("the parking lot is closed"));
+        }
         let token = match slots.free.pop() {
             Some(token) => token,
             None => {
@@ -126,9 +131,13 @@ impl ParkingLot {
         }
     }
 
-    /// Closes every parked connection.
-    pub fn clear(&self) {
-        let all = self.lock().parked.len();
+    /// Closes every parked connection, and parks no more.
+    pub fn close(&self) {
+        let all = {
+            let mut slots = self.lock();
+            slots.closed = true;
+            slots.parked.len()
+        };
         for token in 0..all {
             drop(self.take(token));
         }
@@ -152,9 +161,15 @@ impl Waiter {
     pub async fn woken(&mut self, lot: &ParkingLot) -> std::io::Result<Vec<Parked>> {
         loop {
             let mut ready = self.poll.readable_mut().await?;
-            ready
+            match ready
                 .get_inner_mut()
-                .poll(&mut self.events, Some(Duration::ZERO))?;
+                .poll(&mut self.events, Some(Duration::ZERO))
+            {
+                Ok(()) => {}
+                // A signal (the CPU profiler's, say) during the call: ask again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
             let taken = self.events.iter().count();
             // The set's readiness is an edge: it is cleared only once the set is drained.
             if taken < EVENTS {
