@@ -258,18 +258,18 @@ async fn serve(
             tokio::select! {
                 next = accepted.recv() => {
                     let Some(Accepted { stream, peer, slot }) = next else { break };
+                    open_connections.inc();
+                    let held = Held {
+                        slot,
+                        open: open_connections.clone(),
+                        load: load.clone(),
+                    };
                     let stream = match TcpStream::from_std(stream) {
                         Ok(s) => s,
                         Err(e) => {
                             tracing::warn!(error = %e, %peer, "connection handed to a worker");
                             continue;
                         }
-                    };
-                    open_connections.inc();
-                    let held = Held {
-                        slot,
-                        open: open_connections.clone(),
-                        load: load.clone(),
                     };
                     let info = ConnInfo {
                         peer,
@@ -285,17 +285,8 @@ async fn serve(
                             connections.spawn(plain.serve(stream, true));
                         }
                         (Some(config), _) => {
-                            let config = config.clone();
-                            connections.spawn(async move {
-                                if let Some(tls_stream) = tls_accept(stream, config, &state, peer).await {
-                                    if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                                        Box::pin(serve_h2(tls_stream, state, info, shutdown)).await;
-                                    } else {
-                                        serve_connection(tls_stream, &state, info, &shutdown).await;
-                                    }
-                                }
-                                drop(held);
-                            });
+                            let tls = Tls { state, info, held, config: config.clone(), shutdown };
+                            connections.spawn(tls.serve(stream));
                         }
                     }
                 }
@@ -387,6 +378,35 @@ impl Plain {
             Ok(h1::Outcome::Http2(io)) => Box::pin(serve_h2(io, state, info, shutdown)).await,
             Err(e) => tracing::debug!(peer = %info.peer, error = %e, "client connection"),
         }
+    }
+}
+
+/// A TLS connection's task: the handshake, then HTTP/2 or HTTP/1.x as ALPN chose.
+struct Tls {
+    state: Arc<ProxyState>,
+    info: ConnInfo,
+    held: Held,
+    config: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+}
+
+impl Tls {
+    async fn serve(self, stream: TcpStream) {
+        let Tls {
+            state,
+            info,
+            held,
+            config,
+            shutdown,
+        } = self;
+        if let Some(tls) = tls_accept(stream, config, &state, info.peer).await {
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                Box::pin(serve_h2(tls, state, info, shutdown)).await;
+            } else {
+                serve_connection(tls, &state, info, &shutdown).await;
+            }
+        }
+        drop(held);
     }
 }
 
