@@ -35,7 +35,8 @@ pub struct ParkingLot {
 
 #[derive(Default)]
 struct Slots {
-    parked: Vec<Option<Parked>>,
+    /// Boxed: a free slot (and the room the Vec keeps ahead) costs a pointer, not a connection.
+    parked: Vec<Option<Box<Parked>>>,
     free: Vec<usize>,
     /// No more parking (shutdown, or the set failed).
     closed: bool,
@@ -95,17 +96,17 @@ impl ParkingLot {
             slots.free.push(token);
             return Err(e);
         }
-        slots.parked[token] = Some(Parked {
+        slots.parked[token] = Some(Box::new(Parked {
             stream,
             info,
             held,
             since: Instant::now(),
-        });
+        }));
         Ok(())
     }
 
     /// Takes a connection out of the lot.
-    fn take(&self, token: usize) -> Option<Parked> {
+    fn take(&self, token: usize) -> Option<Box<Parked>> {
         let mut slots = self.lock();
         let parked = slots.parked.get_mut(token)?.take()?;
         slots.free.push(token);
@@ -158,7 +159,7 @@ impl ParkingLot {
 impl Waiter {
     /// The parked connections that have something to read (a request, or their end), out of
     /// `lot`.
-    pub async fn woken(&mut self, lot: &ParkingLot) -> std::io::Result<Vec<Parked>> {
+    pub async fn woken(&mut self, lot: &ParkingLot) -> std::io::Result<Vec<Box<Parked>>> {
         loop {
             let mut ready = self.poll.readable_mut().await?;
             match ready
@@ -175,7 +176,7 @@ impl Waiter {
             if taken < EVENTS {
                 ready.clear_ready();
             }
-            let woken: Vec<Parked> = self
+            let woken: Vec<Box<Parked>> = self
                 .events
                 .iter()
                 .filter_map(|event| lot.take(event.token().0))
