@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::pool::Switched;
 use super::wire::{
-    field_slots, header_map, read_some, span_of, spans, write_body, Chunked, Decode,
+    self, field_slots, header_map, read_some, span_of, spans, write_body, Chunked, Decode,
 };
 use super::{empty_body, forward, handler, BoxError, ConnInfo, ProxyBody, ProxyState};
 
@@ -346,11 +346,13 @@ fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Bad> {
         let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
             .map_err(|_| bad("bad method"))?;
         let path = span_of(base, req.path.unwrap_or_default().as_bytes());
-        let version = match req.version {
-            Some(0) => Version::HTTP_10,
-            _ => Version::HTTP_11,
-        };
-        (len, method, path, version, spans(base, req.headers))
+        (
+            len,
+            method,
+            path,
+            wire::version(req.version),
+            spans(base, req.headers),
+        )
     };
     if method == Method::CONNECT {
         return Err(Bad {
@@ -362,10 +364,7 @@ fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Bad> {
     let uri = Uri::from_maybe_shared(head.slice(path)).map_err(|_| bad("bad request target"))?;
     // Room for the forwarding headers the proxy adds, so that the map is not grown twice.
     let (mut headers, fields) = header_map(&head, &spans, 6).ok_or(bad("bad header field"))?;
-    let mut keep_alive = match version {
-        Version::HTTP_10 => fields.keep_alive && !fields.close,
-        _ => !fields.close,
-    };
+    let mut keep_alive = fields.persistent(version);
     let framing = match (fields.transfer_encoding, fields.content_length) {
         (Some(_), _) if version == Version::HTTP_10 => {
             return Err(bad("Transfer-Encoding in an HTTP/1.0 request"))
@@ -411,10 +410,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let (parts, body) = resp.into_parts();
     let status = parts.status;
-    let bodiless = head_only
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    let bodiless = wire::bodiless(status, head_only);
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -684,7 +680,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::wire;
 
     fn parsed(raw: &str) -> Result<Option<Parsed>, Bad> {
         parse(&mut BytesMut::from(raw), 8192)

@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{header, Method, Request, Response, StatusCode, Version};
+use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -354,25 +354,19 @@ fn parse_answer(
             Ok(httparse::Status::Partial) => return Err(refused("head too large")),
             Err(e) => return Err(refused(&e.to_string())),
         };
-        let version = match resp.version {
-            Some(0) => Version::HTTP_10,
-            _ => Version::HTTP_11,
-        };
         let code = resp.code.unwrap_or_default();
-        (len, code, version, spans(buf.as_ptr(), resp.headers))
+        (
+            len,
+            code,
+            wire::version(resp.version),
+            spans(buf.as_ptr(), resp.headers),
+        )
     };
     let head = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| refused("status"))?;
     let (headers, fields) = header_map(&head, &spans, 0).ok_or_else(|| refused("header field"))?;
-    let mut keep = match version {
-        Version::HTTP_10 => fields.keep_alive && !fields.close,
-        _ => !fields.close,
-    };
-    let decode = if head_only
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    let mut keep = fields.persistent(version);
+    let decode = if wire::bodiless(status, head_only) {
         Decode::Done
     } else {
         match (fields.transfer_encoding, fields.content_length) {

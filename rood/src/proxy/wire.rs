@@ -12,6 +12,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -81,6 +82,15 @@ pub struct Fields {
 }
 
 impl Fields {
+    /// Whether the connection stays open after this message: HTTP/1.1 unless `close`, HTTP/1.0
+    /// only with `keep-alive`.
+    pub fn persistent(&self, version: Version) -> bool {
+        match version {
+            Version::HTTP_10 => self.keep_alive && !self.close,
+            _ => !self.close,
+        }
+    }
+
     fn note(&mut self, name: &HeaderName, value: &[u8]) {
         let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
         if *name == header::CONNECTION {
@@ -105,6 +115,22 @@ impl Fields {
             self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         }
     }
+}
+
+/// The version httparse read (its minor number).
+pub fn version(minor: Option<u8>) -> Version {
+    match minor {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    }
+}
+
+/// Whether an answer has no body whatever its fields say (RFC 9112 6.3): to HEAD, 1xx, 204, 304.
+pub fn bodiless(status: StatusCode, head_only: bool) -> bool {
+    head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
 }
 
 /// A header map from the fields at `spans` of `head`, values sharing its bytes, and what its
