@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # rood next to nginx, HAProxy and Caddy in front of the same upstream on loopback, in the same
 # run, driven by wrk: HTTP/1.1 keep-alive requests/s and p99, HTTPS keep-alive, new TLS
-# handshakes/s, and resident memory with 9000 idle connections. Each row: three rounds, the
-# proxies taking turns, medians. HAProxy and Caddy are extra columns, left out when not installed.
+# handshakes/s, and resident memory with 9000 idle connections. Each row: five rounds (ROUNDS),
+# the proxies taking turns, medians. HAProxy and Caddy are extra columns, left out when not
+# installed.
 #
 #   misc/bench/proxy.sh [seconds-per-round]
+#   ROWS="http https handshake idle" (the default: all four) picks rows.
 #   (needs: apt-get install nginx wrk openssl; optional: haproxy caddy)
 #
 # wrk sends SNI from the URL's host, so bench.test is added to /etc/hosts for the run (and taken
@@ -12,6 +14,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 secs=${1:-10}
+rounds=${ROUNDS:-5}
+rows=${ROWS:-http https handshake idle}
 cd "$root"
 cargo build --profile dist -q -p rood
 rood=$root/target/dist/rood
@@ -155,11 +159,11 @@ for peer in "${peers[@]}"; do read -r name _ <<<"$peer"; header+=" $name req/s |
 echo "$header rood/nginx req/s | rood/nginx p99 |"
 echo "$rule---|---|"
 row() { # name, scheme, extra wrk args...
-  # Three rounds, the proxies taking turns, medians reported: this VM is noisy.
+  # Rounds with the proxies taking turns, medians reported: this VM is noisy.
   local title=$1 scheme=$2; shift 2
   declare -A rps p99
   local round peer name port tport url a b
-  for round in 1 2 3; do
+  for round in $(seq 1 "$rounds"); do
     for peer in "${peers[@]}"; do
       read -r name port tport _ <<<"$peer"
       if [ "$scheme" = https ]; then url=https://bench.test:$tport/; else url=http://127.0.0.1:$port/; fi
@@ -177,12 +181,15 @@ row() { # name, scheme, extra wrk args...
   done
   echo "$line $(ratio "$r_rps" "$n_rps") | $(ratio "$r_p99" "$n_p99") |"
 }
-row "HTTP/1.1 keep-alive" http
-row "HTTPS keep-alive" https
-row "new TLS handshake per request" https -H 'Connection: close'
+[[ " $rows " == *" http "* ]] && row "HTTP/1.1 keep-alive" http
+[[ " $rows " == *" https "* ]] && row "HTTPS keep-alive" https
+[[ " $rows " == *" handshake "* ]] && row "new TLS handshake per request" https -H 'Connection: close'
 
 # Memory with 9000 idle keep-alive connections (HAProxy needs two descriptors for each under a
-# 20000 descriptor limit).
+# 20000 descriptor limit), the memory before and with them each read after 5 s without traffic:
+# what a proxy holds for them, not what it has yet to give back from earlier rows or from opening
+# them all at once.
+[[ " $rows " == *" idle "* ]] || exit 0
 line="| RSS per idle connection (9000), bytes |"; summary="RSS before and with the connections:"
 declare -A per
 for peer in "${peers[@]}"; do

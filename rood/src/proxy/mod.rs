@@ -96,6 +96,17 @@ pub struct ConnInfo {
     pub over_limit: bool,
 }
 
+impl ConnInfo {
+    fn new(peer: SocketAddr, scheme: Scheme, over_limit: bool) -> ConnInfo {
+        ConnInfo {
+            peer,
+            client_ip: headers::IpText::new(peer.ip()),
+            scheme,
+            over_limit,
+        }
+    }
+}
+
 /// Serves plain HTTP on `http` and HTTPS on `https` with one worker thread per state in
 /// `workers`, each running a single-threaded runtime with its own upstream connections (as
 /// nginx's worker processes): a request, its upstream connection and the answer stay on one
@@ -241,7 +252,7 @@ async fn serve(
     // Plain connections idle for a while wait in the lot (TLS ones keep their session in
     // their task).
     let (mut lot, mut waiter) = match tls {
-        None => match park::ParkingLot::new() {
+        None => match park::ParkingLot::new(open_connections.clone(), load.clone()) {
             Ok((lot, waiter)) => (Some(lot), Some(waiter)),
             Err(e) => {
                 tracing::warn!(error = %e, "no parking lot for idle connections");
@@ -271,12 +282,7 @@ async fn serve(
                             continue;
                         }
                     };
-                    let info = ConnInfo {
-                        peer,
-                        client_ip: headers::IpText::new(peer.ip()),
-                        scheme,
-                        over_limit: held.slot.is_none(),
-                    };
+                    let info = ConnInfo::new(peer, scheme, held.slot.is_none());
                     let (state, shutdown) = (state.clone(), shutdown.clone());
                     // Two tasks, not one with both branches: a plain connection's stays small.
                     match (&tls, lot) {
@@ -298,18 +304,20 @@ async fn serve(
                             Vec::new()
                         }
                     };
-                    for parked in woken {
-                        let stream = match TcpStream::from_std(parked.stream) {
+                    for (stream, held) in woken {
+                        // Its peer asked again: the lot keeps no more than the socket.
+                        let stream = match TcpStream::from_std(stream) {
                             Ok(s) => s,
                             Err(e) => {
                                 tracing::debug!(error = %e, "parked connection");
                                 continue;
                             }
                         };
+                        let Ok(peer) = stream.peer_addr() else { continue };
                         let plain = Plain {
                             state: state.clone(),
-                            info: parked.info,
-                            held: parked.held,
+                            info: ConnInfo::new(peer, scheme, false),
+                            held,
                             lot: lot.cloned(),
                             shutdown: shutdown.clone(),
                         };
@@ -370,7 +378,7 @@ impl Plain {
             Ok(h1::Outcome::Closed) => {}
             Ok(h1::Outcome::Parked(stream)) => {
                 if let Some(lot) = lot.filter(|_| !shutdown.is_cancelled()) {
-                    if let Err(e) = lot.park(stream, info, held) {
+                    if let Err(e) = lot.park(stream, held) {
                         tracing::debug!(peer = %info.peer, error = %e, "parking a connection");
                     }
                 }

@@ -1,45 +1,56 @@
 //! Plain keep-alive connections idle for a while ([`PARK_AFTER`]), kept as bare sockets in an
 //! epoll set of the worker's own, as nginx keeps every connection, rather than each as a task
-//! with a registration in the runtime: a parked connection costs about 150 bytes instead of 1.6
-//! KB. The first bytes of its next request bring it back as a task.
+//! with a registration in the runtime. A parked connection costs its descriptor and 8 bytes
+//! here: what its task held is kept for all of them at once (the permits under the connection
+//! limit merged into one, the counts left as they were) and its peer's address is asked of the
+//! socket again when it wakes. The first bytes of its next request bring it back as a task.
 
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::unix::AsyncFd;
+use tokio::sync::OwnedSemaphorePermit;
 
-use super::{ConnInfo, Held};
+use super::Held;
 
 /// How long a connection waits for its next request as a task before it is parked.
 pub const PARK_AFTER: Duration = Duration::from_millis(500);
 /// Events taken from the set at once.
 const EVENTS: usize = 256;
 
-/// A connection waiting in the lot, with what its task held.
-pub struct Parked {
-    pub stream: TcpStream,
-    pub info: ConnInfo,
-    pub held: Held,
-    since: Instant,
-}
-
 /// One worker's parked connections (for one listener), by token.
 pub struct ParkingLot {
     registry: Registry,
+    /// The counts every [`Held`] of this listener keeps up: a parked connection still counts.
+    open: Gauge,
+    load: Arc<AtomicUsize>,
+    /// What parking times are counted from.
+    epoch: Instant,
     slots: Mutex<Slots>,
 }
 
 #[derive(Default)]
 struct Slots {
-    /// Boxed: a free slot (and the room the Vec keeps ahead) costs a pointer, not a connection.
-    parked: Vec<Option<Box<Parked>>>,
-    free: Vec<usize>,
+    parked: Vec<Slot>,
+    free: Vec<u32>,
+    /// The slots under the connection limit of every parked connection, merged.
+    permits: Option<OwnedSemaphorePermit>,
     /// No more parking (shutdown, or the set failed).
     closed: bool,
+}
+
+/// A parked connection, or a free place (no stream).
+struct Slot {
+    stream: Option<TcpStream>,
+    /// When it was parked: milliseconds from the lot's epoch, wrapping (a connection is parked
+    /// for at most [`super::h1::IDLE_TIMEOUT`], far less than a wrap's 49 days).
+    since: u32,
 }
 
 /// The lot's epoll set, registered with the runtime: readable when a parked connection is.
@@ -49,11 +60,15 @@ pub struct Waiter {
 }
 
 impl ParkingLot {
-    pub fn new() -> std::io::Result<(Arc<ParkingLot>, Waiter)> {
+    /// A lot whose connections are counted in `open` and `load`, as their tasks' [`Held`] are.
+    pub fn new(open: Gauge, load: Arc<AtomicUsize>) -> std::io::Result<(Arc<ParkingLot>, Waiter)> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let lot = ParkingLot {
             registry,
+            open,
+            load,
+            epoch: Instant::now(),
             slots: Mutex::default(),
         };
         // Deprecated as unsound for a descriptor its owner could close while registered; here
@@ -68,63 +83,81 @@ impl ParkingLot {
         Ok((Arc::new(lot), waiter))
     }
 
-    /// Parks a connection with nothing read of its next request.
-    pub fn park(
-        &self,
-        stream: tokio::net::TcpStream,
-        info: ConnInfo,
-        held: Held,
-    ) -> std::io::Result<()> {
+    /// Parks a connection with nothing read of its next request, with what its task held
+    /// (one over the connection limit is not parked: it was to close anyway).
+    pub fn park(&self, stream: tokio::net::TcpStream, mut held: Held) -> std::io::Result<()> {
+        let Some(permit) = held.slot.take() else {
+            return Err(std::io::Error::other("over the connection limit"));
+        };
         let stream = stream.into_std()?;
         let fd = stream.as_raw_fd();
+        let since = self.millis(Instant::now());
         let mut slots = self.lock();
         if slots.closed {
             return Err(std::io::Error::other("the parking lot is closed"));
         }
         let token = match slots.free.pop() {
-            Some(token) => token,
-            None => {
-                slots.parked.push(None);
+            Some(token) => token as usize,
+            None if slots.parked.len() < u32::MAX as usize => {
+                slots.parked.push(Slot {
+                    stream: None,
+                    since,
+                });
                 slots.parked.len() - 1
             }
+            None => return Err(std::io::Error::other("the parking lot is full")),
         };
         // Registered while the lock is held: the connection cannot be woken before it is in.
         if let Err(e) = self
             .registry
             .register(&mut SourceFd(&fd), Token(token), Interest::READABLE)
         {
-            slots.free.push(token);
+            slots.free.push(token as u32);
             return Err(e);
         }
-        slots.parked[token] = Some(Box::new(Parked {
-            stream,
-            info,
-            held,
-            since: Instant::now(),
-        }));
+        slots.parked[token] = Slot {
+            stream: Some(stream),
+            since,
+        };
+        // One listener's lot: every permit is of that listener's semaphore, as merging needs.
+        match &mut slots.permits {
+            Some(all) => all.merge(permit),
+            none => *none = Some(permit),
+        }
+        // The lot counts the connection from here; the task's hold, dropped, counts it no more.
+        self.open.inc();
+        self.load.fetch_add(1, Ordering::Relaxed);
+        drop(slots);
+        drop(held);
         Ok(())
     }
 
-    /// Takes a connection out of the lot.
-    fn take(&self, token: usize) -> Option<Box<Parked>> {
+    /// Takes a connection out of the lot, with a hold like the one it was parked with.
+    fn take(&self, token: usize) -> Option<(TcpStream, Held)> {
         let mut slots = self.lock();
-        let parked = slots.parked.get_mut(token)?.take()?;
-        slots.free.push(token);
-        let _ = self
-            .registry
-            .deregister(&mut SourceFd(&parked.stream.as_raw_fd()));
-        Some(parked)
+        let stream = slots.parked.get_mut(token)?.stream.take()?;
+        slots.free.push(token as u32);
+        let _ = self.registry.deregister(&mut SourceFd(&stream.as_raw_fd()));
+        let slot = slots.permits.as_mut().and_then(|all| all.split(1));
+        // Its count goes over to the hold, which takes it down when dropped.
+        let held = Held {
+            slot,
+            open: self.open.clone(),
+            load: self.load.clone(),
+        };
+        Some((stream, held))
     }
 
     /// Closes the connections parked for longer than `idle`.
     pub fn expire(&self, idle: Duration) {
-        let now = Instant::now();
+        let now = self.millis(Instant::now());
+        let idle = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX / 2);
         let expired: Vec<usize> = self
             .lock()
             .parked
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.as_ref().is_some_and(|p| now - p.since > idle))
+            .filter(|(_, p)| p.stream.is_some() && now.wrapping_sub(p.since) >= idle)
             .map(|(token, _)| token)
             .collect();
         for token in expired {
@@ -151,6 +184,11 @@ impl ParkingLot {
         slots.parked.len() - slots.free.len()
     }
 
+    /// `at` in milliseconds from the epoch, wrapping.
+    fn millis(&self, at: Instant) -> u32 {
+        at.duration_since(self.epoch).as_millis() as u32
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -158,8 +196,8 @@ impl ParkingLot {
 
 impl Waiter {
     /// The parked connections that have something to read (a request, or their end), out of
-    /// `lot`.
-    pub async fn woken(&mut self, lot: &ParkingLot) -> std::io::Result<Vec<Box<Parked>>> {
+    /// `lot`, each with its hold.
+    pub async fn woken(&mut self, lot: &ParkingLot) -> std::io::Result<Vec<(TcpStream, Held)>> {
         loop {
             let mut ready = self.poll.readable_mut().await?;
             match ready
@@ -176,7 +214,7 @@ impl Waiter {
             if taken < EVENTS {
                 ready.clear_ready();
             }
-            let woken: Vec<Box<Parked>> = self
+            let woken: Vec<(TcpStream, Held)> = self
                 .events
                 .iter()
                 .filter_map(|event| lot.take(event.token().0))
@@ -191,14 +229,16 @@ impl Waiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::AsyncWriteExt;
+    use tokio::sync::Semaphore;
 
-    fn held(load: &Arc<AtomicUsize>) -> Held {
+    /// A connection's hold as its listener gives it: a slot of `limit`, counted in `load`.
+    fn held(limit: &Arc<Semaphore>, open: &Gauge, load: &Arc<AtomicUsize>) -> Held {
         load.fetch_add(1, Ordering::SeqCst);
+        open.inc();
         Held {
-            slot: None,
-            open: Default::default(),
+            slot: Some(limit.clone().try_acquire_owned().unwrap()),
+            open: open.clone(),
             load: load.clone(),
         }
     }
@@ -206,43 +246,46 @@ mod tests {
     /// A connected pair: (client side, server side as the proxy accepted it).
     async fn pair(
         listener: &tokio::net::TcpListener,
-    ) -> (tokio::net::TcpStream, tokio::net::TcpStream, ConnInfo) {
+    ) -> (tokio::net::TcpStream, tokio::net::TcpStream) {
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (server, peer) = listener.accept().await.unwrap();
-        let info = ConnInfo {
-            peer,
-            client_ip: crate::proxy::headers::IpText::new(peer.ip()),
-            scheme: crate::routes::Scheme::Http,
-            over_limit: false,
-        };
-        (client, server, info)
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
     }
 
     #[tokio::test]
     async fn parked_connections_wake_on_bytes_or_their_end_and_go_when_expired() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (lot, mut waiter) = ParkingLot::new().unwrap();
-        let load = Arc::new(AtomicUsize::new(0));
-        let (mut a, a_server, info) = pair(&listener).await;
-        let (b, b_server, _) = pair(&listener).await;
-        let (_c, c_server, _) = pair(&listener).await;
+        let (open, load) = (Gauge::default(), Arc::new(AtomicUsize::new(0)));
+        let limit = Arc::new(Semaphore::new(10));
+        let (lot, mut waiter) = ParkingLot::new(open.clone(), load.clone()).unwrap();
+        let (mut a, a_server) = pair(&listener).await;
+        let a_addr = a.local_addr().unwrap();
+        let (b, b_server) = pair(&listener).await;
+        let (_c, c_server) = pair(&listener).await;
         for server in [a_server, b_server, c_server] {
-            lot.park(server, info, held(&load)).unwrap();
+            lot.park(server, held(&limit, &open, &load)).unwrap();
         }
         assert_eq!(lot.len(), 3);
+        assert_eq!((open.get(), load.load(Ordering::SeqCst)), (3, 3));
+        assert_eq!(
+            limit.available_permits(),
+            7,
+            "parked connections keep their slots"
+        );
 
-        // A request's first bytes wake its connection, with what it held.
+        // A request's first bytes wake its connection, with a hold like the one it had.
         a.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let woken = tokio::time::timeout(Duration::from_secs(5), waiter.woken(&lot))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(woken.len(), 1);
-        assert_eq!(woken[0].info.peer, info.peer);
-        let parked = woken.into_iter().next().unwrap();
-        let mut back = tokio::net::TcpStream::from_std(parked.stream).unwrap();
+        let (stream, a_held) = woken.into_iter().next().unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), a_addr);
+        assert!(a_held.slot.as_ref().is_some_and(|s| s.num_permits() == 1));
+        let mut back = tokio::net::TcpStream::from_std(stream).unwrap();
         let mut line = [0u8; 16];
         tokio::io::AsyncReadExt::read_exact(&mut back, &mut line)
             .await
@@ -250,9 +293,9 @@ mod tests {
         assert_eq!(&line, b"GET / HTTP/1.1\r\n");
         assert_eq!(lot.len(), 2);
         assert_eq!(
-            load.load(Ordering::SeqCst),
-            3,
-            "a woken connection keeps its hold"
+            (open.get(), load.load(Ordering::SeqCst)),
+            (3, 3),
+            "a woken connection still counts"
         );
 
         // A client that goes away wakes its connection too (to be closed by its task).
@@ -263,7 +306,8 @@ mod tests {
             .unwrap();
         assert_eq!(woken.len(), 1);
         drop(woken);
-        assert_eq!(load.load(Ordering::SeqCst), 2);
+        assert_eq!((open.get(), load.load(Ordering::SeqCst)), (2, 2));
+        assert_eq!(limit.available_permits(), 8);
 
         // Past the idle limit, parked connections are closed and their holds let go.
         lot.expire(Duration::from_secs(60));
@@ -271,7 +315,20 @@ mod tests {
         lot.expire(Duration::ZERO);
         assert_eq!(lot.len(), 0);
         assert_eq!(load.load(Ordering::SeqCst), 1, "only the woken one left");
-        drop(parked.held);
-        assert_eq!(load.load(Ordering::SeqCst), 0);
+        assert_eq!(limit.available_permits(), 9);
+        drop(a_held);
+        assert_eq!((open.get(), load.load(Ordering::SeqCst)), (0, 0));
+        assert_eq!(limit.available_permits(), 10);
+
+        // A connection over the limit is not parked; a closed lot parks nothing.
+        let (_d, d_server) = pair(&listener).await;
+        let mut over = held(&limit, &open, &load);
+        drop(over.slot.take());
+        assert!(lot.park(d_server, over).is_err());
+        let (_e, e_server) = pair(&listener).await;
+        lot.close();
+        assert!(lot.park(e_server, held(&limit, &open, &load)).is_err());
+        assert_eq!((open.get(), load.load(Ordering::SeqCst)), (0, 0));
+        assert_eq!(limit.available_permits(), 10);
     }
 }

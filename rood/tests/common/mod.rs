@@ -445,6 +445,16 @@ impl Proc {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The lines of its log that contain any of `needles`, for failure messages.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| needles.iter().any(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The last lines of its log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -165,11 +165,17 @@ impl Pebble {
 
     /// Lines of Pebble's log containing `needle`.
     pub fn count(&self, needle: &str) -> usize {
+        self.lines(needle).len()
+    }
+
+    /// The lines of Pebble's log containing `needle`, for failure messages.
+    pub fn lines(&self, needle: &str) -> Vec<String> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
             .filter(|l| l.contains(needle))
-            .count()
+            .map(str::to_string)
+            .collect()
     }
 
     /// One rood process on 127.0.0.1 that uses this Pebble, its proxy on the ports Pebble
