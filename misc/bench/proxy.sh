@@ -143,9 +143,15 @@ ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
 # The proxies: name, plain port, TLS port, pids whose memory counts.
 peers=("rood 18082 18444 $rood_pid")
-nginx_pids=$(pgrep -f "nginx: worker process" | while read -r p; do
-  grep -q "proxy.conf" "/proc/$(ps -o ppid= -p "$p" | tr -d ' ')/cmdline" 2>/dev/null && echo "$p"; done | paste -sd,)
-peers+=("nginx 18081 18443 $nginx_pids,$(cat "$work/proxy.pid")")
+# nginx's memory: its master's and its two workers' (waited for: they start after the pid file).
+nginx_master="" nginx_pids=""
+for _ in $(seq 1 100); do
+  [ -s "$work/proxy.pid" ] && nginx_master=$(cat "$work/proxy.pid")
+  [ -n "$nginx_master" ] && nginx_pids=$(pgrep -d, -P "$nginx_master" || true)
+  [ "$(tr ',' '\n' <<<"$nginx_pids" | grep -c .)" -ge 2 ] && break
+  sleep 0.1
+done
+peers+=("nginx 18081 18443 $nginx_pids,$nginx_master")
 [ "$have_haproxy" = 1 ] && peers+=("haproxy 18083 18445 $haproxy_pid")
 [ "$have_caddy" = 1 ] && peers+=("caddy 18084 18446 $caddy_pid")
 for peer in "${peers[@]}"; do

@@ -783,12 +783,21 @@ async fn a_labelled_service_gets_its_certificate_from_pebble() {
         "docker service create to a valid certificate: {:?}",
         created.elapsed()
     );
-    // Once seen under CI load: two orders. What the CA and the issuer said, should it recur.
-    let orders = pebble.lines("order");
+    // The engine is shared: this node's watcher also routes the labelled services of swarm
+    // tests running alongside, and its issuer orders their certificates from this Pebble too
+    // (CI once saw two orders so). Exactly one order for this service's host, as the issuer
+    // logs its orders.
+    let field = format!("host={host} ");
+    let placed: Vec<String> = node
+        .log_lines(&["order placed"])
+        .into_iter()
+        .filter(|l| l.contains(&field))
+        .collect();
     assert_eq!(
-        pebble.count("Added order"),
+        placed.len(),
         1,
-        "Pebble: {orders:#?}\nrood's issuer: {:#?}",
-        node.log_lines(&["order", "lead", "certificate", "ACME"])
+        "orders for {host}: {placed:#?}\nPebble: {:#?}",
+        pebble.lines("order")
     );
+    assert!(pebble.count("Added order") >= 1);
 }

@@ -8,17 +8,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::routes::Scheme;
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1), besides those the
-/// `Connection` header names; the last, `Upgrade`, is kept for an upgrade.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// `Connection` header names.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
-    header::UPGRADE,
 ];
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -27,44 +25,35 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Removes hop-by-hop headers (keeping `Upgrade` and `Connection: upgrade` when `upgrade`).
-/// One pass over the names present (a handful), rather than a lookup for every name that could
-/// be; nothing is allocated unless `Connection` names other headers.
+/// One pass over the names present (a handful), rather than a lookup for every name that could be.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let fixed = if upgrade {
-        &HOP_BY_HOP[..HOP_BY_HOP.len() - 1]
-    } else {
-        &HOP_BY_HOP[..]
-    };
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = fixed.iter().position(|h| h == name) {
-            present |= 1 << i;
-        }
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || *name == header::PROXY_AUTHORIZATION
+                || (!upgrade && *name == header::UPGRADE)
+        })
+        .cloned()
+        .collect();
+    if doomed.contains(&header::CONNECTION) {
+        // Its own options name no header (`keep-alive` is doomed already): not made into names.
+        doomed.extend(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
+                .filter(|t| {
+                    !(t.is_empty()
+                        || t.eq_ignore_ascii_case(b"close")
+                        || t.eq_ignore_ascii_case(b"keep-alive")
+                        || (upgrade && t.eq_ignore_ascii_case(b"upgrade")))
+                })
+                .filter_map(|t| HeaderName::from_bytes(t).ok()),
+        );
     }
-    // Its own options (`close`, `keep-alive`, `upgrade`) name no header to remove.
-    let listed: Vec<HeaderName> = if present & 1 == 0 {
-        Vec::new()
-    } else {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| {
-                !(t.is_empty()
-                    || t.eq_ignore_ascii_case(b"close")
-                    || t.eq_ignore_ascii_case(b"keep-alive")
-                    || (upgrade && t.eq_ignore_ascii_case(b"upgrade")))
-            })
-            .filter_map(|t| HeaderName::from_bytes(t).ok())
-            .collect()
-    };
-    for (i, name) in fixed.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(name);
-        }
-    }
-    for name in listed {
+    for name in doomed {
         headers.remove(name);
     }
     if upgrade {

@@ -137,7 +137,9 @@ pub fn spawn_workers(
             accepted: https_tx,
             load: load.clone(),
         });
-        let (tls, shutdown) = (tls.clone(), shutdown.clone());
+        // A token of the worker's own: every connection waits on it between requests, and
+        // waiting on one token from both threads had them share its waiter list's lock.
+        let (tls, shutdown) = (tls.clone(), shutdown.child_token());
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
