@@ -215,10 +215,9 @@ async fn labels_become_routes_and_only_the_watchers_routes_change() {
         "the invalid labels logged",
         Duration::from_secs(20),
         || async {
-            let log =
-                std::fs::read_to_string(node.data_dir.with_extension("log")).unwrap_or_default();
-            log.lines()
-                .any(|l| l.contains("invalid roo labels") && l.contains(&bad))
+            node.log_lines("invalid roo labels")
+                .iter()
+                .any(|l| l.contains(&bad))
                 .then_some(())
         },
     )
@@ -789,7 +788,7 @@ async fn a_labelled_service_gets_its_certificate_from_pebble() {
     // logs its orders.
     let field = format!("host={host} ");
     let placed: Vec<String> = node
-        .log_lines(&["order placed"])
+        .log_lines("order placed")
         .into_iter()
         .filter(|l| l.contains(&field))
         .collect();

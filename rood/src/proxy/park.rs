@@ -91,7 +91,7 @@ impl ParkingLot {
         };
         let stream = stream.into_std()?;
         let fd = stream.as_raw_fd();
-        let since = self.millis(Instant::now());
+        let since = self.now();
         let mut slots = self.lock();
         if slots.closed {
             return Err(std::io::Error::other("the parking lot is closed"));
@@ -150,7 +150,7 @@ impl ParkingLot {
 
     /// Closes the connections parked for longer than `idle`.
     pub fn expire(&self, idle: Duration) {
-        let now = self.millis(Instant::now());
+        let now = self.now();
         let idle = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX / 2);
         let expired: Vec<usize> = self
             .lock()
@@ -184,9 +184,9 @@ impl ParkingLot {
         slots.parked.len() - slots.free.len()
     }
 
-    /// `at` in milliseconds from the epoch, wrapping.
-    fn millis(&self, at: Instant) -> u32 {
-        at.duration_since(self.epoch).as_millis() as u32
+    /// Now, in milliseconds from the epoch, wrapping.
+    fn now(&self) -> u32 {
+        self.epoch.elapsed().as_millis() as u32
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {

@@ -445,14 +445,9 @@ impl Proc {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// The lines of its log that contain any of `needles`, for failure messages.
-    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| needles.iter().any(|n| l.contains(n)))
-            .map(str::to_string)
-            .collect()
+    /// The lines of its log that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        lines_containing(&self.log, needle)
     }
 
     /// The last lines of its log, for failure messages.
@@ -461,6 +456,16 @@ impl Proc {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
+}
+
+/// The lines of the text file at `path` that contain `needle` (none if it cannot be read).
+pub fn lines_containing(path: &Path, needle: &str) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
 }
 
 impl Drop for Proc {

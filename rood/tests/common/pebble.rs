@@ -168,14 +168,9 @@ impl Pebble {
         self.lines(needle).len()
     }
 
-    /// The lines of Pebble's log containing `needle`, for failure messages.
+    /// The lines of Pebble's log containing `needle`.
     pub fn lines(&self, needle: &str) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_string)
-            .collect()
+        super::lines_containing(&self.log, needle)
     }
 
     /// One rood process on 127.0.0.1 that uses this Pebble, its proxy on the ports Pebble
