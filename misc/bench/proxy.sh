@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # rood next to nginx, HAProxy and Caddy in front of the same upstream on loopback, in the same
 # run, driven by wrk: HTTP/1.1 keep-alive requests/s and p99, HTTPS keep-alive, new TLS
-# handshakes/s, and resident memory with 9000 idle connections. Each row: five rounds (ROUNDS),
-# the proxies taking turns, medians. HAProxy and Caddy are extra columns, left out when not
-# installed.
+# handshakes/s, and resident memory with 9000 idle connections. Each row: seven rounds (ROUNDS),
+# the proxies taking turns, medians; rood/nginx: the median of the rounds' ratios, and their
+# range. HAProxy and Caddy are extra columns, left out when not installed.
 #
 #   misc/bench/proxy.sh [seconds-per-round]
 #   ROWS="http https handshake idle" (the default: all four) picks rows.
@@ -14,7 +14,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 secs=${1:-10}
-rounds=${ROUNDS:-5}
+rounds=${ROUNDS:-7}
 rows=${ROWS:-http https handshake idle}
 cd "$root"
 cargo build --profile dist -q -p rood
@@ -160,32 +160,42 @@ for peer in "${peers[@]}"; do
 done
 
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+# "median (lowest-highest)" of ratios.
+spread() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})")' "$@"; }
 header="| row |"; rule="|---|"
 for peer in "${peers[@]}"; do read -r name _ <<<"$peer"; header+=" $name req/s | $name p99 ms |"; rule+="---|---|"; done
 echo "$header rood/nginx req/s | rood/nginx p99 |"
 echo "$rule---|---|"
 row() { # name, scheme, extra wrk args...
-  # Rounds with the proxies taking turns, medians reported: this VM is noisy.
+  # Rounds with the proxies taking turns, medians reported: this VM is noisy. rood and nginx run
+  # one after the other in each round, in turn first, and the ratio column is the median of the
+  # rounds' own ratios (its range after it): the two runs of a round are seconds apart, so what
+  # drifts over minutes on this VM moves both.
   local title=$1 scheme=$2; shift 2
   declare -A rps p99
+  local -a ratios=() p99_ratios=() order
   local round peer name port tport url a b
   for round in $(seq 1 "$rounds"); do
-    for peer in "${peers[@]}"; do
+    order=("${peers[@]}")
+    [ $((round % 2)) = 0 ] && order=("${peers[1]}" "${peers[0]}" "${peers[@]:2}")
+    declare -A this_rps=() this_p99=()
+    for peer in "${order[@]}"; do
       read -r name port tport _ <<<"$peer"
       if [ "$scheme" = https ]; then url=https://bench.test:$tport/; else url=http://127.0.0.1:$port/; fi
       read -r a b < <(run_wrk "$url" "$@")
       rps[$name]+=" $a"; p99[$name]+=" $b"
+      this_rps[$name]=$a; this_p99[$name]=$b
     done
+    ratios+=("$(ratio "${this_rps[rood]}" "${this_rps[nginx]}")")
+    p99_ratios+=("$(ratio "${this_p99[rood]}" "${this_p99[nginx]}")")
   done
-  local line="| $title |" r_rps r_p99 n_rps n_p99
+  local line="| $title |"
   for peer in "${peers[@]}"; do
     read -r name _ <<<"$peer"
     a=$(median ${rps[$name]}); b=$(median ${p99[$name]})
     line+=" ${a%.*} | $b |"
-    [ "$name" = rood ] && { r_rps=$a; r_p99=$b; }
-    [ "$name" = nginx ] && { n_rps=$a; n_p99=$b; }
   done
-  echo "$line $(ratio "$r_rps" "$n_rps") | $(ratio "$r_p99" "$n_p99") |"
+  echo "$line $(spread "${ratios[@]}") | $(spread "${p99_ratios[@]}") |"
 }
 [[ " $rows " == *" http "* ]] && row "HTTP/1.1 keep-alive" http
 [[ " $rows " == *" https "* ]] && row "HTTPS keep-alive" https

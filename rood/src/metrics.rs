@@ -1,29 +1,27 @@
 //! What a node counts, served as Prometheus text on `GET /metrics` (API port).
 //!
-//! The request path only increments counters ([`Metrics`] fields); values that already live
+//! The request path only increments counters: each proxy worker its own [`RequestCounts`],
+//! summed when the page is rendered, the rest [`Metrics`] fields. Values that already live
 //! elsewhere (raft's state, the route and certificate tables, the ACME issuer's counts) are read
 //! when the page is rendered.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::UNIX_EPOCH;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use roo_kv::Kv;
 
 use crate::feed::Tables;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub host: String,
-    /// `2xx`, `3xx`, `4xx`, `5xx`.
-    pub status: &'static str,
-    /// The upstream address, `acme` for challenges, `-` when none was reached.
-    pub upstream: String,
-}
+use crate::routes::Scheme;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SchemeLabels {
@@ -47,8 +45,7 @@ pub type AcmeStats = roo_acme::issuer::Stats;
 /// Every metric of a node.
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub request_seconds: Family<SchemeLabels, Histogram>,
+    requests: Arc<Requests>,
     pub upstream_connect_errors: Family<UpstreamLabels, Counter>,
     pub upstream_ejections: Family<UpstreamLabels, Counter>,
     pub open_connections: Family<SchemeLabels, Gauge>,
@@ -82,10 +79,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("roo");
         let m = Metrics {
-            requests: Family::default(),
-            request_seconds: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-            }),
+            requests: Arc::default(),
             upstream_connect_errors: Family::default(),
             upstream_ejections: Family::default(),
             open_connections: Family::default(),
@@ -109,16 +103,7 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
-        r.register(
-            "requests",
-            "Proxied requests by host, status class and upstream",
-            m.requests.clone(),
-        );
-        r.register(
-            "request_duration_seconds",
-            "Request handling time, by listener",
-            m.request_seconds.clone(),
-        );
+        r.register_collector(Box::new(m.requests.clone()));
         r.register(
             "upstream_connect_errors",
             "Failed connections to upstreams",
@@ -214,32 +199,11 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Counts one answered request (`host` in lowercase).
-    pub fn request(
-        &self,
-        host: String,
-        status: u16,
-        upstream: &str,
-        scheme: &'static str,
-        seconds: f64,
-    ) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.requests
-            .get_or_create(&RequestLabels {
-                host,
-                status: class,
-                upstream: upstream.to_string(),
-            })
-            .inc();
-        self.request_seconds
-            .get_or_create(&SchemeLabels { scheme })
-            .observe(seconds);
+    /// A proxy worker's own request counts, part of the page from now on.
+    pub fn request_counts(&self) -> Arc<RequestCounts> {
+        let counts = Arc::new(RequestCounts::default());
+        lock(&self.requests.workers).push(counts.clone());
+        counts
     }
 
     /// The open-connections gauge of a listener.
@@ -296,8 +260,212 @@ impl Metrics {
     }
 }
 
+/// Buckets of the request duration histogram, +Inf's last.
+const DURATION_BUCKETS: usize = 16;
+/// Their upper bounds (seconds), +Inf aside: 0.5 ms doubling.
+const DURATION_BOUNDS: [f64; DURATION_BUCKETS - 1] = {
+    let mut bounds = [0.0005; DURATION_BUCKETS - 1];
+    let mut i = 1;
+    while i < bounds.len() {
+        bounds[i] = bounds[i - 1] * 2.0;
+        i += 1;
+    }
+    bounds
+};
+
+/// The request counts of one proxy worker. Only the worker's thread writes them, so their lock
+/// is taken without contention and no cache line moves between cores on a request (as with
+/// counters shared by all workers); the page sums the workers' counts.
+#[derive(Debug, Default)]
+pub struct RequestCounts(Mutex<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    /// Host, then upstream, then status class (1xx to 5xx).
+    requests: HashMap<Box<str>, HashMap<Box<str>, [u64; 5]>, ahash::RandomState>,
+    /// Durations, by listener ([`scheme_index`]).
+    seconds: [Durations; 2],
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Durations {
+    /// Observations by bucket, not cumulative; the last bucket is +Inf's.
+    buckets: [u64; DURATION_BUCKETS],
+    sum: f64,
+    count: u64,
+}
+
+fn scheme_index(scheme: Scheme) -> usize {
+    match scheme {
+        Scheme::Http => 0,
+        Scheme::Https => 1,
+    }
+}
+
+impl RequestCounts {
+    /// Counts one answered request.
+    pub fn request(&self, host: &str, status: u16, upstream: &str, scheme: Scheme, seconds: f64) {
+        let class = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        // Hosts come in any case: a lowercase one (most) is looked up as it is.
+        let host: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
+        let bucket = DURATION_BOUNDS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(DURATION_BUCKETS - 1);
+        let mut counts = lock(&self.0);
+        let by_upstream = match counts.requests.get_mut(&*host) {
+            Some(by_upstream) => by_upstream,
+            None => counts.requests.entry(host.into()).or_default(),
+        };
+        let classes = match by_upstream.get_mut(upstream) {
+            Some(classes) => classes,
+            None => by_upstream.entry(upstream.into()).or_default(),
+        };
+        classes[class] += 1;
+        let d = &mut counts.seconds[scheme_index(scheme)];
+        d.buckets[bucket] += 1;
+        d.sum += seconds;
+        d.count += 1;
+    }
+}
+
+/// All workers' request counts, summed into `requests_total` and `request_duration_seconds`
+/// when the page is rendered.
+#[derive(Debug, Default)]
+struct Requests {
+    workers: Mutex<Vec<Arc<RequestCounts>>>,
+}
+
+impl Collector for Requests {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let mut requests: HashMap<(Box<str>, Box<str>), [u64; 5]> = HashMap::new();
+        let mut seconds = [Durations::default(); 2];
+        for worker in lock(&self.workers).iter() {
+            let counts = lock(&worker.0);
+            for (host, by_upstream) in &counts.requests {
+                for (upstream, classes) in by_upstream {
+                    let sum = requests
+                        .entry((host.clone(), upstream.clone()))
+                        .or_default();
+                    for (sum, n) in sum.iter_mut().zip(classes) {
+                        *sum += n;
+                    }
+                }
+            }
+            for (sum, d) in seconds.iter_mut().zip(&counts.seconds) {
+                for (sum, n) in sum.buckets.iter_mut().zip(&d.buckets) {
+                    *sum += n;
+                }
+                sum.sum += d.sum;
+                sum.count += d.count;
+            }
+        }
+        let mut rows: Vec<_> = requests.into_iter().collect();
+        rows.sort();
+        let mut family = encoder.encode_descriptor(
+            "requests",
+            "Proxied requests by host, status class and upstream",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((host, upstream), classes) in &rows {
+            for (status, n) in CLASSES.into_iter().zip(classes) {
+                if *n == 0 {
+                    continue;
+                }
+                // The upstream address, `acme` for challenges, `-` when none was reached.
+                let labels = [
+                    ("host", &**host),
+                    ("status", status),
+                    ("upstream", &**upstream),
+                ];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "request_duration_seconds",
+            "Request handling time, by listener",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (scheme, d) in ["http", "https"].into_iter().zip(&seconds) {
+            if d.count == 0 {
+                continue;
+            }
+            let buckets: Vec<(f64, u64)> = DURATION_BOUNDS
+                .into_iter()
+                .chain(std::iter::once(f64::MAX))
+                .zip(d.buckets)
+                .collect();
+            family
+                .encode_family(&SchemeLabels { scheme })?
+                .encode_histogram::<NoLabelSet>(d.sum, d.count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// A lock whose holder cannot leave its data half changed: a poisoned one is taken as it is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn set_counter(counter: &Counter, value: u64) {
     counter
         .inner()
         .store(value, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_sums_the_workers_counts() {
+        let metrics = Metrics::new();
+        let (one, two) = (metrics.request_counts(), metrics.request_counts());
+        one.request(
+            "Example.COM",
+            200,
+            "http://10.0.0.1:80",
+            Scheme::Http,
+            0.0007,
+        );
+        two.request(
+            "example.com",
+            204,
+            "http://10.0.0.1:80",
+            Scheme::Http,
+            100.0,
+        );
+        two.request("example.com", 503, "-", Scheme::Https, 0.0001);
+        let mut page = String::new();
+        prometheus_client::encoding::text::encode(&mut page, &metrics.registry).unwrap();
+        for line in [
+            r#"roo_requests_total{host="example.com",status="2xx",upstream="http://10.0.0.1:80"} 2"#,
+            r#"roo_requests_total{host="example.com",status="5xx",upstream="-"} 1"#,
+            r#"roo_request_duration_seconds_count{scheme="http"} 2"#,
+            r#"roo_request_duration_seconds_bucket{le="0.0005",scheme="http"} 0"#,
+            r#"roo_request_duration_seconds_bucket{le="0.001",scheme="http"} 1"#,
+            r#"roo_request_duration_seconds_bucket{le="8.192",scheme="http"} 1"#,
+            r#"roo_request_duration_seconds_bucket{le="+Inf",scheme="http"} 2"#,
+            r#"roo_request_duration_seconds_bucket{le="0.0005",scheme="https"} 1"#,
+        ] {
+            assert!(page.lines().any(|l| l == line), "{line} not in\n{page}");
+        }
+        assert!(!page.contains("status=\"4xx\""), "{page}");
+    }
 }

@@ -164,6 +164,7 @@ impl Node {
                     None => Duration::ZERO,
                 },
                 acme_wake: acme_wake.clone(),
+                counts: metrics.request_counts(),
                 metrics: metrics.clone(),
             });
         }

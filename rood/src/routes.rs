@@ -89,17 +89,27 @@ pub fn normalize_host(host: &str) -> Result<String, RouteError> {
 pub fn valid_host(host: &str) -> bool {
     let name = host.trim_end_matches('.');
     let name = name.strip_prefix("*.").unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+    if name.is_empty() || name.len() > 253 {
+        return false;
+    }
+    // One pass: labels of 1 to 63 letters, digits, `-` or `_`, not starting or ending with `-`.
+    let (mut label, mut last) = (0, b'.');
+    for &b in name.as_bytes() {
+        if b == b'.' {
+            if label == 0 || last == b'-' {
+                return false;
+            }
+            label = 0;
+        } else {
+            let allowed = b.is_ascii_alphanumeric() || b == b'_' || (b == b'-' && label > 0);
+            label += 1;
+            if !allowed || label > 63 {
+                return false;
+            }
+        }
+        last = b;
+    }
+    last != b'-'
 }
 
 impl RouteKey {
@@ -364,10 +374,11 @@ impl RouteTable {
 
 /// Splits `host[:port]`; None when the port is not a number.
 pub fn split_host_port(host: &str) -> Option<(&str, Option<u16>)> {
-    match host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => Some((h, Some(p.parse().ok()?))),
-        Some(_) => None,
+    let bytes = host.as_bytes();
+    match bytes.iter().rposition(|&b| b == b':') {
         None => Some((host, None)),
+        Some(colon) if bytes[..colon].contains(&b':') => None,
+        Some(colon) => Some((&host[..colon], Some(host[colon + 1..].parse().ok()?))),
     }
 }
 
@@ -384,6 +395,50 @@ mod tests {
             );
         }
         t
+    }
+
+    #[test]
+    fn host_names_are_checked() {
+        let long_label = "a".repeat(63);
+        let too_long_label = "a".repeat(64);
+        let long_name = ["abcdefghi"; 25].join(".") + ".abc"; // 253 bytes
+        for good in [
+            "example.com",
+            "Example.COM.",
+            "*.example.com",
+            "a",
+            "a-b_c.d9",
+            "x..",
+            long_label.as_str(),
+            long_name.as_str(),
+        ] {
+            assert!(valid_host(good), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "*.",
+            ".example.com",
+            "a..b",
+            "-a.com",
+            "a-.com",
+            "a.-b",
+            "a.b-",
+            "a b.com",
+            "a:80",
+            "*.*.a",
+            "é.com",
+            too_long_label.as_str(),
+            &(long_name.clone() + "a"),
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+        assert_eq!(split_host_port("a.com"), Some(("a.com", None)));
+        assert_eq!(split_host_port("a.com:8080"), Some(("a.com", Some(8080))));
+        assert_eq!(split_host_port("a.com:"), None);
+        assert_eq!(split_host_port("a.com:x"), None);
+        assert_eq!(split_host_port("a.com:70000"), None);
+        assert_eq!(split_host_port("::1"), None);
     }
 
     fn dest(t: &RouteTable, host: &str, scheme: Scheme) -> Option<String> {

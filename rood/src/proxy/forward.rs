@@ -50,7 +50,7 @@ pub async fn forward(
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::add_forwarded(&mut parts.headers, &info.client_ip, info.scheme, host);
+    let forwarded = headers::Forwarded::new(&info.client_ip, info.scheme, host);
     parts.version = if route.h2c {
         Version::HTTP_2
     } else {
@@ -112,9 +112,11 @@ pub async fn forward(
         };
         let mut upstream_req = Request::from_parts(head, upstream_body);
         *upstream_req.uri_mut() = uri;
-        let sent =
-            tokio::time::timeout(upstreams.timeout, upstreams.send(route, addr, upstream_req))
-                .await;
+        let sent = tokio::time::timeout(
+            upstreams.timeout,
+            upstreams.send(route, addr, upstream_req, &forwarded),
+        )
+        .await;
         let error = match sent {
             Ok(Ok(resp)) => return Ok((resp, target)),
             Err(_) => ProxyError::Timeout {

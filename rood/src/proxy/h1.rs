@@ -362,8 +362,8 @@ fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Bad> {
     }
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path)).map_err(|_| bad("bad request target"))?;
-    // Room for the forwarding headers the proxy adds, so that the map is not grown twice.
-    let (mut headers, fields) = header_map(&head, &spans, 6).ok_or(bad("bad header field"))?;
+    let (mut headers, fields) =
+        header_map(&head, &spans, |_| false).ok_or(bad("bad header field"))?;
     let mut keep_alive = fields.persistent(version);
     let framing = match (fields.transfer_encoding, fields.content_length) {
         (Some(_), _) if version == Version::HTTP_10 => {

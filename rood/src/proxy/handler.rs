@@ -59,12 +59,13 @@ pub async fn handle(
         (Ok(h), true) => split_host_port(h).map_or(h.as_str(), |(name, _)| name),
         _ => "-",
     };
-    state.metrics.request(
-        label_host.to_ascii_lowercase(),
+    let seconds = started.elapsed().as_secs_f64();
+    state.counts.request(
+        label_host,
         resp.status().as_u16(),
         upstream.as_deref().unwrap_or("-"),
-        info.scheme.as_str(),
-        started.elapsed().as_secs_f64(),
+        info.scheme,
+        seconds,
     );
     tracing::info!(
         target: "rood::access",
@@ -75,7 +76,7 @@ pub async fn handle(
         path,
         status = resp.status().as_u16(),
         upstream = upstream.as_deref().unwrap_or("-"),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
+        ms = seconds * 1000.0,
     );
     resp
 }

@@ -19,21 +19,33 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Whether a field belongs to one connection (those its `Connection` header names aside);
+/// `Upgrade` does not in an upgrade.
+pub fn hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
+    HOP_BY_HOP.contains(name)
+        || *name == header::PROXY_AUTHORIZATION
+        || (!upgrade && *name == header::UPGRADE)
+}
+
+/// Whether a `Connection` option names a field to remove too (its own options do not).
+pub fn names_field(option: &[u8], upgrade: bool) -> bool {
+    !(option.is_empty()
+        || option.eq_ignore_ascii_case(b"close")
+        || option.eq_ignore_ascii_case(b"keep-alive")
+        || (upgrade && option.eq_ignore_ascii_case(b"upgrade")))
+}
 
 /// Removes hop-by-hop headers (keeping `Upgrade` and `Connection: upgrade` when `upgrade`).
 /// One pass over the names present (a handful), rather than a lookup for every name that could be.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| {
-            HOP_BY_HOP.contains(name)
-                || *name == header::PROXY_AUTHORIZATION
-                || (!upgrade && *name == header::UPGRADE)
-        })
+        .filter(|name| hop_by_hop(name, upgrade))
         .cloned()
         .collect();
     if doomed.contains(&header::CONNECTION) {
@@ -44,12 +56,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
                 .iter()
                 .flat_map(|v| v.as_bytes().split(|&b| b == b','))
                 .map(<[u8]>::trim_ascii)
-                .filter(|t| {
-                    !(t.is_empty()
-                        || t.eq_ignore_ascii_case(b"close")
-                        || t.eq_ignore_ascii_case(b"keep-alive")
-                        || (upgrade && t.eq_ignore_ascii_case(b"upgrade")))
-                })
+                .filter(|t| names_field(t, upgrade))
                 .filter_map(|t| HeaderName::from_bytes(t).ok()),
         );
     }
@@ -84,28 +91,81 @@ impl IpText {
     }
 }
 
-/// Adds X-Forwarded-For (appended to what the client sent), X-Forwarded-Proto,
-/// X-Forwarded-Host and X-Real-IP, and keeps the client's Host.
-pub fn add_forwarded(headers: &mut HeaderMap, client: &IpText, scheme: Scheme, host: &str) {
-    let client = client.as_str();
-    let Ok(ip) = HeaderValue::from_str(client) else {
-        return;
-    };
-    let chain = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{}, {client}", prior.trim())).ok()
+/// The forwarding headers of a request: X-Forwarded-For (appended to what the client sent),
+/// X-Forwarded-Proto, X-Forwarded-Host and X-Real-IP, and the client's Host kept. Set in the
+/// header map of a request that hyper sends ([`Forwarded::apply`]), written straight into the
+/// head of one the pool sends ([`Forwarded::write`]): the same fields either way.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded<'a> {
+    client: &'a str,
+    scheme: Scheme,
+    /// None when not header text (the client's Host then goes on as it was).
+    host: Option<&'a str>,
+}
+
+impl<'a> Forwarded<'a> {
+    pub fn new(client: &'a IpText, scheme: Scheme, host: &'a str) -> Forwarded<'a> {
+        let text = host
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+        Forwarded {
+            client: client.as_str(),
+            scheme,
+            host: text.then_some(host),
         }
-        _ => Some(ip.clone()),
-    };
-    if let Some(v) = chain {
-        headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
-    if let Ok(v) = HeaderValue::from_str(host) {
-        headers.insert(X_FORWARDED_HOST, v.clone());
-        headers.insert(header::HOST, v);
+
+    /// Whether the field `name` is one these set (the client's own value does not go on).
+    pub fn sets(&self, name: &HeaderName) -> bool {
+        *name == X_FORWARDED_FOR
+            || *name == X_FORWARDED_PROTO
+            || *name == X_REAL_IP
+            || (self.host.is_some() && (*name == X_FORWARDED_HOST || *name == header::HOST))
     }
-    headers.insert(X_REAL_IP, ip);
+
+    /// The client's chain (`prior`, the first X-Forwarded-For it sent) with its address added.
+    fn chain(&self, prior: Option<&HeaderValue>) -> std::borrow::Cow<'a, str> {
+        match prior.and_then(|v| v.to_str().ok()).map(str::trim) {
+            Some(prior) if !prior.is_empty() => format!("{prior}, {}", self.client).into(),
+            _ => self.client.into(),
+        }
+    }
+
+    /// Sets the fields in `headers`.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        let Ok(ip) = HeaderValue::from_str(self.client) else {
+            return;
+        };
+        if let Ok(chain) = HeaderValue::from_str(&self.chain(headers.get(X_FORWARDED_FOR))) {
+            headers.insert(X_FORWARDED_FOR, chain);
+        }
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(self.scheme.as_str()),
+        );
+        if let Some(Ok(v)) = self.host.map(HeaderValue::from_str) {
+            headers.insert(X_FORWARDED_HOST, v.clone());
+            headers.insert(header::HOST, v);
+        }
+        headers.insert(X_REAL_IP, ip);
+    }
+
+    /// Writes the fields as a head's lines; `prior`: the client's first X-Forwarded-For.
+    pub fn write(&self, out: &mut Vec<u8>, prior: Option<&HeaderValue>) {
+        let mut line = |name: &HeaderName, value: &str| {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        };
+        line(&X_FORWARDED_FOR, &self.chain(prior));
+        line(&X_FORWARDED_PROTO, self.scheme.as_str());
+        if let Some(host) = self.host {
+            line(&X_FORWARDED_HOST, host);
+            line(&header::HOST, host);
+        }
+        line(&X_REAL_IP, self.client);
+    }
 }
 
 #[cfg(test)]
@@ -154,31 +214,47 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends() {
+        let client = IpText::new("10.0.0.1".parse().unwrap());
+        let forwarded = Forwarded::new(&client, Scheme::Https, "Example.com");
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-        add_forwarded(
-            &mut h,
-            &IpText::new("10.0.0.1".parse().unwrap()),
-            Scheme::Https,
-            "Example.com",
-        );
+        h.insert("x-forwarded-for", HeaderValue::from_static(" 203.0.113.9 "));
+        h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        h.insert(header::HOST, HeaderValue::from_static("example.com:443"));
+        h.insert("x-real-ip", HeaderValue::from_static("1.1.1.1"));
+        let prior = h.get("x-forwarded-for").cloned();
+        forwarded.apply(&mut h);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "Example.com");
         assert_eq!(h["x-real-ip"], "10.0.0.1");
         assert_eq!(h[header::HOST], "Example.com");
+        // Written into a head: the same fields.
+        let mut head = Vec::new();
+        forwarded.write(&mut head, prior.as_ref());
+        let mut written = HeaderMap::new();
+        for line in std::str::from_utf8(&head).unwrap().split_terminator("\r\n") {
+            let (name, value) = line.split_once(": ").unwrap();
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(forwarded.sets(&name), "{name}");
+            written.append(name, HeaderValue::from_str(value).unwrap());
+        }
+        assert_eq!(written, h);
+
+        let client = IpText::new("::ffff:255.255.255.255".parse().unwrap());
         let mut h = HeaderMap::new();
-        add_forwarded(
-            &mut h,
-            &IpText::new("::ffff:255.255.255.255".parse().unwrap()),
-            Scheme::Http,
-            "a.b",
-        );
+        h.insert("x-forwarded-for", HeaderValue::from_static("  "));
+        Forwarded::new(&client, Scheme::Http, "a.b").apply(&mut h);
         assert_eq!(h["x-forwarded-for"], "::ffff:255.255.255.255");
         let long = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
         assert_eq!(
             IpText::new(long.parse().unwrap()).as_str(),
             "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+        // A host that is not header text leaves the client's Host as it was.
+        let odd = Forwarded::new(&client, Scheme::Http, "a\u{7f}b");
+        assert!(
+            !odd.sets(&header::HOST) && odd.sets(&header::HeaderName::from_static("x-real-ip"))
         );
     }
 }

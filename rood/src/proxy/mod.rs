@@ -74,6 +74,8 @@ pub struct ProxyState {
     /// Woken by such a handshake: tells the local ACME issuer (if it runs here) to look now.
     pub acme_wake: Arc<tokio::sync::Notify>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// This worker's share of the request counts.
+    pub counts: Arc<crate::metrics::RequestCounts>,
 }
 
 /// Bounds on what clients may hold or send.

@@ -24,6 +24,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
+use super::headers::{hop_by_hop, strip_hop_by_hop, Forwarded, X_FORWARDED_FOR};
 use super::wire::{self, field_slots, header_map, read_some, spans, Chunked, Decode};
 use super::{BoxError, ProxyBody};
 
@@ -90,17 +91,19 @@ impl Http1Pool {
         })
     }
 
-    /// Sends `req` (origin-form URI, Host set) to `addr` on an idle connection, or a new one.
-    /// An idempotent request without a body that a kept connection could not take (the
-    /// upstream closed it meanwhile: nothing of an answer came) goes again on a new connection.
+    /// Sends `req` (origin-form URI) to `addr` on an idle connection, or a new one, with the
+    /// `forwarded` fields written into its head. An idempotent request without a body that a
+    /// kept connection could not take (the upstream closed it meanwhile: nothing of an answer
+    /// came) goes again on a new connection.
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
         req: Request<ProxyBody>,
+        forwarded: Option<&Forwarded<'_>>,
     ) -> Result<Response<PooledBody>, PoolError> {
         let (parts, body) = req.into_parts();
         let head_only = parts.method == Method::HEAD;
-        let (head, chunked) = request_head(&parts, &body);
+        let (head, chunked) = request_head(&parts, &body, forwarded);
         if body.is_end_stream() {
             if let Some(conn) = self.take(addr) {
                 match self.exchange(addr, conn, &head, head_only).await {
@@ -269,21 +272,35 @@ impl Failure {
 }
 
 /// A request's head, with its framing: the length the body has, else chunked (true).
-fn request_head(parts: &http::request::Parts, body: &ProxyBody) -> (Vec<u8>, bool) {
+fn request_head(
+    parts: &http::request::Parts,
+    body: &ProxyBody,
+    forwarded: Option<&Forwarded<'_>>,
+) -> (Vec<u8>, bool) {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut prior_chain = None;
     for (name, value) in &parts.headers {
         if *name == header::TRANSFER_ENCODING || *name == header::CONTENT_LENGTH {
+            continue;
+        }
+        if forwarded.is_some_and(|f| f.sets(name)) {
+            if *name == X_FORWARDED_FOR && prior_chain.is_none() {
+                prior_chain = Some(value);
+            }
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(forwarded) = forwarded {
+        forwarded.write(&mut out, prior_chain);
     }
     let chunked = match body.size_hint().exact() {
         Some(0) if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => false,
@@ -364,7 +381,17 @@ fn parse_answer(
     };
     let head = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| refused("status"))?;
-    let (headers, fields) = header_map(&head, &spans, 0).ok_or_else(|| refused("header field"))?;
+    // The fields of this connection are left out as they are read, unless `Connection` names
+    // others: then the whole map is built and stripped.
+    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+    let (mut headers, fields) = header_map(&head, &spans, |name| hop_by_hop(name, upgrade))
+        .ok_or_else(|| refused("header field"))?;
+    if fields.connection_names_field {
+        headers = header_map(&head, &spans, |_| false)
+            .ok_or_else(|| refused("header field"))?
+            .0;
+        strip_hop_by_hop(&mut headers, upgrade);
+    }
     let mut keep = fields.persistent(version);
     let decode = if wire::bodiless(status, head_only) {
         Decode::Done
@@ -554,7 +581,7 @@ mod tests {
         let pool = pool();
         for _ in 0..5 {
             assert_eq!(
-                text(pool.send(addr, get("/")).await.unwrap()).await,
+                text(pool.send(addr, get("/"), None).await.unwrap()).await,
                 "hello"
             );
         }
@@ -563,8 +590,8 @@ mod tests {
 
         // Two answers open at once need two connections; both are kept afterwards.
         let (a, b) = (
-            pool.send(addr, get("/")).await.unwrap(),
-            pool.send(addr, get("/")).await.unwrap(),
+            pool.send(addr, get("/"), None).await.unwrap(),
+            pool.send(addr, get("/"), None).await.unwrap(),
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(
@@ -580,22 +607,22 @@ mod tests {
         let pool = pool();
         // The upstream closes after answering: the next request gets a new connection.
         assert_eq!(
-            text(pool.send(addr, get("/close")).await.unwrap()).await,
+            text(pool.send(addr, get("/close"), None).await.unwrap()).await,
             "hello"
         );
         assert_eq!(
-            text(pool.send(addr, get("/")).await.unwrap()).await,
+            text(pool.send(addr, get("/"), None).await.unwrap()).await,
             "hello"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
 
         // An answer dropped before its end takes its connection with it.
-        let mut big = pool.send(addr, get("/big")).await.unwrap();
+        let mut big = pool.send(addr, get("/big"), None).await.unwrap();
         let first = big.body_mut().frame().await.unwrap().unwrap();
         assert!(first.is_data());
         drop(big);
         assert_eq!(
-            text(pool.send(addr, get("/")).await.unwrap()).await,
+            text(pool.send(addr, get("/"), None).await.unwrap()).await,
             "hello"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
@@ -606,7 +633,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        match pool().send(addr, get("/")).await {
+        match pool().send(addr, get("/"), None).await {
             Err(PoolError::Connect(_)) => {}
             other => panic!("want a connect error, got {:?}", other.map(|r| r.status())),
         }
@@ -661,29 +688,54 @@ mod tests {
         .await;
         let pool = pool();
         assert_eq!(
-            text(pool.send(addr, get("/chunked")).await.unwrap()).await,
+            text(pool.send(addr, get("/chunked"), None).await.unwrap()).await,
             "abcde"
         );
         assert_eq!(
-            text(pool.send(addr, get("/continue")).await.unwrap()).await,
+            text(pool.send(addr, get("/continue"), None).await.unwrap()).await,
             "ok"
         );
-        let empty = pool.send(addr, get("/empty")).await.unwrap();
+        let empty = pool.send(addr, get("/empty"), None).await.unwrap();
         assert_eq!(empty.status(), 204);
         assert!(empty.body().is_end_stream());
         drop(empty);
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection so far");
         // No length: the body is what comes until the upstream closes, and the connection goes.
         assert_eq!(
-            text(pool.send(addr, get("/last")).await.unwrap()).await,
+            text(pool.send(addr, get("/last"), None).await.unwrap()).await,
             "until the end"
         );
         assert_eq!(pool.idle_count(addr), 0);
         assert_eq!(
-            text(pool.send(addr, get("/chunked")).await.unwrap()).await,
+            text(pool.send(addr, get("/chunked"), None).await.unwrap()).await,
             "abcde"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn answers_come_without_the_fields_of_their_connection() {
+        let (addr, _) = raw_upstream(&[
+            ("/plain", "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\nTransfer-Encoding: chunked\r\nUpgrade: h2c\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+            ("/named", "HTTP/1.1 200 OK\r\nX-Hop: 1\r\nConnection: x-hop, close\r\nX-Kept: 1\r\nProxy-Connection: x\r\nContent-Length: 2\r\n\r\nok"),
+            ("/switch", "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nKeep-Alive: 1\r\n\r\n"),
+        ])
+        .await;
+        let pool = pool();
+        for (path, kept) in [
+            ("/plain", &["x-kept"][..]),
+            ("/named", &["x-kept", "content-length"]),
+        ] {
+            let resp = pool.send(addr, get(path), None).await.unwrap();
+            let names: Vec<_> = resp.headers().keys().map(|n| n.as_str()).collect();
+            assert_eq!(names, kept, "{path}");
+            assert_eq!(text(resp).await, "ok", "{path}");
+        }
+        // An upgrade keeps its Upgrade (the handler says `Connection: upgrade` again).
+        let resp = pool.send(addr, get("/switch"), None).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        let names: Vec<_> = resp.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["upgrade"]);
     }
 
     #[tokio::test]
@@ -694,7 +746,7 @@ mod tests {
         let pool = pool();
         for round in 1..=3 {
             assert_eq!(
-                text(pool.send(addr, get("/last")).await.unwrap()).await,
+                text(pool.send(addr, get("/last"), None).await.unwrap()).await,
                 "ok"
             );
             assert_eq!(accepted.load(Ordering::SeqCst), round);
@@ -715,7 +767,7 @@ mod tests {
         }
         assert!(readable(&pool), "the runtime saw the upstream close");
         assert_eq!(
-            text(pool.send(addr, get("/last")).await.unwrap()).await,
+            text(pool.send(addr, get("/last"), None).await.unwrap()).await,
             "ok"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 4);

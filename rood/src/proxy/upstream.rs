@@ -22,6 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::headers::Forwarded;
 use super::pool::{Http1Pool, PoolConfig, PoolError};
 use super::{BoxError, ProxyBody, ProxyError};
 use crate::routes::{Destination, Route};
@@ -277,21 +278,25 @@ impl Upstreams {
         Ok(target)
     }
 
-    /// Sends `req` for `route`: to `addr` for a plain route (its URI in origin form), else to
-    /// the host its absolute URI names.
+    /// Sends `req` for `route` with the `forwarded` fields: to `addr` for a plain route (its URI
+    /// in origin form), else to the host its absolute URI names.
     pub async fn send(
         &self,
         route: &Route,
         addr: Option<SocketAddr>,
-        req: Request<ProxyBody>,
+        mut req: Request<ProxyBody>,
+        forwarded: &Forwarded<'_>,
     ) -> Result<Response<ProxyBody>, SendError> {
         use http_body_util::BodyExt;
+        if route.tls() || route.h2c {
+            forwarded.apply(req.headers_mut());
+        }
         let legacy = match (route.tls(), route.h2c, addr) {
             (true, _, _) if route.tls_verify => self.https.request(req),
             (true, _, _) => self.https_unverified.request(req),
             (false, true, _) => self.h2c.request(req),
             (false, false, Some(addr)) => {
-                return match self.http1.send(addr, req).await {
+                return match self.http1.send(addr, req, Some(forwarded)).await {
                     Ok(resp) => Ok(resp.map(|b| b.boxed())),
                     Err(PoolError::Connect(reason)) => Err(SendError::Connect(reason)),
                     Err(PoolError::Request(reason)) => Err(SendError::Failed(reason)),

@@ -79,6 +79,8 @@ pub struct Fields {
     pub content_length: Option<Result<u64, ()>>,
     /// `Expect: 100-continue`.
     pub expect_continue: bool,
+    /// `Connection` names another field (beside its own options, `upgrade` included).
+    pub connection_names_field: bool,
 }
 
 impl Fields {
@@ -97,6 +99,7 @@ impl Fields {
             for t in tokens() {
                 self.close |= t.eq_ignore_ascii_case(b"close");
                 self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                self.connection_names_field |= super::headers::names_field(t, true);
             }
         } else if *name == header::TRANSFER_ENCODING {
             let last = tokens().next_back().unwrap_or_default();
@@ -134,15 +137,23 @@ pub fn bodiless(status: StatusCode, head_only: bool) -> bool {
 }
 
 /// A header map from the fields at `spans` of `head`, values sharing its bytes, and what its
-/// framing fields say; `room`: fields to leave space for. None when a name or value is not
-/// valid.
-pub fn header_map(head: &Bytes, spans: &[Span], room: usize) -> Option<(HeaderMap, Fields)> {
-    let mut headers = HeaderMap::with_capacity(spans.len() + room);
+/// framing fields say; the fields `leave_out` picks are read for what they say, not put in the
+/// map. None when a name or a kept value is not valid.
+pub fn header_map(
+    head: &Bytes,
+    spans: &[Span],
+    leave_out: impl Fn(&HeaderName) -> bool,
+) -> Option<(HeaderMap, Fields)> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
     let mut fields = Fields::default();
     for (name, value) in spans {
         let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
+        let bytes = &head[value.clone()];
+        fields.note(&name, bytes);
+        if leave_out(&name) {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
-        fields.note(&name, value.as_bytes());
         headers.append(name, value);
     }
     Some((headers, fields))
