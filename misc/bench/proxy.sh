@@ -129,16 +129,25 @@ python3 -c 'import json,sys; print(json.dumps({"cert_pem": open(sys.argv[1]).rea
   "$work/cert.pem" "$work/key.pem" | curl -fsS -X PUT 127.0.0.1:16300/roo/v1/kv/com.roo.cert:bench.test --data-binary @- >/dev/null
 for _ in $(seq 1 100); do curl -fsS -o /dev/null -H 'Host: bench.test' 127.0.0.1:18082/ 2>/dev/null && break; sleep 0.1; done
 
-# wrk: prints "requests/s p99_ms", or fails on errors.
+# wrk: prints "requests/s p99_ms requests", or fails on errors.
 run_wrk() { # url, extra args...
   local url=$1; shift
   local out; out=$(wrk -t2 -c64 -d"${secs}s" --latency -H 'Host: bench.test' "$@" "$url")
   if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then echo "WARNING: errors against $url: $(grep -E 'Non-2xx|Socket errors' <<<"$out")" >&2; fi
-  local rps p99
+  local rps p99 n
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
-  echo "$rps $p99"
+  echo "$rps $p99 $n"
 }
+# CPU time (user and system clock ticks) the processes in a comma-separated pid list have used.
+ticks() {
+  local p user=0 system=0 u s
+  for p in ${1//,/ }; do read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat"); user=$((user + u)); system=$((system + s)); done
+  echo "$user $system"
+}
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+cpu_notes=""
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
 # The proxies: name, plain port, TLS port, pids whose memory counts.
@@ -172,29 +181,35 @@ row() { # name, scheme, extra wrk args...
   # rounds' own ratios (its range after it): the two runs of a round are seconds apart, so what
   # drifts over minutes on this VM moves both.
   local title=$1 scheme=$2; shift 2
-  declare -A rps p99
+  declare -A rps p99 user system
   local -a ratios=() p99_ratios=() order
-  local round peer name port tport url a b
+  local round peer name port tport ps url a b n u0 s0 u1 s1
   for round in $(seq 1 "$rounds"); do
     order=("${peers[@]}")
     [ $((round % 2)) = 0 ] && order=("${peers[1]}" "${peers[0]}" "${peers[@]:2}")
     declare -A this_rps=() this_p99=()
     for peer in "${order[@]}"; do
-      read -r name port tport _ <<<"$peer"
+      read -r name port tport ps <<<"$peer"
       if [ "$scheme" = https ]; then url=https://bench.test:$tport/; else url=http://127.0.0.1:$port/; fi
-      read -r a b < <(run_wrk "$url" "$@")
+      read -r u0 s0 < <(ticks "$ps")
+      read -r a b n < <(run_wrk "$url" "$@")
+      read -r u1 s1 < <(ticks "$ps")
       rps[$name]+=" $a"; p99[$name]+=" $b"
+      user[$name]+=" $(( (u1 - u0) * tick_us * 100 / n ))"; system[$name]+=" $(( (s1 - s0) * tick_us * 100 / n ))"
       this_rps[$name]=$a; this_p99[$name]=$b
     done
     ratios+=("$(ratio "${this_rps[rood]}" "${this_rps[nginx]}")")
     p99_ratios+=("$(ratio "${this_p99[rood]}" "${this_p99[nginx]}")")
   done
-  local line="| $title |"
+  local line="| $title |" cpu="$title:"
   for peer in "${peers[@]}"; do
     read -r name _ <<<"$peer"
     a=$(median ${rps[$name]}); b=$(median ${p99[$name]})
     line+=" ${a%.*} | $b |"
+    # Hundredths of a µs, medians.
+    cpu+=" $name $(python3 -c "print(f'{$(median ${user[$name]})/100:.2f} + {$(median ${system[$name]})/100:.2f}')");"
   done
+  cpu_notes+="$cpu"$'\n'
   echo "$line $(spread "${ratios[@]}") | $(spread "${p99_ratios[@]}") |"
 }
 [[ " $rows " == *" http "* ]] && row "HTTP/1.1 keep-alive" http
@@ -205,16 +220,22 @@ row() { # name, scheme, extra wrk args...
 # 20000 descriptor limit), the memory before and with them each read after 5 s without traffic:
 # what a proxy holds for them, not what it has yet to give back from earlier rows or from opening
 # them all at once.
-[[ " $rows " == *" idle "* ]] || exit 0
-line="| RSS per idle connection (9000), bytes |"; summary="RSS before and with the connections:"
-declare -A per
-for peer in "${peers[@]}"; do
-  read -r name port _ ps <<<"$peer"
-  read -r before after n < <(python3 "$root/misc/bench/idle_conns.py" 127.0.0.1 "$port" bench.test 9000 "$ps")
-  per[$name]=$(python3 -c "print(f'{($after-$before)*1024/$n:.0f}')")
-  line+=" ${per[$name]} | |"
-  summary+=" $name $((before/1024)) -> $((after/1024)) MiB ($n);"
-done
-echo "$line $(ratio "${per[rood]}" "${per[nginx]}") | |"
+if [[ " $rows " == *" idle "* ]]; then
+  line="| RSS per idle connection (9000), bytes |"; summary="RSS before and with the connections:"
+  declare -A per
+  for peer in "${peers[@]}"; do
+    read -r name port _ ps <<<"$peer"
+    read -r before after n < <(python3 "$root/misc/bench/idle_conns.py" 127.0.0.1 "$port" bench.test 9000 "$ps")
+    per[$name]=$(python3 -c "print(f'{($after-$before)*1024/$n:.0f}')")
+    line+=" ${per[$name]} | |"
+    summary+=" $name $((before/1024)) -> $((after/1024)) MiB ($n);"
+  done
+  echo "$line $(ratio "${per[rood]}" "${per[nginx]}") | |"
+  echo
+  echo "$summary"
+fi
+
+# What each request cost the proxy's processes (from /proc/<pid>/stat over the same runs).
 echo
-echo "$summary"
+echo "CPU per request, user + system µs (medians):"
+printf '%s' "$cpu_notes"
