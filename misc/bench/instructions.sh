@@ -36,6 +36,7 @@ http { access_log off; keepalive_requests 1000000;
 CONF
 nginx -c "$work/upstream.conf" -g 'daemon off;' & pids+=($!)
 
+# nginx as the proxy, setting the forwarding headers rood sets (as in proxy.sh).
 cat > "$work/proxy.conf" <<CONF
 daemon off; master_process off; worker_processes 1; pid $work/proxy.pid; error_log $work/proxy.err;
 events { worker_connections 1024; }
@@ -43,7 +44,9 @@ http { access_log off; keepalive_requests 1000000;
   upstream app { server 127.0.0.1:18080; keepalive 64; }
   server { listen 127.0.0.1:18081;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+      proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header X-Real-IP \$remote_addr; } } }
 CONF
 
 # Instructions of a callgrind output, less those of functions matching $2 (if any).

@@ -51,7 +51,9 @@ CONF
 nginx -c "$work/upstream.conf" -g 'daemon off;' & pids+=($!)
 
 # nginx as the proxy: two workers (rood runs two proxy workers), keep-alive to the upstream, TLS
-# 1.2 and 1.3 like rood (Debian's nginx 1.22 offers only up to 1.2 unless told).
+# 1.2 and 1.3 like rood (Debian's nginx 1.22 offers only up to 1.2 unless told), the forwarding
+# headers rood sets (Host, X-Forwarded-For, -Proto, -Host, X-Real-IP): each proxy sends the
+# upstream the same request.
 cat > "$work/proxy.conf" <<CONF
 worker_processes 2; pid $work/proxy.pid; error_log $work/proxy.err;
 worker_rlimit_nofile 20000;
@@ -61,11 +63,14 @@ http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:18081; listen 127.0.0.1:18443 ssl http2; server_name bench.test;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+      proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header X-Real-IP \$remote_addr; } } }
 CONF
 nginx -c "$work/proxy.conf" -g 'daemon off;' & pids+=($!)
 
-# HAProxy: two threads, connections to the upstream reused across requests.
+# HAProxy: two threads, connections to the upstream reused across requests, the same forwarding
+# headers.
 if [ "$have_haproxy" = 1 ]; then
   cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
   cat > "$work/haproxy.cfg" <<CONF
@@ -83,9 +88,15 @@ defaults
   http-reuse always
 frontend plain
   bind 127.0.0.1:18083
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header X-Real-IP %[src]
   default_backend app
 frontend tls
   bind 127.0.0.1:18445 ssl crt $work/haproxy.pem alpn h2,http/1.1
+  http-request set-header X-Forwarded-Proto https
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header X-Real-IP %[src]
   default_backend app
 backend app
   server up 127.0.0.1:18080
@@ -94,7 +105,8 @@ CONF
   haproxy_pid=$!
 fi
 
-# Caddy: two Go threads (GOMAXPROCS), keep-alive to the upstream (its default), no access log.
+# Caddy: two Go threads (GOMAXPROCS), keep-alive to the upstream (its default), no access log,
+# the same forwarding headers (X-Forwarded-* are its defaults).
 if [ "$have_caddy" = 1 ]; then
   cat > "$work/Caddyfile" <<CONF
 {
@@ -104,12 +116,16 @@ if [ "$have_caddy" = 1 ]; then
 }
 http://bench.test:18084 {
   bind 127.0.0.1
-  reverse_proxy 127.0.0.1:18080
+  reverse_proxy 127.0.0.1:18080 {
+    header_up X-Real-IP {remote_host}
+  }
 }
 https://bench.test:18446 {
   bind 127.0.0.1
   tls $work/cert.pem $work/key.pem
-  reverse_proxy 127.0.0.1:18080
+  reverse_proxy 127.0.0.1:18080 {
+    header_up X-Real-IP {remote_host}
+  }
 }
 CONF
   HOME=$work XDG_DATA_HOME=$work XDG_CONFIG_HOME=$work GOMAXPROCS=2 \
