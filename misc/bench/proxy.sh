@@ -166,7 +166,7 @@ tick_us=$((1000000 / $(getconf CLK_TCK)))
 cpu_notes=""
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
-# The proxies: name, plain port, TLS port, pids whose memory counts.
+# The proxies: name, plain port, TLS port, pids whose memory and CPU time count.
 peers=("rood 18082 18444 $rood_pid")
 # nginx's memory: its master's and its two workers' (waited for: they start after the pid file).
 nginx_master="" nginx_pids=""
