@@ -5,7 +5,6 @@
 //! elsewhere (raft's state, the route and certificate tables, the ACME issuer's counts) are read
 //! when the page is rendered.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::UNIX_EPOCH;
@@ -312,12 +311,7 @@ impl RequestCounts {
             400..=499 => 3,
             _ => 4,
         };
-        // Hosts come in any case: a lowercase one (most) is looked up as it is.
-        let host: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(host.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(host)
-        };
+        let host = crate::routes::lowercase(host);
         let bucket = DURATION_BOUNDS
             .iter()
             .position(|bound| seconds <= *bound)

@@ -349,10 +349,7 @@ impl RouteTable {
     pub fn lookup(&self, host: &str, scheme: Scheme) -> Option<&Arc<Route>> {
         let (name, port) = split_host_port(host)?;
         let name = name.trim_end_matches('.');
-        let name = match name.bytes().any(|b| b.is_ascii_uppercase()) {
-            true => std::borrow::Cow::Owned(name.to_ascii_lowercase()),
-            false => std::borrow::Cow::Borrowed(name),
-        };
+        let name = lowercase(name);
         let port = port.filter(|p| *p != scheme.default_port());
         let find = |h: &str| -> Option<&Arc<Route>> {
             let routes = self.hosts.get(h)?;
@@ -369,6 +366,14 @@ impl RouteTable {
         }
         let (_, parent) = name.split_once('.')?;
         find(&format!("*.{parent}"))
+    }
+}
+
+/// `name` in lowercase, copied only when it has an uppercase letter (most hosts do not).
+pub fn lowercase(name: &str) -> std::borrow::Cow<'_, str> {
+    match name.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => std::borrow::Cow::Owned(name.to_ascii_lowercase()),
+        false => std::borrow::Cow::Borrowed(name),
     }
 }
 

@@ -430,10 +430,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
         }
         has_length |= *name == header::CONTENT_LENGTH;
         has_date |= *name == header::DATE;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        wire::write_field(&mut out, name, value.as_bytes());
     }
     let chunked = if bodiless || has_length {
         false

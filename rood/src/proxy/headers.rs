@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::wire::write_field;
 use crate::routes::Scheme;
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1), besides those the
@@ -152,12 +153,7 @@ impl<'a> Forwarded<'a> {
 
     /// Writes the fields as a head's lines; `prior`: the client's first X-Forwarded-For.
     pub fn write(&self, out: &mut Vec<u8>, prior: Option<&HeaderValue>) {
-        let mut line = |name: &HeaderName, value: &str| {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        };
+        let mut line = |name: &HeaderName, value: &str| write_field(out, name, value.as_bytes());
         line(&X_FORWARDED_FOR, &self.chain(prior));
         line(&X_FORWARDED_PROTO, self.scheme.as_str());
         if let Some(host) = self.host {

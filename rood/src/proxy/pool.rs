@@ -294,10 +294,7 @@ fn request_head(
             }
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        wire::write_field(&mut out, name, value.as_bytes());
     }
     if let Some(forwarded) = forwarded {
         forwarded.write(&mut out, prior_chain);

@@ -120,6 +120,14 @@ impl Fields {
     }
 }
 
+/// Appends a header field line, `name: value`.
+pub fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The version httparse read (its minor number).
 pub fn version(minor: Option<u8>) -> Version {
     match minor {
