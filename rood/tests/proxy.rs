@@ -836,7 +836,8 @@ async fn tls_upstreams_are_verified_unless_the_route_opts_out() {
 }
 
 /// The upstream of the HTTP/1 wire tests: `/echo` streams the request body back as it comes
-/// (no length: the proxy chunks it), `/slow` answers after 500 ms, anything else is [`echo`].
+/// (no length: the proxy chunks it), `/slow` answers after 500 ms, anything else is [`echo`]
+/// with `X-Upstream: wire` and a field its `Connection` names (`X-Hop`).
 async fn wire_upstream() -> SocketAddr {
     use http_body_util::combinators::BoxBody;
     type Answer = http::Response<BoxBody<Bytes, hyper::Error>>;
@@ -858,9 +859,15 @@ async fn wire_upstream() -> SocketAddr {
                                 .boxed(),
                         )
                     }
-                    _ => echo("wire", req)
-                        .await?
-                        .map(|b| b.map_err(|never| match never {}).boxed()),
+                    _ => {
+                        let mut answer = echo("wire", req).await?;
+                        // One field for the client, one for this connection alone.
+                        let headers = answer.headers_mut();
+                        headers.insert("x-upstream", "wire".parse().unwrap());
+                        headers.insert("x-hop", "1".parse().unwrap());
+                        headers.insert("connection", "X-Hop".parse().unwrap());
+                        answer.map(|b| b.map_err(|never| match never {}).boxed())
+                    }
                 };
                 Ok::<_, std::convert::Infallible>(answer)
             });
@@ -1029,7 +1036,17 @@ async fn http1_pipelining_head_expect_continue_and_http10() {
     for path in ["/a", "/b?x=1"] {
         let (head, body) = read_answer(&mut tcp, &mut pending, false).await;
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-        assert!(header_of(&head, "date").is_some(), "{head}");
+        // The upstream's fields but those of its connection, and one Date, one length.
+        assert_eq!(header_of(&head, "x-upstream"), Some("wire"), "{head}");
+        assert_eq!(header_of(&head, "x-hop"), None, "{head}");
+        assert_eq!(header_of(&head, "connection"), None, "{head}");
+        for name in ["date", "content-length"] {
+            let n = head
+                .lines()
+                .filter(|l| l.to_ascii_lowercase().starts_with(name))
+                .count();
+            assert_eq!(n, 1, "{name}: {head}");
+        }
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["uri"], path);
     }
@@ -1116,6 +1133,8 @@ async fn http2_with_prior_knowledge_on_the_plain_listener() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.headers()["x-upstream"], "wire");
+    assert!(!resp.headers().contains_key("x-hop"));
     let json: serde_json::Value =
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(json["uri"], "/h2");

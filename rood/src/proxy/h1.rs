@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::pool::Switched;
 use super::wire::{
-    self, field_slots, header_map, read_some, span_of, spans, write_body, Chunked, Decode,
+    self, field_slots, header_map, read_some, span_of, spans, write_body, Chunked, Decode, Lines,
 };
 use super::{empty_body, forward, handler, BoxError, ConnInfo, ProxyBody, ProxyState};
 
@@ -362,8 +362,7 @@ fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Bad> {
     }
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path)).map_err(|_| bad("bad request target"))?;
-    let (mut headers, fields) =
-        header_map(&head, &spans, |_| false).ok_or(bad("bad header field"))?;
+    let (mut headers, fields) = header_map(&head, &spans).ok_or(bad("bad header field"))?;
     let mut keep_alive = fields.persistent(version);
     let framing = match (fields.transfer_encoding, fields.content_length) {
         (Some(_), _) if version == Version::HTTP_10 => {
@@ -418,6 +417,10 @@ async fn write_response<W: AsyncWrite + Unpin>(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let (mut has_length, mut has_date, mut has_connection) = (false, false, false);
+    if let Some(lines) = parts.extensions.get::<Lines>() {
+        out.extend_from_slice(lines.as_bytes());
+        (has_length, has_date) = (lines.has_length, lines.has_date);
+    }
     for (name, value) in &parts.headers {
         if *name == header::TRANSFER_ENCODING {
             continue;
@@ -430,7 +433,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
         }
         has_length |= *name == header::CONTENT_LENGTH;
         has_date |= *name == header::DATE;
-        wire::write_field(&mut out, name, value.as_bytes());
+        wire::write_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     let chunked = if bodiless || has_length {
         false

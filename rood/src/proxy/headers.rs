@@ -8,29 +8,56 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use super::wire::write_field;
 use crate::routes::Scheme;
 
-/// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1), besides those the
-/// `Connection` header names.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// A field the proxy reads or leaves out, known by its name in any case; the others are
+/// [`Known::Other`]. Read from the bytes of a head, before (or without) a header map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    Expect,
+    Date,
+    Upgrade,
+    /// Another field of one connection, never forwarded (RFC 9110 7.6.1): Keep-Alive,
+    /// Proxy-Connection, TE, Trailer, Proxy-Authenticate, Proxy-Authorization.
+    Hop,
+    Other,
+}
+
+impl Known {
+    pub fn of(name: &[u8]) -> Known {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if is(b"te") => Known::Hop,
+            4 if is(b"date") => Known::Date,
+            6 if is(b"expect") => Known::Expect,
+            7 if is(b"upgrade") => Known::Upgrade,
+            7 if is(b"trailer") => Known::Hop,
+            10 if is(b"connection") => Known::Connection,
+            10 if is(b"keep-alive") => Known::Hop,
+            14 if is(b"content-length") => Known::ContentLength,
+            16 if is(b"proxy-connection") => Known::Hop,
+            17 if is(b"transfer-encoding") => Known::TransferEncoding,
+            18 if is(b"proxy-authenticate") => Known::Hop,
+            19 if is(b"proxy-authorization") => Known::Hop,
+            _ => Known::Other,
+        }
+    }
+}
+
 /// Whether a field belongs to one connection (those its `Connection` header names aside);
 /// `Upgrade` does not in an upgrade.
-pub fn hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
-    HOP_BY_HOP.contains(name)
-        || *name == header::PROXY_AUTHORIZATION
-        || (!upgrade && *name == header::UPGRADE)
+pub fn hop_by_hop(name: Known, upgrade: bool) -> bool {
+    match name {
+        Known::Connection | Known::TransferEncoding | Known::Hop => true,
+        Known::Upgrade => !upgrade,
+        _ => false,
+    }
 }
 
 /// Whether a `Connection` option names a field to remove too (its own options do not).
@@ -46,7 +73,7 @@ pub fn names_field(option: &[u8], upgrade: bool) -> bool {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| hop_by_hop(name, upgrade))
+        .filter(|name| hop_by_hop(Known::of(name.as_str().as_bytes()), upgrade))
         .cloned()
         .collect();
     if doomed.contains(&header::CONNECTION) {
@@ -153,7 +180,9 @@ impl<'a> Forwarded<'a> {
 
     /// Writes the fields as a head's lines; `prior`: the client's first X-Forwarded-For.
     pub fn write(&self, out: &mut Vec<u8>, prior: Option<&HeaderValue>) {
-        let mut line = |name: &HeaderName, value: &str| write_field(out, name, value.as_bytes());
+        let mut line = |name: &HeaderName, value: &str| {
+            write_field(out, name.as_str().as_bytes(), value.as_bytes())
+        };
         line(&X_FORWARDED_FOR, &self.chain(prior));
         line(&X_FORWARDED_PROTO, self.scheme.as_str());
         if let Some(host) = self.host {
@@ -190,6 +219,23 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn fields_are_known_by_name_in_any_case() {
+        for (name, known) in [
+            (&b"Content-LENGTH"[..], Known::ContentLength),
+            (b"content-type", Known::Other),
+            (b"Transfer-Encoding", Known::TransferEncoding),
+            (b"KEEP-ALIVE", Known::Hop),
+            (b"te", Known::Hop),
+            (b"tf", Known::Other),
+            (b"Upgrade", Known::Upgrade),
+        ] {
+            assert_eq!(Known::of(name), known, "{}", String::from_utf8_lossy(name));
+        }
+        assert!(!hop_by_hop(Known::Upgrade, true) && hop_by_hop(Known::Upgrade, false));
+        assert!(hop_by_hop(Known::Connection, true) && !hop_by_hop(Known::Date, false));
     }
 
     #[test]

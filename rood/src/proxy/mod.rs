@@ -449,7 +449,9 @@ where
         let state = state.clone();
         Box::pin(async move {
             let req = req.map(|b| b.map_err(BoxError::from).boxed());
-            Ok::<_, std::convert::Infallible>(handler::handle(&state, req, info).await)
+            let mut resp = handler::handle(&state, req, info).await;
+            wire::Lines::move_to_map(&mut resp);
+            Ok::<_, std::convert::Infallible>(resp)
         })
     });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
@@ -24,8 +24,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use super::headers::{hop_by_hop, strip_hop_by_hop, Forwarded, X_FORWARDED_FOR};
-use super::wire::{self, field_slots, header_map, read_some, spans, Chunked, Decode};
+use super::headers::{Forwarded, X_FORWARDED_FOR};
+use super::wire::{self, field_slots, read_some, Chunked, Decode, Lines};
 use super::{BoxError, ProxyBody};
 
 /// The largest answer head taken from an upstream.
@@ -294,7 +294,7 @@ fn request_head(
             }
             continue;
         }
-        wire::write_field(&mut out, name, value.as_bytes());
+        wire::write_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(forwarded) = forwarded {
         forwarded.write(&mut out, prior_chain);
@@ -357,7 +357,7 @@ fn parse_answer(
     head_only: bool,
 ) -> Result<Option<(http::response::Parts, Decode, bool)>, PoolError> {
     let refused = |what: &str| PoolError::Request(format!("bad answer from the upstream: {what}"));
-    let (len, code, version, spans) = {
+    let (len, code, version, lines, fields) = {
         let mut slots = field_slots();
         let mut resp = httparse::Response::new(&mut []);
         let parsed = httparse::ParserConfig::default()
@@ -369,26 +369,12 @@ fn parse_answer(
             Err(e) => return Err(refused(&e.to_string())),
         };
         let code = resp.code.unwrap_or_default();
-        (
-            len,
-            code,
-            wire::version(resp.version),
-            spans(buf.as_ptr(), resp.headers),
-        )
+        // The fields of this connection are left out as they are read.
+        let (lines, fields) = Lines::of(resp.headers, code == 101);
+        (len, code, wire::version(resp.version), lines, fields)
     };
-    let head = buf.split_to(len).freeze();
+    buf.advance(len);
     let status = StatusCode::from_u16(code).map_err(|_| refused("status"))?;
-    // The fields of this connection are left out as they are read, unless `Connection` names
-    // others: then the whole map is built and stripped.
-    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
-    let (mut headers, fields) = header_map(&head, &spans, |name| hop_by_hop(name, upgrade))
-        .ok_or_else(|| refused("header field"))?;
-    if fields.connection_names_field {
-        headers = header_map(&head, &spans, |_| false)
-            .ok_or_else(|| refused("header field"))?
-            .0;
-        strip_hop_by_hop(&mut headers, upgrade);
-    }
     let mut keep = fields.persistent(version);
     let decode = if wire::bodiless(status, head_only) {
         Decode::Done
@@ -408,7 +394,7 @@ fn parse_answer(
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = status;
     parts.version = version;
-    parts.headers = headers;
+    parts.extensions.insert(lines);
     Ok(Some((parts, decode, keep)))
 }
 
@@ -719,20 +705,36 @@ mod tests {
         ])
         .await;
         let pool = pool();
-        for (path, kept) in [
-            ("/plain", &["x-kept"][..]),
-            ("/named", &["x-kept", "content-length"]),
+        // The lines an HTTP/1.1 client gets, and the map an HTTP/2 one gets.
+        let lines = |resp: &Response<PooledBody>| {
+            let lines = resp.extensions().get::<Lines>().unwrap();
+            String::from_utf8(lines.as_bytes().to_vec()).unwrap()
+        };
+        let names = |mut resp: Response<PooledBody>| {
+            assert!(resp.headers().is_empty());
+            Lines::move_to_map(&mut resp);
+            let names: Vec<_> = resp.headers().keys().map(|n| n.to_string()).collect();
+            (names, resp)
+        };
+        for (path, written, kept) in [
+            ("/plain", "X-Kept: 1\r\n", &["x-kept"][..]),
+            (
+                "/named",
+                "X-Kept: 1\r\nContent-Length: 2\r\n",
+                &["x-kept", "content-length"],
+            ),
         ] {
             let resp = pool.send(addr, get(path), None).await.unwrap();
-            let names: Vec<_> = resp.headers().keys().map(|n| n.as_str()).collect();
+            assert_eq!(lines(&resp), written, "{path}");
+            let (names, resp) = names(resp);
             assert_eq!(names, kept, "{path}");
             assert_eq!(text(resp).await, "ok", "{path}");
         }
         // An upgrade keeps its Upgrade (the handler says `Connection: upgrade` again).
         let resp = pool.send(addr, get("/switch"), None).await.unwrap();
         assert_eq!(resp.status(), 101);
-        let names: Vec<_> = resp.headers().keys().map(|n| n.as_str()).collect();
-        assert_eq!(names, ["upgrade"]);
+        assert_eq!(lines(&resp), "Upgrade: websocket\r\n");
+        assert_eq!(names(resp).0, ["upgrade"]);
     }
 
     #[tokio::test]

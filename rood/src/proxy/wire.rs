@@ -11,12 +11,13 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use super::headers::{hop_by_hop, names_field, Known};
 use super::{BoxError, ProxyBody};
 
 /// Header fields a head may have.
@@ -93,39 +94,130 @@ impl Fields {
         }
     }
 
-    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+    fn note(&mut self, name: Known, value: &[u8]) {
         let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
-        if *name == header::CONNECTION {
-            for t in tokens() {
-                self.close |= t.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
-                self.connection_names_field |= super::headers::names_field(t, true);
+        match name {
+            Known::Connection => {
+                for t in tokens() {
+                    self.close |= t.eq_ignore_ascii_case(b"close");
+                    self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                    self.connection_names_field |= names_field(t, true);
+                }
             }
-        } else if *name == header::TRANSFER_ENCODING {
-            let last = tokens().next_back().unwrap_or_default();
-            self.transfer_encoding = Some(last.eq_ignore_ascii_case(b"chunked"));
-        } else if *name == header::CONTENT_LENGTH {
-            for t in tokens() {
-                let n = (!t.is_empty() && t.len() <= 19 && t.iter().all(u8::is_ascii_digit))
-                    .then(|| t.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
-                self.content_length = match (self.content_length, n) {
-                    (_, None) | (Some(Err(())), _) => Some(Err(())),
-                    (Some(Ok(l)), Some(n)) if l != n => Some(Err(())),
-                    (_, Some(n)) => Some(Ok(n)),
-                };
+            Known::TransferEncoding => {
+                let last = tokens().next_back().unwrap_or_default();
+                self.transfer_encoding = Some(last.eq_ignore_ascii_case(b"chunked"));
             }
-        } else if *name == header::EXPECT {
-            self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+            Known::ContentLength => {
+                for t in tokens() {
+                    let n = (!t.is_empty() && t.len() <= 19 && t.iter().all(u8::is_ascii_digit))
+                        .then(|| t.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+                    self.content_length = match (self.content_length, n) {
+                        (_, None) | (Some(Err(())), _) => Some(Err(())),
+                        (Some(Ok(l)), Some(n)) if l != n => Some(Err(())),
+                        (_, Some(n)) => Some(Ok(n)),
+                    };
+                }
+            }
+            Known::Expect => self.expect_continue = value.eq_ignore_ascii_case(b"100-continue"),
+            _ => {}
         }
     }
 }
 
 /// Appends a header field line, `name: value`.
-pub fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
-    out.extend_from_slice(name.as_str().as_bytes());
+pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// An answer's header fields as the lines of an HTTP/1.1 head (`name: value`, names as the
+/// upstream wrote them), the fields of its connection left out. The pool gives an upstream's
+/// answer so, in its extensions and with an empty header map: a client on HTTP/1.1 gets the
+/// lines as they are, without a map built and taken apart again for it; one on HTTP/2 gets
+/// them in the map ([`Lines::move_to_map`]).
+#[derive(Debug, Clone)]
+pub struct Lines {
+    bytes: Vec<u8>,
+    /// A Content-Length is among them.
+    pub has_length: bool,
+    /// A Date is among them.
+    pub has_date: bool,
+}
+
+impl Lines {
+    /// The lines of the fields httparse read, hop-by-hop ones and those `Connection` names
+    /// left out (`Upgrade` kept in an upgrade), and what the fields say.
+    pub fn of(read: &[httparse::Header<'_>], upgrade: bool) -> (Lines, Fields) {
+        let mut fields = Fields::default();
+        let size = read.iter().map(|h| h.name.len() + h.value.len() + 4).sum();
+        let mut lines = Lines {
+            bytes: Vec::with_capacity(size),
+            has_length: false,
+            has_date: false,
+        };
+        for h in read {
+            let name = Known::of(h.name.as_bytes());
+            fields.note(name, h.value);
+            lines.push(name, h, upgrade);
+        }
+        if fields.connection_names_field {
+            // Written again, without the fields named.
+            let named: Vec<&[u8]> = read
+                .iter()
+                .filter(|h| Known::of(h.name.as_bytes()) == Known::Connection)
+                .flat_map(|h| h.value.split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
+                .filter(|t| names_field(t, upgrade))
+                .collect();
+            lines.bytes.clear();
+            (lines.has_length, lines.has_date) = (false, false);
+            for h in read {
+                let name = h.name.as_bytes();
+                if !named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                    lines.push(Known::of(name), h, upgrade);
+                }
+            }
+        }
+        (lines, fields)
+    }
+
+    fn push(&mut self, name: Known, field: &httparse::Header<'_>, upgrade: bool) {
+        if hop_by_hop(name, upgrade) {
+            return;
+        }
+        self.has_length |= name == Known::ContentLength;
+        self.has_date |= name == Known::Date;
+        write_field(&mut self.bytes, field.name.as_bytes(), field.value);
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Puts the lines of `resp` (if it came so) into its header map, for a client that is not
+    /// sent them as they are.
+    pub fn move_to_map<B>(resp: &mut http::Response<B>) {
+        let Some(lines) = resp.extensions_mut().remove::<Lines>() else {
+            return;
+        };
+        let headers = resp.headers_mut();
+        for line in lines.bytes.split(|&b| b == b'\n') {
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let (name, value) = (&line[..colon], &line[colon + 1..]);
+            // httparse read them as valid, names and values alike.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_bytes(value.trim_ascii()),
+            ) {
+                headers.append(name, value);
+            }
+        }
+    }
 }
 
 /// The version httparse read (its minor number).
@@ -145,22 +237,14 @@ pub fn bodiless(status: StatusCode, head_only: bool) -> bool {
 }
 
 /// A header map from the fields at `spans` of `head`, values sharing its bytes, and what its
-/// framing fields say; the fields `leave_out` picks are read for what they say, not put in the
-/// map. None when a name or a kept value is not valid.
-pub fn header_map(
-    head: &Bytes,
-    spans: &[Span],
-    leave_out: impl Fn(&HeaderName) -> bool,
-) -> Option<(HeaderMap, Fields)> {
+/// framing fields say. None when a name or a value is not valid.
+pub fn header_map(head: &Bytes, spans: &[Span]) -> Option<(HeaderMap, Fields)> {
     let mut headers = HeaderMap::with_capacity(spans.len());
     let mut fields = Fields::default();
     for (name, value) in spans {
-        let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
-        let bytes = &head[value.clone()];
-        fields.note(&name, bytes);
-        if leave_out(&name) {
-            continue;
-        }
+        let name = &head[name.clone()];
+        fields.note(Known::of(name), &head[value.clone()]);
+        let name = HeaderName::from_bytes(name).ok()?;
         let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
         headers.append(name, value);
     }
