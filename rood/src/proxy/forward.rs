@@ -1,6 +1,7 @@
 //! Sending a request upstream and streaming the answer back.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::metrics::UpstreamLabels;
 use http::{Request, Response, Uri, Version};
@@ -23,16 +24,17 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Sends `req` to one of the route's addresses; on a refused connection of a request that is
-/// safe to send again (idempotent, no body), once more to another address. An upgrade that the
-/// upstream accepts (101) comes back with the upstream's side of it for the client connection
-/// to tunnel to.
+/// Sends `req` (come at `started`) to one of the route's addresses; on a refused connection of
+/// a request that is safe to send again (idempotent, no body), once more to another address,
+/// each try within the upstream timeout. An upgrade that the upstream accepts (101) comes back
+/// with the upstream's side of it for the client connection to tunnel to.
 pub async fn forward(
     state: &ProxyState,
     route: &Route,
     host: &str,
     req: Request<ProxyBody>,
     info: ConnInfo,
+    started: Instant,
 ) -> Result<(Response<ProxyBody>, Arc<str>), ProxyError> {
     // TLS destinations are named by host (for SNI and the certificate check); their addresses
     // rotate inside the TLS connector. Plain ones are resolved here, address by address.
@@ -112,9 +114,14 @@ pub async fn forward(
         };
         let mut upstream_req = Request::from_parts(head, upstream_body);
         *upstream_req.uri_mut() = uri;
-        let sent = tokio::time::timeout(
-            upstreams.timeout,
-            upstreams.send(route, addr, upstream_req, &forwarded),
+        // The first try's clock is the request's: read once.
+        let sent_at = match tried {
+            None => started,
+            Some(_) => Instant::now(),
+        };
+        let sent = tokio::time::timeout_at(
+            (sent_at + upstreams.timeout).into(),
+            upstreams.send(route, addr, upstream_req, &forwarded, sent_at),
         )
         .await;
         let error = match sent {

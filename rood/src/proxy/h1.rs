@@ -76,6 +76,10 @@ where
 {
     let mut conn = (io, BytesMut::new());
     let mut first = new;
+    // One timer for every wait between requests, moved on for each: moving a timer later is a
+    // store, where a timer of each wait's own was put in the runtime's wheel and taken out again.
+    let idle = tokio::time::sleep(HEADER_READ_TIMEOUT);
+    tokio::pin!(idle);
     loop {
         let (mut io, mut buf) = conn;
         if buf.is_empty() {
@@ -87,16 +91,18 @@ where
                 (false, Some(park)) => park,
                 (false, None) => IDLE_TIMEOUT,
             };
+            idle.as_mut().reset(Instant::now() + wait);
             let read = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(Outcome::Closed),
-                read = tokio::time::timeout(wait, read_some(&mut io, &mut buf)) => read,
+                read = read_some(&mut io, &mut buf) => Some(read),
+                () = idle.as_mut() => None,
             };
             match read {
-                Err(_) if park.is_some() => return Ok(Outcome::Parked(io)),
-                Err(_) | Ok(Ok(0)) => return Ok(Outcome::Closed),
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(_)) => {}
+                None if park.is_some() => return Ok(Outcome::Parked(io)),
+                None | Some(Ok(0)) => return Ok(Outcome::Closed),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(_)) => {}
             }
         }
         let conversation = Conversation {

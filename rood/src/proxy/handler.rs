@@ -45,7 +45,7 @@ pub async fn handle(
             Some("acme".into()),
             false,
         ),
-        (None, Ok(host)) => match route(state, req, info, host).await {
+        (None, Ok(host)) => match route(state, req, info, host, started).await {
             Ok((resp, upstream)) => (resp, upstream, true),
             Err(e) => (
                 error_response(&e),
@@ -86,6 +86,7 @@ async fn route(
     req: Request<ProxyBody>,
     info: ConnInfo,
     host: &str,
+    started: Instant,
 ) -> Result<(Response<ProxyBody>, Option<Arc<str>>), ProxyError> {
     let routes = state.tables.routes.load();
     let Some(route) = routes.lookup(host, info.scheme).cloned() else {
@@ -97,7 +98,7 @@ async fn route(
     drop(routes);
     // Boxed: the request's future is moved whole at each level it is awaited, and forwarding
     // is most of its size.
-    let (resp, addr) = Box::pin(forward::forward(state, &route, host, req, info)).await?;
+    let (resp, addr) = Box::pin(forward::forward(state, &route, host, req, info, started)).await?;
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(
         &mut parts.headers,

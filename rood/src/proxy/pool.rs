@@ -94,18 +94,20 @@ impl Http1Pool {
     /// Sends `req` (origin-form URI) to `addr` on an idle connection, or a new one, with the
     /// `forwarded` fields written into its head. An idempotent request without a body that a
     /// kept connection could not take (the upstream closed it meanwhile: nothing of an answer
-    /// came) goes again on a new connection.
+    /// came) goes again on a new connection. `now`: when the request came, what idle
+    /// connections' age is judged by (the clock read once for a request, not at every step).
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
         req: Request<ProxyBody>,
         forwarded: Option<&Forwarded<'_>>,
+        now: Instant,
     ) -> Result<Response<PooledBody>, PoolError> {
         let (parts, body) = req.into_parts();
         let head_only = parts.method == Method::HEAD;
         let (head, chunked) = request_head(&parts, &body, forwarded);
         if body.is_end_stream() {
-            if let Some(conn) = self.take(addr) {
+            if let Some(conn) = self.take(addr, now) {
                 match self.exchange(addr, conn, &head, head_only).await {
                     Ok(resp) => return Ok(resp),
                     Err(Failure::Unanswered(e)) if parts.method.is_idempotent() => {
@@ -122,7 +124,7 @@ impl Http1Pool {
         }
         // A body streams from its own task while the answer is read: an upstream may answer (or
         // echo) before the body's end.
-        let conn = match self.take(addr) {
+        let conn = match self.take(addr, now) {
             Some(conn) => conn,
             None => self.connect(addr).await?,
         };
@@ -207,10 +209,10 @@ impl Http1Pool {
     }
 
     /// The most recently used idle connection to `addr` that is still open, if any.
-    fn take(&self, addr: SocketAddr) -> Option<TcpStream> {
+    fn take(&self, addr: SocketAddr, now: Instant) -> Option<TcpStream> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let idle = inner.idle.get_mut(&addr)?;
-        let fresh_since = Instant::now().checked_sub(self.config.idle_timeout);
+        let fresh_since = now.checked_sub(self.config.idle_timeout);
         while let Some(Idle { conn, since }) = idle.pop() {
             if fresh_since.is_none_or(|t| since > t) && !readable(&conn) {
                 return Some(conn);
@@ -564,7 +566,12 @@ mod tests {
         let pool = pool();
         for _ in 0..5 {
             assert_eq!(
-                text(pool.send(addr, get("/"), None).await.unwrap()).await,
+                text(
+                    pool.send(addr, get("/"), None, Instant::now())
+                        .await
+                        .unwrap()
+                )
+                .await,
                 "hello"
             );
         }
@@ -573,8 +580,12 @@ mod tests {
 
         // Two answers open at once need two connections; both are kept afterwards.
         let (a, b) = (
-            pool.send(addr, get("/"), None).await.unwrap(),
-            pool.send(addr, get("/"), None).await.unwrap(),
+            pool.send(addr, get("/"), None, Instant::now())
+                .await
+                .unwrap(),
+            pool.send(addr, get("/"), None, Instant::now())
+                .await
+                .unwrap(),
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(
@@ -590,22 +601,40 @@ mod tests {
         let pool = pool();
         // The upstream closes after answering: the next request gets a new connection.
         assert_eq!(
-            text(pool.send(addr, get("/close"), None).await.unwrap()).await,
+            text(
+                pool.send(addr, get("/close"), None, Instant::now())
+                    .await
+                    .unwrap()
+            )
+            .await,
             "hello"
         );
         assert_eq!(
-            text(pool.send(addr, get("/"), None).await.unwrap()).await,
+            text(
+                pool.send(addr, get("/"), None, Instant::now())
+                    .await
+                    .unwrap()
+            )
+            .await,
             "hello"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
 
         // An answer dropped before its end takes its connection with it.
-        let mut big = pool.send(addr, get("/big"), None).await.unwrap();
+        let mut big = pool
+            .send(addr, get("/big"), None, Instant::now())
+            .await
+            .unwrap();
         let first = big.body_mut().frame().await.unwrap().unwrap();
         assert!(first.is_data());
         drop(big);
         assert_eq!(
-            text(pool.send(addr, get("/"), None).await.unwrap()).await,
+            text(
+                pool.send(addr, get("/"), None, Instant::now())
+                    .await
+                    .unwrap()
+            )
+            .await,
             "hello"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
@@ -616,7 +645,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        match pool().send(addr, get("/"), None).await {
+        match pool().send(addr, get("/"), None, Instant::now()).await {
             Err(PoolError::Connect(_)) => {}
             other => panic!("want a connect error, got {:?}", other.map(|r| r.status())),
         }
@@ -671,26 +700,49 @@ mod tests {
         .await;
         let pool = pool();
         assert_eq!(
-            text(pool.send(addr, get("/chunked"), None).await.unwrap()).await,
+            text(
+                pool.send(addr, get("/chunked"), None, Instant::now())
+                    .await
+                    .unwrap()
+            )
+            .await,
             "abcde"
         );
         assert_eq!(
-            text(pool.send(addr, get("/continue"), None).await.unwrap()).await,
+            text(
+                pool.send(addr, get("/continue"), None, Instant::now())
+                    .await
+                    .unwrap()
+            )
+            .await,
             "ok"
         );
-        let empty = pool.send(addr, get("/empty"), None).await.unwrap();
+        let empty = pool
+            .send(addr, get("/empty"), None, Instant::now())
+            .await
+            .unwrap();
         assert_eq!(empty.status(), 204);
         assert!(empty.body().is_end_stream());
         drop(empty);
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection so far");
         // No length: the body is what comes until the upstream closes, and the connection goes.
         assert_eq!(
-            text(pool.send(addr, get("/last"), None).await.unwrap()).await,
+            text(
+                pool.send(addr, get("/last"), None, Instant::now())
+                    .await
+                    .unwrap()
+            )
+            .await,
             "until the end"
         );
         assert_eq!(pool.idle_count(addr), 0);
         assert_eq!(
-            text(pool.send(addr, get("/chunked"), None).await.unwrap()).await,
+            text(
+                pool.send(addr, get("/chunked"), None, Instant::now())
+                    .await
+                    .unwrap()
+            )
+            .await,
             "abcde"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -724,14 +776,20 @@ mod tests {
                 &["x-kept", "content-length"],
             ),
         ] {
-            let resp = pool.send(addr, get(path), None).await.unwrap();
+            let resp = pool
+                .send(addr, get(path), None, Instant::now())
+                .await
+                .unwrap();
             assert_eq!(lines(&resp), written, "{path}");
             let (names, resp) = names(resp);
             assert_eq!(names, kept, "{path}");
             assert_eq!(text(resp).await, "ok", "{path}");
         }
         // An upgrade keeps its Upgrade (the handler says `Connection: upgrade` again).
-        let resp = pool.send(addr, get("/switch"), None).await.unwrap();
+        let resp = pool
+            .send(addr, get("/switch"), None, Instant::now())
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 101);
         assert_eq!(lines(&resp), "Upgrade: websocket\r\n");
         assert_eq!(names(resp).0, ["upgrade"]);
@@ -745,7 +803,12 @@ mod tests {
         let pool = pool();
         for round in 1..=3 {
             assert_eq!(
-                text(pool.send(addr, get("/last"), None).await.unwrap()).await,
+                text(
+                    pool.send(addr, get("/last"), None, Instant::now())
+                        .await
+                        .unwrap()
+                )
+                .await,
                 "ok"
             );
             assert_eq!(accepted.load(Ordering::SeqCst), round);
@@ -766,7 +829,12 @@ mod tests {
         }
         assert!(readable(&pool), "the runtime saw the upstream close");
         assert_eq!(
-            text(pool.send(addr, get("/last"), None).await.unwrap()).await,
+            text(
+                pool.send(addr, get("/last"), None, Instant::now())
+                    .await
+                    .unwrap()
+            )
+            .await,
             "ok"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 4);

@@ -239,11 +239,16 @@ impl Upstreams {
 
     /// The next address round robin, skipping ejected ones and `not` (when others remain).
     pub fn pick(&self, addrs: &[SocketAddr], not: Option<SocketAddr>) -> Option<SocketAddr> {
-        let now = Instant::now();
         let ejected = self.addrs.ejected.lock().unwrap_or_else(|p| p.into_inner());
+        // The clock is read only when some address is left out (most times none is).
+        let now = (!ejected.is_empty()).then(Instant::now);
         let other = |a: &&SocketAddr| Some(**a) != not;
-        let usable =
-            |a: &&SocketAddr| other(a) && ejected.get(*a).is_none_or(|until| *until <= now);
+        let usable = |a: &&SocketAddr| {
+            other(a)
+                && ejected
+                    .get(*a)
+                    .is_none_or(|until| now.is_some_and(|now| *until <= now))
+        };
         let turn = self.addrs.turn();
         let nth = |count: usize, keep: &dyn Fn(&&SocketAddr) -> bool| {
             (count > 0).then(|| addrs.iter().filter(keep).nth(turn % count).copied())
@@ -279,13 +284,14 @@ impl Upstreams {
     }
 
     /// Sends `req` for `route` with the `forwarded` fields: to `addr` for a plain route (its URI
-    /// in origin form), else to the host its absolute URI names.
+    /// in origin form), else to the host its absolute URI names. `started`: when it came.
     pub async fn send(
         &self,
         route: &Route,
         addr: Option<SocketAddr>,
         mut req: Request<ProxyBody>,
         forwarded: &Forwarded<'_>,
+        started: Instant,
     ) -> Result<Response<ProxyBody>, SendError> {
         use http_body_util::BodyExt;
         if route.tls() || route.h2c {
@@ -296,7 +302,7 @@ impl Upstreams {
             (true, _, _) => self.https_unverified.request(req),
             (false, true, _) => self.h2c.request(req),
             (false, false, Some(addr)) => {
-                return match self.http1.send(addr, req, Some(forwarded)).await {
+                return match self.http1.send(addr, req, Some(forwarded), started).await {
                     Ok(resp) => Ok(resp.map(|b| b.boxed())),
                     Err(PoolError::Connect(reason)) => Err(SendError::Connect(reason)),
                     Err(PoolError::Request(reason)) => Err(SendError::Failed(reason)),
