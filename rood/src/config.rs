@@ -56,6 +56,16 @@ pub struct Config {
     #[arg(long, env = "ROO_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
+    /// How long a client may take to send a request's headers once begun, and to begin its
+    /// first request, in ms; then the connection closes (slowloris). At most an hour.
+    #[arg(long, env = "ROO_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub header_timeout_ms: u64,
+
+    /// How long a keep-alive client connection may wait for its next request, in ms. At most a
+    /// day.
+    #[arg(long, env = "ROO_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub idle_timeout_ms: u64,
+
     /// Largest request header section accepted, in bytes (more: 431). At least 8192.
     #[arg(long, env = "ROO_MAX_HEADER_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(8192..))]
     pub max_header_bytes: u32,

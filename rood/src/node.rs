@@ -158,6 +158,8 @@ impl Node {
                 limits: proxy::Limits {
                     max_connections: config.max_connections as usize,
                     max_header_bytes: config.max_header_bytes as usize,
+                    header_timeout: Duration::from_millis(config.header_timeout_ms),
+                    idle_timeout: Duration::from_millis(config.idle_timeout_ms),
                 },
                 cert_wait: match issuer {
                     Some(_) => Duration::from_millis(config.acme_handshake_wait_ms),

@@ -882,7 +882,11 @@ async fn wire_upstream() -> SocketAddr {
 
 /// A node routing `wire.test` to [`wire_upstream`], once the route is live.
 async fn wire_node() -> (Node, tempfile::TempDir) {
-    let (node, dir) = node().await;
+    wire_node_with(&[]).await
+}
+
+async fn wire_node_with(args: &[&str]) -> (Node, tempfile::TempDir) {
+    let (node, dir) = node_with(args).await;
     let up = wire_upstream().await;
     put(
         &node,
@@ -896,8 +900,8 @@ async fn wire_node() -> (Node, tempfile::TempDir) {
 
 /// Reads one answer from `tcp` into (head, body): the body by its Content-Length, none when
 /// `head_only`. `pending` keeps what was read past it.
-async fn read_answer(
-    tcp: &mut tokio::net::TcpStream,
+async fn read_answer<T: tokio::io::AsyncRead + Unpin>(
+    tcp: &mut T,
     pending: &mut Vec<u8>,
     head_only: bool,
 ) -> (String, Vec<u8>) {
@@ -1232,4 +1236,80 @@ async fn connections_idle_past_the_parking_delay_still_serve_and_close_on_shutdo
         .await
         .expect("the node stopped")
         .unwrap();
+}
+
+/// How long after `since` the peer closed `conn` (its end or a reset), sending nothing; panics
+/// if it is still open after 5 s.
+async fn closed_after<T: tokio::io::AsyncRead + Unpin>(conn: &mut T, since: Instant) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("the connection closed within 5 s");
+    if let Ok(n) = read {
+        assert_eq!(n, 0, "got {:?}", String::from_utf8_lossy(&buf[..n]));
+    }
+    since.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_heads_and_idle_connections_are_closed_in_time() {
+    use tokio::io::AsyncWriteExt;
+    let (header, idle) = (Duration::from_millis(400), Duration::from_millis(1500));
+    let (node, _dir) =
+        wire_node_with(&["--header-timeout-ms", "400", "--idle-timeout-ms", "1500"]).await;
+    let addr = node.http_addr;
+
+    // A connection that never sends a request.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(closed_after(&mut silent, Instant::now()).await >= header);
+
+    // A head sent a byte at a time, never finished (slowloris): the bytes do not keep it open.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: wire.test\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let began = Instant::now();
+    let (mut read, mut write) = slow.into_split();
+    let dribble = tokio::spawn(async move {
+        while write.write_all(b"a").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert!(closed_after(&mut read, began).await >= header);
+    dribble.abort();
+
+    // A keep-alive connection, plain (parked after 0.5 s, then closed from the lot) and over
+    // TLS (closed by its task), after a request.
+    let ca = TestCa::new("idle test CA");
+    let (cert, _) = stored_leaf(&ca, &["wire.test"]);
+    put(&node, "com.roo.cert:wire.test", &cert).await;
+    let up = wire_upstream().await;
+    put(
+        &node,
+        "com.roo.host:wire.test:https",
+        &format!("http://{up}"),
+    )
+    .await;
+    let https = node.https_addr;
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: wire.test\r\n\r\n");
+    let mut tls = wait_for(
+        "the certificate and route",
+        Duration::from_secs(5),
+        || async {
+            let mut tls = handshake(&ca, https, "wire.test", &[b"http/1.1"])
+                .await
+                .ok()?;
+            tls.write_all(request("/tls").as_bytes()).await.ok()?;
+            let (head, _) = read_answer(&mut tls, &mut Vec::new(), false).await;
+            head.starts_with("HTTP/1.1 200").then_some(tls)
+        },
+    )
+    .await;
+    assert!(closed_after(&mut tls, Instant::now()).await >= idle);
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain.write_all(request("/plain").as_bytes()).await.unwrap();
+    let (head, _) = read_answer(&mut plain, &mut Vec::new(), false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(closed_after(&mut plain, Instant::now()).await >= idle);
 }

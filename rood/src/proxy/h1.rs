@@ -30,13 +30,8 @@ use super::pool::Switched;
 use super::wire::{
     self, field_slots, header_map, read_some, span_of, spans, write_body, Chunked, Decode, Lines,
 };
-use super::{empty_body, forward, handler, BoxError, ConnInfo, ProxyBody, ProxyState};
+use super::{empty_body, forward, handler, BoxError, ConnInfo, Limits, ProxyBody, ProxyState};
 
-/// How long a client may take to send a request's head, from its first byte (or from the
-/// connection's start for its first request).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a keep-alive connection may wait for its next request.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// What is read of a request body nobody wanted (the answer came without it) so that the
 /// connection can carry the next request; a longer body closes the connection instead.
 const DISCARD_LIMIT: u64 = 256 * 1024;
@@ -78,18 +73,23 @@ where
     let mut first = new;
     // One timer for every wait between requests, moved on for each: moving a timer later is a
     // store, where a timer of each wait's own was put in the runtime's wheel and taken out again.
-    let idle = tokio::time::sleep(HEADER_READ_TIMEOUT);
+    let Limits {
+        header_timeout,
+        idle_timeout,
+        ..
+    } = state.limits;
+    let idle = tokio::time::sleep(header_timeout);
     tokio::pin!(idle);
     loop {
         let (mut io, mut buf) = conn;
         if buf.is_empty() {
             // Between requests the connection holds no buffer, and its task only this wait.
             buf = BytesMut::new();
-            let park = park_after.filter(|_| !first);
+            let park = park_after.filter(|&park| !first && park < idle_timeout);
             let wait = match (first, park) {
-                (true, _) => HEADER_READ_TIMEOUT,
+                (true, _) => header_timeout,
                 (false, Some(park)) => park,
-                (false, None) => IDLE_TIMEOUT,
+                (false, None) => idle_timeout,
             };
             idle.as_mut().reset(Instant::now() + wait);
             let read = tokio::select! {
@@ -144,8 +144,7 @@ impl Conversation<'_> {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
     {
-        let max = self.state.limits.max_header_bytes;
-        let head = match read_head(&mut io, &mut buf, max, self.h2).await? {
+        let head = match read_head(&mut io, &mut buf, &self.state.limits, self.h2).await? {
             Head::Request(head) => head,
             Head::Http2 => return Ok(Next::Http2(Rewind::new(io, buf.freeze()))),
             Head::Closed => return Ok(Next::Closed),
@@ -267,11 +266,11 @@ enum Head {
 }
 
 /// Reads until `buf` holds a whole request head (or the HTTP/2 preface, when `h2`), within
-/// [`HEADER_READ_TIMEOUT`].
+/// [`Limits::header_timeout`] of its first bytes.
 async fn read_head<T: AsyncRead + Unpin>(
     io: &mut T,
     buf: &mut BytesMut,
-    max: usize,
+    limits: &Limits,
     mut h2: bool,
 ) -> io::Result<Head> {
     let mut deadline = None;
@@ -284,13 +283,13 @@ async fn read_head<T: AsyncRead + Unpin>(
             }
         }
         if !h2 {
-            match parse(buf, max) {
+            match parse(buf, limits.max_header_bytes) {
                 Ok(Some(head)) => return Ok(Head::Request(head)),
                 Ok(None) => {}
                 Err(bad) => return Ok(Head::Bad(bad)),
             }
         }
-        let deadline = *deadline.get_or_insert_with(|| Instant::now() + HEADER_READ_TIMEOUT);
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
         match tokio::time::timeout_at(deadline, read_some(io, buf)).await {
             Err(_) | Ok(Ok(0)) => return Ok(Head::Closed),
             Ok(Err(e)) => return Err(e),

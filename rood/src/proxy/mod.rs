@@ -85,6 +85,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request header section, in bytes; beyond, 431.
     pub max_header_bytes: usize,
+    /// How long a client may take to send a request's head once begun, and to begin its first.
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
 }
 
 /// Who a request came from and on which listener.
@@ -330,7 +334,8 @@ async fn serve(
                 }
                 _ = sweep.tick(), if lot.is_some() => {
                     if let Some(lot) = lot {
-                        lot.expire(h1::IDLE_TIMEOUT);
+                        // A connection is parked once idle for a while already.
+                        lot.expire(state.limits.idle_timeout.saturating_sub(park::PARK_AFTER));
                     }
                 }
                 _ = shutdown.cancelled() => break,

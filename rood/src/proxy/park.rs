@@ -49,7 +49,7 @@ struct Slots {
 struct Slot {
     stream: Option<TcpStream>,
     /// When it was parked: milliseconds from the lot's epoch, wrapping (a connection is parked
-    /// for at most [`super::h1::IDLE_TIMEOUT`], far less than a wrap's 49 days).
+    /// for at most [`super::Limits::idle_timeout`], a day, far less than a wrap's 49 days).
     since: u32,
 }
 
