@@ -158,6 +158,8 @@ pub struct Destination {
     pub tls: bool,
     pub host: String,
     pub port: u16,
+    /// The host when it is an address: not looked up, nor parsed for each request.
+    pub ip: Option<std::net::IpAddr>,
 }
 
 impl fmt::Display for Destination {
@@ -192,7 +194,11 @@ impl Destination {
             ),
             None => (rest, if tls { 443 } else { 80 }),
         };
-        let host = if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        let ip = host
+            .parse::<std::net::Ipv4Addr>()
+            .ok()
+            .map(std::net::IpAddr::V4);
+        let host = if ip.is_some() {
             host.to_string()
         } else {
             normalize_host(host).map_err(|_| bad("bad host"))?
@@ -200,7 +206,12 @@ impl Destination {
         if host.starts_with("*.") {
             return Err(bad("a destination cannot be a wildcard"));
         }
-        Ok(Destination { tls, host, port })
+        Ok(Destination {
+            tls,
+            host,
+            port,
+            ip,
+        })
     }
 }
 
@@ -491,9 +502,12 @@ mod tests {
             Destination {
                 tls: false,
                 host: "tasks.app_web".into(),
-                port: 80
+                port: 80,
+                ip: None,
             }
         );
+        let ip = Route::parse(b"http://10.0.0.5:8080").unwrap().destinations[0].ip;
+        assert_eq!(ip, Some([10, 0, 0, 5].into()));
         assert_eq!(
             Route::parse(b"https://10.0.0.5").unwrap().destinations[0].port,
             443

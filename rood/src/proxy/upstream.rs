@@ -211,9 +211,13 @@ impl Upstreams {
         &self,
         destinations: &[Destination],
     ) -> Result<Vec<SocketAddr>, ProxyError> {
-        let mut addrs = Vec::new();
+        let mut addrs = Vec::with_capacity(destinations.len());
         let mut last_error = None;
         for d in destinations {
+            if let Some(ip) = d.ip {
+                addrs.push(SocketAddr::new(ip, d.port));
+                continue;
+            }
             match self.addrs.lookup(&d.host).await {
                 Ok(ips) => addrs.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, d.port))),
                 Err(e) => last_error = Some(e),

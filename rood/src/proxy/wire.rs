@@ -1,6 +1,7 @@
 //! HTTP/1.1 on the wire, for both sides of the proxy ([`super::h1`] to clients, [`super::pool`]
-//! to upstreams): reads through one scratch buffer per thread, header maps that share the head's
-//! bytes, body decoding (length, chunked, until close) and body writing.
+//! to upstreams): reads through one scratch buffer per thread, requests' header maps that share
+//! the head's bytes, answers' header lines passed on as they came ([`Lines`]), body decoding
+//! (length, chunked, until close) and body writing.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -15,6 +16,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::headers::{hop_by_hop, names_field, Known};
@@ -54,8 +56,9 @@ pub fn field_slots<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
     [const { MaybeUninit::uninit() }; MAX_HEADERS]
 }
 
-/// The spans of the fields httparse found in the buffer that starts at `base`.
-pub fn spans(base: *const u8, fields: &[httparse::Header<'_>]) -> Vec<Span> {
+/// The spans of the fields httparse found in the buffer that starts at `base` (on the stack for
+/// the usual few).
+pub fn spans(base: *const u8, fields: &[httparse::Header<'_>]) -> SmallVec<[Span; 16]> {
     fields
         .iter()
         .map(|h| (span_of(base, h.name.as_bytes()), span_of(base, h.value)))
