@@ -68,6 +68,17 @@ pub fn names_field(option: &[u8], upgrade: bool) -> bool {
         || (upgrade && option.eq_ignore_ascii_case(b"upgrade")))
 }
 
+/// The names of the fields that `Connection` header `values` name, to remove too.
+pub fn named_by_connection<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+    upgrade: bool,
+) -> impl Iterator<Item = &'a [u8]> {
+    values
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(move |t| names_field(t, upgrade))
+}
+
 /// Removes hop-by-hop headers (keeping `Upgrade` and `Connection: upgrade` when `upgrade`).
 /// One pass over the names present (a handful), rather than a lookup for every name that could be.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
@@ -78,13 +89,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .collect();
     if doomed.contains(&header::CONNECTION) {
         // Its own options name no header (`keep-alive` is doomed already): not made into names.
+        let values = headers.get_all(header::CONNECTION).into_iter();
         doomed.extend(
-            headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-                .map(<[u8]>::trim_ascii)
-                .filter(|t| names_field(t, upgrade))
+            named_by_connection(values.map(HeaderValue::as_bytes), upgrade)
                 .filter_map(|t| HeaderName::from_bytes(t).ok()),
         );
     }

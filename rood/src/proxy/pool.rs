@@ -548,6 +548,15 @@ mod tests {
         })
     }
 
+    /// `GET path` through `pool` to `addr`, as a request that came now.
+    async fn send(
+        pool: &Arc<Http1Pool>,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        pool.send(addr, get(path), None, Instant::now()).await
+    }
+
     fn get(path: &str) -> Request<ProxyBody> {
         Request::get(path)
             .header(http::header::HOST, "test")
@@ -565,27 +574,15 @@ mod tests {
         let (addr, accepted) = upstream().await;
         let pool = pool();
         for _ in 0..5 {
-            assert_eq!(
-                text(
-                    pool.send(addr, get("/"), None, Instant::now())
-                        .await
-                        .unwrap()
-                )
-                .await,
-                "hello"
-            );
+            assert_eq!(text(send(&pool, addr, "/").await.unwrap()).await, "hello");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert_eq!(pool.idle_count(addr), 1);
 
         // Two answers open at once need two connections; both are kept afterwards.
         let (a, b) = (
-            pool.send(addr, get("/"), None, Instant::now())
-                .await
-                .unwrap(),
-            pool.send(addr, get("/"), None, Instant::now())
-                .await
-                .unwrap(),
+            send(&pool, addr, "/").await.unwrap(),
+            send(&pool, addr, "/").await.unwrap(),
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(
@@ -601,42 +598,18 @@ mod tests {
         let pool = pool();
         // The upstream closes after answering: the next request gets a new connection.
         assert_eq!(
-            text(
-                pool.send(addr, get("/close"), None, Instant::now())
-                    .await
-                    .unwrap()
-            )
-            .await,
+            text(send(&pool, addr, "/close").await.unwrap()).await,
             "hello"
         );
-        assert_eq!(
-            text(
-                pool.send(addr, get("/"), None, Instant::now())
-                    .await
-                    .unwrap()
-            )
-            .await,
-            "hello"
-        );
+        assert_eq!(text(send(&pool, addr, "/").await.unwrap()).await, "hello");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
 
         // An answer dropped before its end takes its connection with it.
-        let mut big = pool
-            .send(addr, get("/big"), None, Instant::now())
-            .await
-            .unwrap();
+        let mut big = send(&pool, addr, "/big").await.unwrap();
         let first = big.body_mut().frame().await.unwrap().unwrap();
         assert!(first.is_data());
         drop(big);
-        assert_eq!(
-            text(
-                pool.send(addr, get("/"), None, Instant::now())
-                    .await
-                    .unwrap()
-            )
-            .await,
-            "hello"
-        );
+        assert_eq!(text(send(&pool, addr, "/").await.unwrap()).await, "hello");
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 
@@ -645,7 +618,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        match pool().send(addr, get("/"), None, Instant::now()).await {
+        match send(&pool(), addr, "/").await {
             Err(PoolError::Connect(_)) => {}
             other => panic!("want a connect error, got {:?}", other.map(|r| r.status())),
         }
@@ -700,49 +673,26 @@ mod tests {
         .await;
         let pool = pool();
         assert_eq!(
-            text(
-                pool.send(addr, get("/chunked"), None, Instant::now())
-                    .await
-                    .unwrap()
-            )
-            .await,
+            text(send(&pool, addr, "/chunked").await.unwrap()).await,
             "abcde"
         );
         assert_eq!(
-            text(
-                pool.send(addr, get("/continue"), None, Instant::now())
-                    .await
-                    .unwrap()
-            )
-            .await,
+            text(send(&pool, addr, "/continue").await.unwrap()).await,
             "ok"
         );
-        let empty = pool
-            .send(addr, get("/empty"), None, Instant::now())
-            .await
-            .unwrap();
+        let empty = send(&pool, addr, "/empty").await.unwrap();
         assert_eq!(empty.status(), 204);
         assert!(empty.body().is_end_stream());
         drop(empty);
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection so far");
         // No length: the body is what comes until the upstream closes, and the connection goes.
         assert_eq!(
-            text(
-                pool.send(addr, get("/last"), None, Instant::now())
-                    .await
-                    .unwrap()
-            )
-            .await,
+            text(send(&pool, addr, "/last").await.unwrap()).await,
             "until the end"
         );
         assert_eq!(pool.idle_count(addr), 0);
         assert_eq!(
-            text(
-                pool.send(addr, get("/chunked"), None, Instant::now())
-                    .await
-                    .unwrap()
-            )
-            .await,
+            text(send(&pool, addr, "/chunked").await.unwrap()).await,
             "abcde"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -776,20 +726,14 @@ mod tests {
                 &["x-kept", "content-length"],
             ),
         ] {
-            let resp = pool
-                .send(addr, get(path), None, Instant::now())
-                .await
-                .unwrap();
+            let resp = send(&pool, addr, path).await.unwrap();
             assert_eq!(lines(&resp), written, "{path}");
             let (names, resp) = names(resp);
             assert_eq!(names, kept, "{path}");
             assert_eq!(text(resp).await, "ok", "{path}");
         }
         // An upgrade keeps its Upgrade (the handler says `Connection: upgrade` again).
-        let resp = pool
-            .send(addr, get("/switch"), None, Instant::now())
-            .await
-            .unwrap();
+        let resp = send(&pool, addr, "/switch").await.unwrap();
         assert_eq!(resp.status(), 101);
         assert_eq!(lines(&resp), "Upgrade: websocket\r\n");
         assert_eq!(names(resp).0, ["upgrade"]);
@@ -802,15 +746,7 @@ mod tests {
             raw_upstream(&[("/last", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")]).await;
         let pool = pool();
         for round in 1..=3 {
-            assert_eq!(
-                text(
-                    pool.send(addr, get("/last"), None, Instant::now())
-                        .await
-                        .unwrap()
-                )
-                .await,
-                "ok"
-            );
+            assert_eq!(text(send(&pool, addr, "/last").await.unwrap()).await, "ok");
             assert_eq!(accepted.load(Ordering::SeqCst), round);
         }
         // A request the closed connection swallowed goes again on a new one, if idempotent.
@@ -828,15 +764,7 @@ mod tests {
             waited += 1;
         }
         assert!(readable(&pool), "the runtime saw the upstream close");
-        assert_eq!(
-            text(
-                pool.send(addr, get("/last"), None, Instant::now())
-                    .await
-                    .unwrap()
-            )
-            .await,
-            "ok"
-        );
+        assert_eq!(text(send(&pool, addr, "/last").await.unwrap()).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 4);
     }
 }

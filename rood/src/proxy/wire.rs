@@ -19,7 +19,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::headers::{hop_by_hop, names_field, Known};
+use super::headers::{hop_by_hop, named_by_connection, names_field, Known};
 use super::{BoxError, ProxyBody};
 
 /// Header fields a head may have.
@@ -168,13 +168,11 @@ impl Lines {
         }
         if fields.connection_names_field {
             // Written again, without the fields named.
-            let named: Vec<&[u8]> = read
+            let values = read
                 .iter()
                 .filter(|h| Known::of(h.name.as_bytes()) == Known::Connection)
-                .flat_map(|h| h.value.split(|&b| b == b','))
-                .map(<[u8]>::trim_ascii)
-                .filter(|t| names_field(t, upgrade))
-                .collect();
+                .map(|h| h.value);
+            let named: Vec<&[u8]> = named_by_connection(values, upgrade).collect();
             lines.bytes.clear();
             (lines.has_length, lines.has_date) = (false, false);
             for h in read {
