@@ -52,6 +52,13 @@ pub struct Config {
     #[arg(long, env = "ROO_PROXY_WORKERS", default_value_t = 0)]
     pub proxy_workers: u16,
 
+    /// `auto`: each proxy worker stays on one CPU of those rood may run on, worker i on the
+    /// i-th (round robin when there are more workers), as nginx's `worker_cpu_affinity auto`:
+    /// two workers never share a CPU, for fewer switches and a shorter latency tail, but a
+    /// worker cannot leave a CPU that another program keeps busy. `off`: the kernel places them.
+    #[arg(long, env = "ROO_PROXY_CPU_AFFINITY", default_value = "off", value_parser = ["auto", "off"])]
+    pub proxy_cpu_affinity: String,
+
     /// Most client connections open at once on the proxy listeners; more get 503.
     #[arg(long, env = "ROO_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,

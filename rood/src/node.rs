@@ -201,6 +201,7 @@ impl Node {
                 listeners.http,
                 listeners.https,
                 Arc::new(tls),
+                config.proxy_cpu_affinity == "auto",
                 shutdown.clone(),
             )
             .map_err(|e| StartError::Config(format!("starting the proxy workers: {e}")))?,

@@ -1313,3 +1313,92 @@ async fn slow_heads_and_idle_connections_are_closed_in_time() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(closed_after(&mut plain, Instant::now()).await >= idle);
 }
+
+/// The CPUs each thread of this process whose name starts with `prefix` may run on (Linux's
+/// `Cpus_allowed_list`, e.g. `0-3,6`), by thread name.
+fn cpus_of_threads(prefix: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        // A thread may end between the listing and the read.
+        let (Ok(comm), Ok(status)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("status")),
+        ) else {
+            continue;
+        };
+        if let Some(name) = comm.trim().strip_prefix(prefix) {
+            let cpus = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim();
+            found.push((name.to_string(), cpus.to_string()));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pinned_workers_keep_a_cpu_each_and_serve() {
+    let (pinned, _dir) = node_with(&["--proxy-workers", "2", "--proxy-cpu-affinity", "auto"]).await;
+    let (unpinned, _dir2) = node_with(&["--proxy-workers", "2"]).await;
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let ours = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    // The CPUs this test may run on, in order.
+    let allowed: Vec<String> = ours
+        .split(',')
+        .flat_map(|range| match range.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+                (a..=b).map(|c| c.to_string()).collect()
+            }
+            None => vec![range.to_string()],
+        })
+        .collect();
+
+    let threads = cpus_of_threads("rood-proxy-");
+    for (worker, want) in [("0", &allowed[0]), ("1", &allowed[1 % allowed.len()])] {
+        let cpus: Vec<&String> = threads
+            .iter()
+            .filter(|(name, _)| name == worker)
+            .map(|(_, cpus)| cpus)
+            .collect();
+        // One worker of that number in each node: the pinned one on its CPU alone, the other
+        // anywhere this test may run.
+        assert!(cpus.contains(&want), "worker {worker}: {threads:?}");
+        assert!(cpus.contains(&&ours), "worker {worker}: {threads:?}");
+    }
+
+    // Both pinned workers serve: of two connections open at once, each worker has one.
+    let a = upstream("a").await;
+    let http = Http::default();
+    for node in [&pinned, &unpinned] {
+        put(node, "com.roo.host:a.test:http", &format!("http://{a}")).await;
+        wait_routed(&http, node, "a.test").await;
+    }
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        conns.push(
+            tokio::net::TcpStream::connect(pinned.http_addr)
+                .await
+                .unwrap(),
+        );
+    }
+    for _ in 0..3 {
+        for tcp in &mut conns {
+            use tokio::io::AsyncWriteExt;
+            tcp.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n")
+                .await
+                .unwrap();
+            let (head, body) = read_answer(tcp, &mut Vec::new(), false).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert!(String::from_utf8_lossy(&body).contains("\"a\""), "{body:?}");
+        }
+    }
+}

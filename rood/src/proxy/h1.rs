@@ -79,7 +79,10 @@ where
         ..
     } = state.limits;
     let idle = tokio::time::sleep(header_timeout);
-    tokio::pin!(idle);
+    // Likewise one wait for shutdown: it joins the token's waiters once, where a wait of each
+    // request's own joined and left them under their lock.
+    let shut = shutdown.cancelled();
+    tokio::pin!(idle, shut);
     loop {
         let (mut io, mut buf) = conn;
         if buf.is_empty() {
@@ -92,10 +95,12 @@ where
                 (false, None) => idle_timeout,
             };
             idle.as_mut().reset(Instant::now() + wait);
+            // The read first: when it is ready, the other two are not asked (asking the
+            // shutdown wait takes its lock).
             let read = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Ok(Outcome::Closed),
                 read = read_some(&mut io, &mut buf) => Some(read),
+                () = shut.as_mut() => return Ok(Outcome::Closed),
                 () = idle.as_mut() => None,
             };
             match read {

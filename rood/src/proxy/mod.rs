@@ -1,13 +1,15 @@
 //! The proxy: HTTP and HTTPS listeners, each request routed by host to an upstream.
 //!
-//! Top-down: [`spawn_workers`] starts the worker threads, whose loops accept connections (TLS
-//! with a certificate per SNI from [`crate::certs`]) and serve them: HTTP/1.x by [`h1`] (plain
-//! connections idle for a while wait in the worker's [`park`] lot), HTTP/2 by hyper. Each
+//! Top-down: [`spawn_workers`] starts the worker threads (each kept on a CPU of its own by
+//! [`affinity`], when asked), whose loops accept connections (TLS with a certificate per SNI
+//! from [`crate::certs`]) and serve them: HTTP/1.x by [`h1`] (plain connections idle for a while
+//! wait in the worker's [`park`] lot), HTTP/2 by hyper. Each
 //! request goes to [`handler::handle`], which finds the route in the current
 //! [`crate::routes::RouteTable`] snapshot, then [`upstream`] picks an address and [`forward`]
 //! sends the request on (plain HTTP/1.1 over the worker's [`pool`] of keep-alive connections),
 //! with [`headers`] fixing the forwarding headers. [`wire`] is the HTTP/1.1 both sides speak.
 
+mod affinity;
 mod error;
 mod forward;
 mod h1;
@@ -119,19 +121,37 @@ impl ConnInfo {
 /// thread, without wake-ups across threads. One task per listener (on the caller's runtime)
 /// accepts and hands each connection to the worker with the fewest open: workers accepting on a
 /// shared socket themselves took them in bursts, at times every connection on one worker.
+/// `pin`: each worker stays on a CPU of its own ([`affinity`]).
 /// Each returned task ends when its worker has drained after `shutdown`, or its listener closed.
 pub fn spawn_workers(
     workers: Vec<ProxyState>,
     http: TcpListener,
     https: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    pin: bool,
     shutdown: CancellationToken,
 ) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
     // The connection limit holds per listener, across workers.
     let max = workers.first().map_or(1, |w| w.limits.max_connections);
+    let cpus = match pin.then(affinity::allowed) {
+        Some(Ok(allowed)) => {
+            tracing::info!(
+                ?allowed,
+                workers = workers.len(),
+                "proxy workers pinned to CPUs"
+            );
+            affinity::plan(&allowed, workers.len())
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "the CPUs rood may run on are unknown; proxy workers not pinned");
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
     let mut tasks = Vec::new();
     let (mut to_http, mut to_https) = (Vec::new(), Vec::new());
     for (i, state) in workers.into_iter().enumerate() {
+        let cpu = cpus.get(i).copied().flatten();
         let (http_tx, http_rx) = mpsc::unbounded_channel();
         let (https_tx, https_rx) = mpsc::unbounded_channel();
         let load = Arc::new(AtomicUsize::new(0));
@@ -153,6 +173,11 @@ pub fn spawn_workers(
         std::thread::Builder::new()
             .name(format!("rood-proxy-{i}"))
             .spawn(move || {
+                if let Some(cpu) = cpu {
+                    if let Err(e) = affinity::pin_current_thread(cpu) {
+                        tracing::warn!(error = %e, worker = i, cpu, "proxy worker not pinned");
+                    }
+                }
                 runtime.block_on(async move {
                     let state = Arc::new(state);
                     tokio::join!(
