@@ -53,7 +53,7 @@ nginx -c "$work/upstream.conf" -g 'daemon off;' & pids+=($!)
 # Each proxy's two workers are kept on a CPU each (rood --proxy-cpu-affinity auto, nginx
 # worker_cpu_affinity auto, HAProxy cpu-map; Caddy's Go runtime has no such setting): left to the
 # scheduler, two workers at times shared a CPU while wrk and the upstream had the other, and the
-# p99 of one run of rood or nginx came out anywhere from 2.5 to 6 ms; pinned, 1.6 to 2 ms.
+# p99 of one run of rood or nginx came out anywhere from 2.5 to 6 ms; pinned, 1.6 to 2.4 ms.
 
 # nginx as the proxy: two workers (rood runs two proxy workers), keep-alive to the upstream, TLS
 # 1.2 and 1.3 like rood (Debian's nginx 1.22 offers only up to 1.2 unless told), the forwarding
