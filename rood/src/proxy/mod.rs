@@ -151,7 +151,7 @@ pub fn spawn_workers(
     let mut tasks = Vec::new();
     let (mut to_http, mut to_https) = (Vec::new(), Vec::new());
     for (i, state) in workers.into_iter().enumerate() {
-        let cpu = cpus.get(i).copied().flatten();
+        let cpu = cpus.get(i).copied();
         let (http_tx, http_rx) = mpsc::unbounded_channel();
         let (https_tx, https_rx) = mpsc::unbounded_channel();
         let load = Arc::new(AtomicUsize::new(0));

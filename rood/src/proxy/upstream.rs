@@ -56,11 +56,10 @@ struct Addresses {
 
 impl Addresses {
     async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, crate::dns::DnsError> {
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(vec![ip]);
-        }
-        // hickory caches answers for their TTL, so this is a lookup in memory most times. Boxed:
-        // hickory's future is large, and every request's future would otherwise carry its size.
+        // An address is taken as it is by `dns::lookup` (a plain route's does not come here:
+        // `Destination::ip`). hickory caches answers for their TTL, so this is a lookup in
+        // memory most times. Boxed: hickory's future is large, and every request's future would
+        // otherwise carry its size.
         Box::pin(crate::dns::lookup(&self.resolver, host)).await
     }
 
