@@ -226,23 +226,26 @@ pub async fn wait_for_cluster(http: &Http, addrs: &[String], voters: usize) -> u
     wait_for(
         &format!("{voters} voters with one leader on {addrs:?}"),
         Duration::from_secs(60),
-        || async {
-            let mut leader = None;
-            for addr in addrs {
-                let s = http.cluster(addr).await.ok()?;
-                if s["voters"].as_array()?.len() != voters {
-                    return None;
-                }
-                let l = s["leader_id"].as_u64()?;
-                if leader.is_some_and(|x| x != l) {
-                    return None;
-                }
-                leader = Some(l);
-            }
-            leader
-        },
+        || cluster_leader(http, addrs, voters),
     )
     .await
+}
+
+/// The leader's id if every node in `addrs` reports the same one and `voters` voters.
+async fn cluster_leader(http: &Http, addrs: &[String], voters: usize) -> Option<u64> {
+    let mut leader = None;
+    for addr in addrs {
+        let s = http.cluster(addr).await.ok()?;
+        if s["voters"].as_array()?.len() != voters {
+            return None;
+        }
+        let l = s["leader_id"].as_u64()?;
+        if leader.is_some_and(|x| x != l) {
+            return None;
+        }
+        leader = Some(l);
+    }
+    leader
 }
 
 /// The API address of the node with raft id `id`, from a member's status.
@@ -320,10 +323,42 @@ pub async fn upstream(body: &'static str) -> std::net::SocketAddr {
     addr
 }
 
-/// A free TCP port on `ip`.
+/// A port of `ip` free for TCP and UDP, for a server a test starts later (a rood process,
+/// Pebble, a DNS server), kept from every other test until this test process ends.
+///
+/// A port the kernel hands out for port 0 can be handed out again, to another test's outgoing
+/// connection, before the server binds it. So the port comes from below the kernel's ephemeral
+/// range (`ip_local_port_range` starts at 32768), where nothing is handed out, and a lock on a
+/// file named after it keeps the other test processes from taking it too.
 pub fn free_port(ip: &str) -> u16 {
-    let l = std::net::TcpListener::bind((ip, 0)).unwrap();
-    l.local_addr().unwrap().port()
+    const PORTS: std::ops::Range<u32> = 20_000..32_000;
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("roo-test-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    let span = PORTS.end - PORTS.start;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let start = std::process::id().wrapping_mul(7919).wrapping_add(nanos);
+    for i in 0..span {
+        let port = (PORTS.start + start.wrapping_add(i) % span) as u16;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+            .unwrap();
+        if lock.try_lock().is_err()
+            || std::net::TcpListener::bind((ip, port)).is_err()
+            || std::net::UdpSocket::bind((ip, port)).is_err()
+        {
+            continue;
+        }
+        HELD.lock().unwrap().push(lock);
+        return port;
+    }
+    panic!("no free port on {ip} in {PORTS:?}");
 }
 
 /// A rood process.
@@ -441,6 +476,11 @@ impl Proc {
         self.child.is_some()
     }
 
+    /// How it ended, if it was started and has exited since.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok()?
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -481,14 +521,42 @@ pub async fn process_cluster(dir: &Path, n: usize, extra: &[&str]) -> Vec<Proc> 
     let addrs: Vec<String> = (1..=n).map(|i| format!("127.0.0.{i}:{port}")).collect();
     let mut procs = vec![Proc::start(&addrs[0], &dir.join("n1"), extra)];
     let http = Http::default();
-    wait_for_cluster(&http, &addrs[..1], 1).await;
+    wait_for_processes(&http, &mut procs, 1).await;
     for (i, addr) in addrs.iter().enumerate().skip(1) {
         let mut args = vec!["--join", addrs[0].as_str()];
         args.extend_from_slice(extra);
         procs.push(Proc::start(addr, &dir.join(format!("n{}", i + 1)), &args));
     }
-    wait_for_cluster(&http, &addrs, n).await;
+    wait_for_processes(&http, &mut procs, n).await;
     procs
+}
+
+/// Like [`wait_for_cluster`] over `procs`, but a node that exits meanwhile fails at once, with
+/// the end of its log.
+async fn wait_for_processes(http: &Http, procs: &mut [Proc], voters: usize) -> u64 {
+    let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(leader) = cluster_leader(http, &addrs, voters).await {
+            return leader;
+        }
+        for p in procs.iter_mut() {
+            if let Some(status) = p.exited() {
+                panic!("{} exited ({status}):\n{}", p.addr, p.log_tail());
+            }
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = procs
+                .iter()
+                .map(|p| format!("{}:\n{}", p.addr, p.log_tail()))
+                .collect();
+            panic!(
+                "timed out after 60s waiting for {voters} voters with one leader on {addrs:?}\n{}",
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Starts pebble-challtestsrv as a DNS server on `dns`, with its own challenge servers off.
