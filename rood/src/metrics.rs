@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use roo_kv::Kv;
 
 use crate::feed::Tables;
+use crate::proxy::upstream::Upstream;
 use crate::routes::Scheme;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -280,8 +281,8 @@ pub struct RequestCounts(Mutex<Counts>);
 
 #[derive(Debug, Default)]
 struct Counts {
-    /// Host, then upstream, then status class (1xx to 5xx).
-    requests: HashMap<Box<str>, HashMap<Box<str>, [u64; 5]>, ahash::RandomState>,
+    /// Host, then upstream (none when none was reached), then status class (1xx to 5xx).
+    requests: HashMap<Box<str>, HashMap<Option<Upstream>, [u64; 5]>, ahash::RandomState>,
     /// Durations, by listener ([`scheme_index`]).
     seconds: [Durations; 2],
 }
@@ -303,7 +304,14 @@ fn scheme_index(scheme: Scheme) -> usize {
 
 impl RequestCounts {
     /// Counts one answered request.
-    pub fn request(&self, host: &str, status: u16, upstream: &str, scheme: Scheme, seconds: f64) {
+    pub fn request(
+        &self,
+        host: &str,
+        status: u16,
+        upstream: Option<&Upstream>,
+        scheme: Scheme,
+        seconds: f64,
+    ) {
         let class = match status {
             100..=199 => 0,
             200..=299 => 1,
@@ -321,10 +329,8 @@ impl RequestCounts {
             Some(by_upstream) => by_upstream,
             None => counts.requests.entry(host.into()).or_default(),
         };
-        let classes = match by_upstream.get_mut(upstream) {
-            Some(classes) => classes,
-            None => by_upstream.entry(upstream.into()).or_default(),
-        };
+        let upstream = upstream.cloned();
+        let classes = by_upstream.entry(upstream).or_default();
         classes[class] += 1;
         let d = &mut counts.seconds[scheme_index(scheme)];
         d.buckets[bucket] += 1;
@@ -343,15 +349,16 @@ struct Requests {
 impl Collector for Requests {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-        let mut requests: HashMap<(Box<str>, Box<str>), [u64; 5]> = HashMap::new();
+        let mut requests: HashMap<(Box<str>, String), [u64; 5]> = HashMap::new();
         let mut seconds = [Durations::default(); 2];
         for worker in lock(&self.workers).iter() {
             let counts = lock(&worker.0);
             for (host, by_upstream) in &counts.requests {
                 for (upstream, classes) in by_upstream {
-                    let sum = requests
-                        .entry((host.clone(), upstream.clone()))
-                        .or_default();
+                    let upstream = upstream
+                        .as_ref()
+                        .map_or_else(|| "-".to_string(), Upstream::to_string);
+                    let sum = requests.entry((host.clone(), upstream)).or_default();
                     for (sum, n) in sum.iter_mut().zip(classes) {
                         *sum += n;
                     }
@@ -431,21 +438,10 @@ mod tests {
     fn the_page_sums_the_workers_counts() {
         let metrics = Metrics::new();
         let (one, two) = (metrics.request_counts(), metrics.request_counts());
-        one.request(
-            "Example.COM",
-            200,
-            "http://10.0.0.1:80",
-            Scheme::Http,
-            0.0007,
-        );
-        two.request(
-            "example.com",
-            204,
-            "http://10.0.0.1:80",
-            Scheme::Http,
-            100.0,
-        );
-        two.request("example.com", 503, "-", Scheme::Https, 0.0001);
+        let upstream = Upstream::Addr(([10, 0, 0, 1], 80).into());
+        one.request("Example.COM", 200, Some(&upstream), Scheme::Http, 0.0007);
+        two.request("example.com", 204, Some(&upstream), Scheme::Http, 100.0);
+        two.request("example.com", 503, None, Scheme::Https, 0.0001);
         let mut page = String::new();
         prometheus_client::encoding::text::encode(&mut page, &metrics.registry).unwrap();
         for line in [

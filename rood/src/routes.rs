@@ -359,6 +359,11 @@ impl RouteTable {
     /// `scheme`: `host:port:scheme` first, then `host:scheme`, then the wildcard one label up.
     pub fn lookup(&self, host: &str, scheme: Scheme) -> Option<&Arc<Route>> {
         let (name, port) = split_host_port(host)?;
+        self.find(name, port, scheme)
+    }
+
+    /// [`RouteTable::lookup`] of a host already split into its name and port.
+    pub fn find(&self, name: &str, port: Option<u16>, scheme: Scheme) -> Option<&Arc<Route>> {
         let name = name.trim_end_matches('.');
         let name = lowercase(name);
         let port = port.filter(|p| *p != scheme.default_port());

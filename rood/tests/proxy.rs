@@ -851,6 +851,15 @@ async fn wire_upstream() -> SocketAddr {
             let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
                 let answer: Answer = match req.uri().path() {
                     "/echo" => http::Response::new(req.into_body().boxed()),
+                    path if path.starts_with("/sleep/") => {
+                        let ms = path["/sleep/".len()..].parse().unwrap_or(0);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        http::Response::new(
+                            Full::new(Bytes::from("slept"))
+                                .map_err(|never| match never {})
+                                .boxed(),
+                        )
+                    }
                     "/slow" => {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         http::Response::new(
@@ -1143,6 +1152,79 @@ async fn http2_with_prior_knowledge_on_the_plain_listener() {
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(json["uri"], "/h2");
     assert_eq!(json["headers"]["x-forwarded-proto"], "http");
+}
+
+/// GET `path` for wire.test on a kept connection: the answer's head and body, and how long it
+/// took.
+async fn ask(
+    tcp: &mut tokio::net::TcpStream,
+    pending: &mut Vec<u8>,
+    path: &str,
+) -> (String, String, Duration) {
+    use tokio::io::AsyncWriteExt;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: wire.test\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let sent = Instant::now();
+    let (head, body) = read_answer(tcp, pending, false).await;
+    (
+        head,
+        String::from_utf8_lossy(&body).to_string(),
+        sent.elapsed(),
+    )
+}
+
+/// An upstream slower than `--upstream-timeout-ms` gets the client a 504 at the timeout, over
+/// HTTP/1.1 (whose wait runs on its connection's own timer, set earlier for the wait between
+/// requests) and HTTP/2; one slower than that earlier setting but within the timeout is
+/// answered, and a kept connection goes on after a 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstreams_slower_than_the_timeout_get_504() {
+    let timeout = Duration::from_millis(1500);
+    let (node, _dir) = wire_node_with(&["--upstream-timeout-ms", "1500"]).await;
+    let mut tcp = tokio::net::TcpStream::connect(node.http_addr)
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    // The first wait, for the head, is the longer header timeout's: the timer moves earlier.
+    let (head, _, _) = ask(&mut tcp, &mut pending, "/first").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Then longer than the parking delay the connection's timer is set for between requests.
+    let (head, body, _) = ask(&mut tcp, &mut pending, "/sleep/800").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "slept");
+    let (head, body, took) = ask(&mut tcp, &mut pending, "/sleep/4000").await;
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}\n{body}");
+    assert!(body.contains("no answer within"), "{body}");
+    assert!(took >= timeout, "504 after {took:?}, before the timeout");
+    let (head, _, _) = ask(&mut tcp, &mut pending, "/after").await;
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "the connection goes on: {head}"
+    );
+
+    let tcp = tokio::net::TcpStream::connect(node.http_addr)
+        .await
+        .unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for (path, status) in [("/sleep/800", 200), ("/sleep/4000", 504)] {
+        let sent = Instant::now();
+        let resp = h2
+            .send_request(
+                http::Request::get(format!("http://wire.test{path}"))
+                    .body(Empty::<Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{path} over HTTP/2");
+        if status == 504 {
+            assert!(sent.elapsed() >= timeout, "504 after {:?}", sent.elapsed());
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

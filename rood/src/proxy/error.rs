@@ -3,7 +3,7 @@
 use http::StatusCode;
 
 /// Why a request could not be proxied.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
     /// The client's request is unusable (bad or missing Host, ...).
     #[error("bad request: {0}")]

@@ -1,14 +1,16 @@
 //! Sending a request upstream and streaming the answer back.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Instant;
 
-use crate::metrics::UpstreamLabels;
 use http::{Request, Response, Uri, Version};
+use tokio::time::Sleep;
 
 use super::headers;
-use super::upstream::SendError;
+use super::upstream::{Addrs, SendError, Upstream};
 use super::{ConnInfo, ProxyBody, ProxyError, ProxyState};
+use crate::metrics::UpstreamLabels;
 use crate::routes::Route;
 
 /// Whether a request asks to switch protocols (WebSocket and the like).
@@ -26,8 +28,9 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Sends `req` (come at `started`) to one of the route's addresses; on a refused connection of
 /// a request that is safe to send again (idempotent, no body), once more to another address,
-/// each try within the upstream timeout. An upgrade that the upstream accepts (101) comes back
-/// with the upstream's side of it for the client connection to tunnel to.
+/// each try within the upstream timeout (kept on `alarm`, see [`within`]). An upgrade that the
+/// upstream accepts (101) comes back with the upstream's side of it for the client connection to
+/// tunnel to. `host`: the request's, as the client sent it.
 pub async fn forward(
     state: &ProxyState,
     route: &Route,
@@ -35,11 +38,12 @@ pub async fn forward(
     req: Request<ProxyBody>,
     info: ConnInfo,
     started: Instant,
-) -> Result<(Response<ProxyBody>, Arc<str>), ProxyError> {
+    mut alarm: Pin<&mut Sleep>,
+) -> Result<(Response<ProxyBody>, Upstream), ProxyError> {
     // TLS destinations are named by host (for SNI and the certificate check); their addresses
     // rotate inside the TLS connector. Plain ones are resolved here, address by address.
     let addrs = if route.tls() {
-        Vec::new()
+        Addrs::new()
     } else {
         state.upstreams.resolve(&route.destinations).await?
     };
@@ -64,7 +68,6 @@ pub async fn forward(
             .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     }
     let upstreams = &state.upstreams;
-    let path = parts.uri.path_and_query().cloned();
     let resendable = parts.method.is_idempotent() && hyper::body::Body::is_end_stream(&body);
     // Only a plain route with another address to try can send the request twice: copy the
     // head for that case alone.
@@ -78,61 +81,53 @@ pub async fn forward(
             addr: host.to_string(),
             reason: "no address left to try".into(),
         };
-        let (target, uri, addr): (Arc<str>, Uri, _) = if route.tls() {
+        let (upstream, addr) = if route.tls() {
             let d = upstreams
                 .pick_destination(&route.destinations)
                 .ok_or_else(no_target)?;
-            let target = format!("https://{}:{}", d.host, d.port);
-            let uri = format!("{target}{}", path.as_ref().map_or("/", |p| p.as_str()))
-                .parse()
-                .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))?;
-            (target.into(), uri, None)
+            (
+                Upstream::Tls(format!("https://{}:{}", d.host, d.port).into()),
+                None,
+            )
         } else {
             let addr = upstreams.pick(&addrs, tried).ok_or_else(no_target)?;
-            let target = upstreams.target(addr)?;
-            let mut uri = http::uri::Parts::default();
-            // HTTP/1.1 goes on a connection to `addr` (origin form); h2c names it.
-            if route.h2c {
-                uri.scheme = Some(http::uri::Scheme::HTTP);
-                uri.authority = Some(target.authority);
-            }
-            uri.path_and_query = Some(
-                path.clone()
-                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-            );
-            let uri = Uri::from_parts(uri)
-                .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))?;
-            (target.label, uri, Some(addr))
+            (Upstream::Addr(addr), Some(addr))
         };
         let upstream_body = match body.take() {
             Some(b) if !resendable => b,
             _ => super::empty_body(),
         };
-        let head = match &parts {
+        let mut head = match &parts {
             Some(p) if may_retry && tried.is_none() => p.clone(),
             _ => parts.take().ok_or_else(no_target)?,
         };
-        let mut upstream_req = Request::from_parts(head, upstream_body);
-        *upstream_req.uri_mut() = uri;
+        // Plain HTTP/1.1 goes on a connection to `addr` with the request's own target (the pool
+        // writes its path); hyper's clients are given the upstream in the URI.
+        match (&upstream, route.h2c) {
+            (Upstream::Tls(target), _) => head.uri = absolute(target, &head.uri)?,
+            (Upstream::Addr(addr), true) => {
+                head.uri = absolute(&format!("http://{addr}"), &head.uri)?
+            }
+            _ => {}
+        }
+        let upstream_req = Request::from_parts(head, upstream_body);
         // The first try's clock is the request's: read once.
         let sent_at = match tried {
             None => started,
             Some(_) => Instant::now(),
         };
-        let sent = tokio::time::timeout_at(
-            (sent_at + upstreams.timeout).into(),
-            upstreams.send(route, addr, upstream_req, &forwarded, sent_at),
-        )
-        .await;
+        // Pinned where it is made: the sending's future is large, and not moved again.
+        let send = std::pin::pin!(upstreams.send(route, addr, upstream_req, &forwarded, sent_at));
+        let sent = within(alarm.as_mut(), sent_at + upstreams.timeout, send).await;
         let error = match sent {
-            Ok(Ok(resp)) => return Ok((resp, target)),
-            Err(_) => ProxyError::Timeout {
-                addr: target.to_string(),
+            Some(Ok(resp)) => return Ok((resp, upstream)),
+            None => ProxyError::Timeout {
+                addr: upstream.to_string(),
                 secs: upstreams.timeout.as_secs(),
             },
-            Ok(Err(SendError::Connect(reason))) => {
+            Some(Err(SendError::Connect(reason))) => {
                 let labels = UpstreamLabels {
-                    upstream: target.to_string(),
+                    upstream: upstream.to_string(),
                 };
                 state
                     .metrics
@@ -148,12 +143,12 @@ pub async fn forward(
                         .inc();
                 }
                 ProxyError::Connect {
-                    addr: target.to_string(),
+                    addr: upstream.to_string(),
                     reason,
                 }
             }
-            Ok(Err(SendError::Failed(reason))) => ProxyError::Upstream {
-                addr: target.to_string(),
+            Some(Err(SendError::Failed(reason))) => ProxyError::Upstream {
+                addr: upstream.to_string(),
                 reason,
             },
         };
@@ -163,5 +158,41 @@ pub async fn forward(
         }
         tracing::debug!(error = %error, "retrying on another address");
         tried = Some(addr);
+    }
+}
+
+/// `target` (`scheme://authority`) with the path and query of `uri`.
+fn absolute(target: &str, uri: &Uri) -> Result<Uri, ProxyError> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("{target}{path}")
+        .parse()
+        .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))
+}
+
+/// `answer`, unless `deadline` passes first (None). It waits on `alarm`, a timer of the client
+/// connection's that may be set to ring earlier (an HTTP/1.1 connection's is set for its wait
+/// between requests, and moved on when the next wait begins): ringing early, it is set for the
+/// deadline. So a request that is answered in time, as most are, puts no timer of its own into
+/// the runtime's wheel and takes none out; moving a registered timer later is a store.
+pub async fn within<F: Future>(
+    mut alarm: Pin<&mut Sleep>,
+    deadline: Instant,
+    mut answer: Pin<&mut F>,
+) -> Option<F::Output> {
+    let deadline = tokio::time::Instant::from_std(deadline);
+    if alarm.deadline() > deadline {
+        alarm.as_mut().reset(deadline);
+    }
+    loop {
+        tokio::select! {
+            biased;
+            out = answer.as_mut() => return Some(out),
+            () = alarm.as_mut() => {
+                if tokio::time::Instant::now() >= deadline {
+                    return None;
+                }
+                alarm.as_mut().reset(deadline);
+            }
+        }
     }
 }

@@ -1,27 +1,27 @@
 //! One request: find the host's route, then forward, redirect or refuse.
 
-use std::sync::Arc;
+use std::pin::Pin;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use roo_acme::challenge::HTTP01_PATH;
+use tokio::time::Sleep;
 
+use super::upstream::Upstream;
 use super::{forward, headers, ConnInfo, ProxyBody, ProxyError, ProxyState, CHALLENGE_WAIT};
 use crate::routes::{split_host_port, valid_host, Scheme};
 
-/// Answers one request.
+/// Answers one request. `alarm`: a timer of the client connection's for the wait for the
+/// upstream's answer ([`forward::within`]).
 pub async fn handle(
     state: &ProxyState,
     req: Request<ProxyBody>,
     info: ConnInfo,
+    alarm: Pin<&mut Sleep>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let method = req.method().clone();
-    // Shares the request's bytes: kept for the access log after the request moves on.
-    let uri = req.uri().clone();
-    let path = uri.path();
     if info.over_limit {
         let mut resp = text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -33,19 +33,26 @@ pub async fn handle(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return resp;
     }
-    let challenge = path
+    // Kept for the access log (sharing the request's bytes) only when it is written.
+    let logged = tracing::enabled!(target: "rood::access", tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.uri().clone()));
+    let challenge = req
+        .uri()
+        .path()
         .strip_prefix(HTTP01_PATH)
-        .filter(|_| info.scheme == Scheme::Http);
-    let host = request_host(&req);
+        .filter(|_| info.scheme == Scheme::Http)
+        .map(str::to_string);
+    let value = host_value(&req);
+    let host = value.as_ref().map_err(Clone::clone).and_then(Host::parse);
     // `routed`: the host has a route (hosts without one are counted together in metrics, so
     // that request headers cannot grow the label set).
     let (resp, upstream, routed) = match (challenge, &host) {
         (Some(token), _) => (
-            acme_challenge(state, token).await,
-            Some("acme".into()),
+            acme_challenge(state, &token).await,
+            Some(Upstream::Acme),
             false,
         ),
-        (None, Ok(host)) => match route(state, req, info, host, started).await {
+        (None, Ok(host)) => match route(state, req, info, host, started, alarm).await {
             Ok((resp, upstream)) => (resp, upstream, true),
             Err(e) => (
                 error_response(&e),
@@ -56,28 +63,27 @@ pub async fn handle(
         (None, Err(e)) => (error_response(e), None, false),
     };
     let label_host = match (&host, routed) {
-        (Ok(h), true) => split_host_port(h).map_or(h.as_str(), |(name, _)| name),
+        (Ok(h), true) => h.name,
         _ => "-",
     };
     let seconds = started.elapsed().as_secs_f64();
-    state.counts.request(
-        label_host,
-        resp.status().as_u16(),
-        upstream.as_deref().unwrap_or("-"),
-        info.scheme,
-        seconds,
-    );
-    tracing::info!(
-        target: "rood::access",
-        host = host.as_deref().unwrap_or("-"),
-        scheme = %info.scheme,
-        client = %info.peer,
-        %method,
-        path,
-        status = resp.status().as_u16(),
-        upstream = upstream.as_deref().unwrap_or("-"),
-        ms = seconds * 1000.0,
-    );
+    let status = resp.status().as_u16();
+    state
+        .counts
+        .request(label_host, status, upstream.as_ref(), info.scheme, seconds);
+    if let Some((method, uri)) = logged {
+        tracing::info!(
+            target: "rood::access",
+            host = host.as_ref().map_or("-", |h| h.text),
+            scheme = %info.scheme,
+            client = %info.peer,
+            %method,
+            path = uri.path(),
+            status,
+            upstream = %upstream.as_ref().map_or_else(|| "-".to_string(), Upstream::to_string),
+            ms = seconds * 1000.0,
+        );
+    }
     resp
 }
 
@@ -85,26 +91,27 @@ async fn route(
     state: &ProxyState,
     req: Request<ProxyBody>,
     info: ConnInfo,
-    host: &str,
+    host: &Host<'_>,
     started: Instant,
-) -> Result<(Response<ProxyBody>, Option<Arc<str>>), ProxyError> {
+    alarm: Pin<&mut Sleep>,
+) -> Result<(Response<ProxyBody>, Option<Upstream>), ProxyError> {
     let routes = state.tables.routes.load();
-    let Some(route) = routes.lookup(host, info.scheme).cloned() else {
-        if info.scheme == Scheme::Http && routes.lookup(host, Scheme::Https).is_some() {
-            return Ok((redirect_to_https(host, &req), None));
+    let Some(route) = routes.find(host.name, host.port, info.scheme).cloned() else {
+        if info.scheme == Scheme::Http && routes.find(host.name, host.port, Scheme::Https).is_some()
+        {
+            return Ok((redirect_to_https(host.name, &req), None));
         }
-        return Err(ProxyError::NoRoute(host.to_string()));
+        return Err(ProxyError::NoRoute(host.text.to_string()));
     };
     drop(routes);
-    // Boxed: the request's future is moved whole at each level it is awaited, and forwarding
-    // is most of its size.
-    let (resp, addr) = Box::pin(forward::forward(state, &route, host, req, info, started)).await?;
+    let (resp, upstream) =
+        forward::forward(state, &route, host.text, req, info, started, alarm).await?;
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(
         &mut parts.headers,
         parts.status == StatusCode::SWITCHING_PROTOCOLS,
     );
-    Ok((Response::from_parts(parts, body), Some(addr)))
+    Ok((Response::from_parts(parts, body), Some(upstream)))
 }
 
 /// The key authorization of an HTTP-01 token, from the replicated challenge table, for any
@@ -123,32 +130,47 @@ async fn acme_challenge(state: &ProxyState, token: &str) -> Response<ProxyBody> 
     }
 }
 
-/// The host a request is for: HTTP/2's `:authority`, else the Host header; checked.
-fn request_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
-    if req.headers().get_all(header::HOST).iter().count() > 1 {
+/// The Host a request names: HTTP/2's `:authority` (or an absolute-form target's), else its
+/// Host header; one at most.
+fn host_value<B>(req: &Request<B>) -> Result<HeaderValue, ProxyError> {
+    let mut sent = req.headers().get_all(header::HOST).iter();
+    let (first, more) = (sent.next(), sent.next());
+    if more.is_some() {
         return Err(ProxyError::BadRequest("more than one Host header".into()));
     }
-    let raw = match req.uri().authority() {
-        Some(a) => a.as_str().to_string(),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .ok_or_else(|| ProxyError::BadRequest("no Host header".into()))?
-            .to_str()
-            .map_err(|_| ProxyError::BadRequest("Host header is not text".into()))?
-            .to_string(),
-    };
-    let (name, _) =
-        split_host_port(&raw).ok_or_else(|| ProxyError::BadRequest(format!("bad Host {raw:?}")))?;
-    if !valid_host(name) && name.parse::<std::net::IpAddr>().is_err() {
-        return Err(ProxyError::BadRequest(format!("bad Host {raw:?}")));
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str())
+            .map_err(|_| ProxyError::BadRequest(format!("bad Host {:?}", a.as_str()))),
+        None => first
+            .cloned()
+            .ok_or_else(|| ProxyError::BadRequest("no Host header".into())),
     }
-    Ok(raw)
 }
 
-/// 308 to the same host and path over https (the default port).
-fn redirect_to_https<B>(host: &str, req: &Request<B>) -> Response<ProxyBody> {
-    let name = split_host_port(host).map_or(host, |(n, _)| n);
+/// The host a request is for, checked: as the client sent it, and its name and port.
+#[derive(Debug)]
+struct Host<'a> {
+    text: &'a str,
+    name: &'a str,
+    port: Option<u16>,
+}
+
+impl Host<'_> {
+    fn parse(value: &HeaderValue) -> Result<Host<'_>, ProxyError> {
+        let text = value
+            .to_str()
+            .map_err(|_| ProxyError::BadRequest("Host header is not text".into()))?;
+        let bad = || ProxyError::BadRequest(format!("bad Host {text:?}"));
+        let (name, port) = split_host_port(text).ok_or_else(bad)?;
+        if !valid_host(name) && name.parse::<std::net::IpAddr>().is_err() {
+            return Err(bad());
+        }
+        Ok(Host { text, name, port })
+    }
+}
+
+/// 308 to the same host (`name`) and path over https (the default port).
+fn redirect_to_https<B>(name: &str, req: &Request<B>) -> Response<ProxyBody> {
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = format!("https://{name}{path}");
     let mut resp = text(

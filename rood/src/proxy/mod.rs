@@ -408,7 +408,7 @@ impl Plain {
             shutdown,
         } = self;
         let park_after = lot.as_ref().map(|_| park::PARK_AFTER);
-        match h1::serve(stream, &state, info, new, park_after, &shutdown).await {
+        match h1::serve::<_, h1::Inline>(stream, &state, info, new, park_after, &shutdown).await {
             Ok(h1::Outcome::Closed) => {}
             Ok(h1::Outcome::Parked(stream)) => {
                 if let Some(lot) = lot.filter(|_| !shutdown.is_cancelled()) {
@@ -461,7 +461,7 @@ async fn serve_connection<T>(
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
-    match h1::serve(io, state, info, true, None, shutdown).await {
+    match h1::serve::<_, h1::Boxed>(io, state, info, true, None, shutdown).await {
         Ok(h1::Outcome::Closed | h1::Outcome::Parked(_)) => {}
         Ok(h1::Outcome::Http2(io)) => {
             Box::pin(serve_h2(io, state.clone(), info, shutdown.clone())).await
@@ -479,7 +479,9 @@ where
         let state = state.clone();
         Box::pin(async move {
             let req = req.map(|b| b.map_err(BoxError::from).boxed());
-            let mut resp = handler::handle(&state, req, info).await;
+            // A stream's own timer: the connection's streams are answered at once.
+            let alarm = std::pin::pin!(tokio::time::sleep(state.upstreams.timeout));
+            let mut resp = handler::handle(&state, req, info, alarm).await;
             wire::Lines::move_to_map(&mut resp);
             Ok::<_, std::convert::Infallible>(resp)
         })

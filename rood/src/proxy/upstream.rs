@@ -4,17 +4,17 @@
 //! plain HTTP/1.1 ([`super::pool`]), h2c, and TLS (verified by default).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
-use http::uri::Authority;
 use http::{Request, Response};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::dns::Name;
@@ -51,6 +51,8 @@ struct Addresses {
     /// Addresses left out until the given time. A plain lock: held for a lookup, never across
     /// an await.
     ejected: Mutex<HashMap<SocketAddr, Instant, ahash::RandomState>>,
+    /// Whether `ejected` may hold an address still left out: while not, a pick takes no lock.
+    any_ejected: AtomicBool,
     next: AtomicUsize,
 }
 
@@ -115,8 +117,31 @@ pub struct Upstreams {
     https_unverified: TlsClient,
     /// How long an upstream may take to answer with headers.
     pub(super) timeout: Duration,
-    /// The URI authority and label of each plain address seen, made once rather than per request.
-    targets: RwLock<HashMap<SocketAddr, Target, ahash::RandomState>>,
+}
+
+/// The addresses of a route's destinations (on the stack for the usual one or two).
+pub type Addrs = smallvec::SmallVec<[SocketAddr; 2]>;
+
+/// Where a request went, as its counts and its log line name it; a plain address's text is made
+/// only when shown.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Upstream {
+    /// A plain HTTP destination's address.
+    Addr(SocketAddr),
+    /// A TLS destination, `https://host:port` (its addresses rotate in the connector).
+    Tls(Arc<str>),
+    /// This node's own answer to an ACME HTTP-01 challenge.
+    Acme,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Upstream::Addr(addr) => write!(f, "http://{addr}"),
+            Upstream::Tls(target) => f.write_str(target),
+            Upstream::Acme => f.write_str("acme"),
+        }
+    }
 }
 
 /// Why an upstream gave no answer.
@@ -126,18 +151,6 @@ pub enum SendError {
     Connect(String),
     Failed(String),
 }
-
-/// A plain upstream address as requests name it.
-#[derive(Clone)]
-pub struct Target {
-    pub authority: Authority,
-    /// `http://ip:port`, for logs and metrics.
-    pub label: Arc<str>,
-}
-
-/// More plain addresses than this in the target cache (addresses churn as tasks come and go):
-/// start it again.
-const MAX_TARGETS: usize = 4096;
 
 fn tls_client(addrs: &Arc<Addresses>, config: rustls::ClientConfig) -> TlsClient {
     let mut http = HttpConnector::new_with_resolver(AddressDns(addrs.clone()));
@@ -182,6 +195,7 @@ impl Upstreams {
         let addrs = Arc::new(Addresses {
             resolver,
             ejected: Mutex::new(HashMap::default()),
+            any_ejected: AtomicBool::new(false),
             next: AtomicUsize::new(0),
         });
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -201,16 +215,12 @@ impl Upstreams {
             http1,
             h2c,
             timeout,
-            targets: RwLock::default(),
         })
     }
 
     /// Every address of every destination, in a stable order.
-    pub async fn resolve(
-        &self,
-        destinations: &[Destination],
-    ) -> Result<Vec<SocketAddr>, ProxyError> {
-        let mut addrs = Vec::with_capacity(destinations.len());
+    pub async fn resolve(&self, destinations: &[Destination]) -> Result<Addrs, ProxyError> {
+        let mut addrs = Addrs::new();
         let mut last_error = None;
         for d in destinations {
             if let Some(ip) = d.ip {
@@ -242,16 +252,22 @@ impl Upstreams {
 
     /// The next address round robin, skipping ejected ones and `not` (when others remain).
     pub fn pick(&self, addrs: &[SocketAddr], not: Option<SocketAddr>) -> Option<SocketAddr> {
-        let ejected = self.addrs.ejected.lock().unwrap_or_else(|p| p.into_inner());
-        // The clock is read only when some address is left out (most times none is).
-        let now = (!ejected.is_empty()).then(Instant::now);
+        // Most times nothing is left out and a route has one address: no lock, no turn.
+        if not.is_none() && !self.addrs.any_ejected.load(Ordering::Relaxed) {
+            return match addrs {
+                [] => None,
+                [only] => Some(*only),
+                _ => Some(addrs[self.addrs.turn() % addrs.len()]),
+            };
+        }
+        let mut ejected = self.addrs.ejected.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        ejected.retain(|_, until| *until > now);
+        if ejected.is_empty() {
+            self.addrs.any_ejected.store(false, Ordering::Relaxed);
+        }
         let other = |a: &&SocketAddr| Some(**a) != not;
-        let usable = |a: &&SocketAddr| {
-            other(a)
-                && ejected
-                    .get(*a)
-                    .is_none_or(|until| now.is_some_and(|now| *until <= now))
-        };
+        let usable = |a: &&SocketAddr| other(a) && !ejected.contains_key(*a);
         let turn = self.addrs.turn();
         let nth = |count: usize, keep: &dyn Fn(&&SocketAddr) -> bool| {
             (count > 0).then(|| addrs.iter().filter(keep).nth(turn % count).copied())
@@ -261,29 +277,6 @@ impl Upstreams {
             0 => nth(addrs.iter().filter(other).count(), &other).flatten(),
             n => nth(n, &usable).flatten(),
         }
-    }
-
-    /// How requests name the plain address `addr`.
-    pub fn target(&self, addr: SocketAddr) -> Result<Target, ProxyError> {
-        if let Some(t) = self.targets.read().ok().and_then(|m| m.get(&addr).cloned()) {
-            return Ok(t);
-        }
-        let authority =
-            Authority::try_from(addr.to_string()).map_err(|e| ProxyError::Upstream {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })?;
-        let target = Target {
-            authority,
-            label: format!("http://{addr}").into(),
-        };
-        if let Ok(mut m) = self.targets.write() {
-            if m.len() >= MAX_TARGETS {
-                m.clear();
-            }
-            m.insert(addr, target.clone());
-        }
-        Ok(target)
     }
 
     /// Sends `req` for `route` with the `forwarded` fields: to `addr` for a plain route (its URI
@@ -327,6 +320,7 @@ impl Upstreams {
         let now = Instant::now();
         ejected.retain(|_, until| *until > now);
         ejected.insert(addr, now + EJECT_FOR);
+        self.addrs.any_ejected.store(true, Ordering::Relaxed);
     }
 }
 
@@ -430,15 +424,18 @@ mod tests {
         assert_eq!(u.pick(&[], None), None);
     }
 
-    #[tokio::test]
-    async fn targets_name_the_address_and_are_made_once() {
-        let u = upstreams();
-        let t = u.target(addr(8080)).unwrap();
-        assert_eq!(t.authority.as_str(), "127.0.0.1:8080");
-        assert_eq!(&*t.label, "http://127.0.0.1:8080");
-        let again = u.target(addr(8080)).unwrap();
-        assert!(Arc::ptr_eq(&t.label, &again.label));
-        let v6 = u.target("[::1]:81".parse().unwrap()).unwrap();
-        assert_eq!(v6.authority.as_str(), "[::1]:81");
+    #[test]
+    fn upstreams_are_named_as_urls() {
+        assert_eq!(
+            Upstream::Addr(addr(8080)).to_string(),
+            "http://127.0.0.1:8080"
+        );
+        let v6 = Upstream::Addr("[::1]:81".parse().unwrap());
+        assert_eq!(v6.to_string(), "http://[::1]:81");
+        assert_eq!(
+            Upstream::Tls("https://a.test:443".into()).to_string(),
+            "https://a.test:443"
+        );
+        assert_eq!(Upstream::Acme.to_string(), "acme");
     }
 }

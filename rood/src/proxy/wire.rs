@@ -151,9 +151,10 @@ pub struct Lines {
 }
 
 impl Lines {
-    /// The lines of the fields httparse read, hop-by-hop ones and those `Connection` names
-    /// left out (`Upgrade` kept in an upgrade), and what the fields say.
-    pub fn of(read: &[httparse::Header<'_>], upgrade: bool) -> (Lines, Fields) {
+    /// The lines of the fields httparse read from `head`, hop-by-hop ones and those
+    /// `Connection` names left out (`Upgrade` kept in an upgrade), and what the fields say.
+    /// Kept lines that follow each other in `head` are copied as one piece.
+    pub fn of(head: &[u8], read: &[httparse::Header<'_>], upgrade: bool) -> (Lines, Fields) {
         let mut fields = Fields::default();
         let size = read.iter().map(|h| h.name.len() + h.value.len() + 4).sum();
         let mut lines = Lines {
@@ -161,10 +162,38 @@ impl Lines {
             has_length: false,
             has_date: false,
         };
+        let base = head.as_ptr();
+        // The kept lines not yet copied, whole (CRLF included), one after the other in `head`.
+        let mut run: Option<Range<usize>> = None;
         for h in read {
             let name = Known::of(h.name.as_bytes());
             fields.note(name, h.value);
-            lines.push(name, h, upgrade);
+            if hop_by_hop(name, upgrade) {
+                continue;
+            }
+            let (start, end) = (
+                span_of(base, h.name.as_bytes()).start,
+                span_of(base, h.value).end,
+            );
+            let whole = head.get(end..end + 2) == Some(&b"\r\n"[..]);
+            match &mut run {
+                Some(r) if whole && r.end == start => r.end = end + 2,
+                _ => {
+                    if let Some(r) = run.take() {
+                        lines.bytes.extend_from_slice(&head[r]);
+                    }
+                    if whole {
+                        run = Some(start..end + 2);
+                    } else {
+                        write_field(&mut lines.bytes, h.name.as_bytes(), h.value);
+                    }
+                }
+            }
+            lines.has_length |= name == Known::ContentLength;
+            lines.has_date |= name == Known::Date;
+        }
+        if let Some(r) = run {
+            lines.bytes.extend_from_slice(&head[r]);
         }
         if fields.connection_names_field {
             // Written again, without the fields named.
