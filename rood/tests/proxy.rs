@@ -1125,17 +1125,22 @@ async fn http1_pipelining_head_expect_continue_and_http10() {
     assert!(rest.ends_with("\r\n\r\nabc"), "{rest}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn http2_with_prior_knowledge_on_the_plain_listener() {
-    let (node, _dir) = wire_node().await;
+/// An HTTP/2 client of the node's plain listener, by prior knowledge.
+async fn h2_client(node: &Node) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
     let tcp = tokio::net::TcpStream::connect(node.http_addr)
         .await
         .unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
+    let (h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
+    h2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_with_prior_knowledge_on_the_plain_listener() {
+    let (node, _dir) = wire_node().await;
+    let mut h2 = h2_client(&node).await;
     let resp = h2
         .send_request(
             http::Request::get("http://wire.test/h2")
@@ -1202,14 +1207,7 @@ async fn upstreams_slower_than_the_timeout_get_504() {
         "the connection goes on: {head}"
     );
 
-    let tcp = tokio::net::TcpStream::connect(node.http_addr)
-        .await
-        .unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = h2_client(&node).await;
     for (path, status) in [("/sleep/800", 200), ("/sleep/4000", 504)] {
         let sent = Instant::now();
         let resp = h2
