@@ -102,13 +102,9 @@ pub async fn forward(
             _ => parts.take().ok_or_else(no_target)?,
         };
         // Plain HTTP/1.1 goes on a connection to `addr` with the request's own target (the pool
-        // writes its path); hyper's clients are given the upstream in the URI.
-        match (&upstream, route.h2c) {
-            (Upstream::Tls(target), _) => head.uri = absolute(target, &head.uri)?,
-            (Upstream::Addr(addr), true) => {
-                head.uri = absolute(&format!("http://{addr}"), &head.uri)?
-            }
-            _ => {}
+        // writes its path); hyper's clients (TLS, h2c) are given the upstream in the URI.
+        if route.tls() || route.h2c {
+            head.uri = absolute(&upstream.to_string(), &head.uri)?;
         }
         let upstream_req = Request::from_parts(head, upstream_body);
         // The first try's clock is the request's: read once.

@@ -189,8 +189,7 @@ impl Lines {
                     }
                 }
             }
-            lines.has_length |= name == Known::ContentLength;
-            lines.has_date |= name == Known::Date;
+            lines.noted(name);
         }
         if let Some(r) = run {
             lines.bytes.extend_from_slice(&head[r]);
@@ -218,9 +217,14 @@ impl Lines {
         if hop_by_hop(name, upgrade) {
             return;
         }
+        self.noted(name);
+        write_field(&mut self.bytes, field.name.as_bytes(), field.value);
+    }
+
+    /// Notes what a kept field says of the lines (a length, a date).
+    fn noted(&mut self, name: Known) {
         self.has_length |= name == Known::ContentLength;
         self.has_date |= name == Known::Date;
-        write_field(&mut self.bytes, field.name.as_bytes(), field.value);
     }
 
     pub fn as_bytes(&self) -> &[u8] {
