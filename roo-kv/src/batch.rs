@@ -14,9 +14,9 @@ use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::command::{Batch, Op, Request, Response};
-use crate::network::client::PeerClient;
+use crate::network::client::{CallError, PeerClient};
 use crate::network::{RpcError, RPC_PREFIX};
-use crate::{NodeId, Raft};
+use crate::{Metrics, NodeId, Raft};
 
 /// Most requests in one raft entry.
 const MAX_REQUESTS: usize = 1024;
@@ -52,7 +52,13 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    pub(crate) fn start(id: NodeId, raft: Raft, client: PeerClient, timeout: Duration) -> Batcher {
+    pub(crate) fn start(
+        id: NodeId,
+        raft: Raft,
+        client: PeerClient,
+        timeout: Duration,
+        lease: Duration,
+    ) -> Batcher {
         let (tx, rx) = mpsc::channel(8192);
         tokio::spawn(run(
             rx,
@@ -61,6 +67,7 @@ impl Batcher {
                 raft,
                 client,
                 timeout,
+                lease,
             },
         ));
         Batcher { tx }
@@ -113,42 +120,97 @@ struct Committer {
     raft: Raft,
     client: PeerClient,
     timeout: Duration,
+    /// How long a leader may go without hearing from a quorum before it stops taking writes.
+    lease: Duration,
+}
+
+/// Whether this node leads but has heard from no quorum for longer than `lease`: the other nodes
+/// may have elected another leader meanwhile, so it must take no writes.
+pub(crate) fn cut_off(m: &Metrics, lease: Duration) -> bool {
+    m.state == ServerState::Leader
+        && m.millis_since_quorum_ack
+            .is_some_and(|ms| Duration::from_millis(ms) > lease)
+}
+
+/// Whom this node takes for the leader, and where to reach it.
+struct Leader {
+    id: Option<NodeId>,
+    addr: Option<String>,
+    /// This node leads, and a quorum acknowledged it within the lease.
+    here: bool,
+    /// This node leads but no quorum acknowledged it within the lease (it is cut off).
+    isolated: bool,
 }
 
 impl Committer {
+    fn leader(&self) -> Leader {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let addr = m.current_leader.and_then(|id| {
+            m.membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| self.client.address(id, &n.addr))
+        });
+        let leading = m.state == ServerState::Leader && m.current_leader == Some(self.id);
+        let isolated = cut_off(&m, self.lease);
+        Leader {
+            id: m.current_leader,
+            addr,
+            here: leading && !isolated,
+            isolated,
+        }
+    }
+
+    /// Resolves once `leader` is no longer the leader this node knows (with `leader` this node:
+    /// once it stops leading).
+    async fn leader_changed(&self, leader: Option<NodeId>) {
+        // The server metrics change with the vote, state and leader only; the full metrics with
+        // every log index, which would wake this for each write.
+        let mut m = self.raft.server_metrics();
+        let stopped = m
+            .wait_for(|m| {
+                m.current_leader != leader
+                    || (leader == Some(self.id) && m.state != ServerState::Leader)
+            })
+            .await
+            .is_err();
+        if stopped {
+            // Raft stopped: the call in flight fails by itself.
+            std::future::pending::<()>().await
+        }
+    }
+
     async fn commit(&self, subs: Vec<Submission>) {
-        let (leader, leader_addr) = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            let addr = m.current_leader.and_then(|id| {
-                m.membership_config
-                    .membership()
-                    .get_node(&id)
-                    .map(|n| self.client.address(id, &n.addr))
-            });
-            (
-                m.state == ServerState::Leader && m.current_leader == Some(self.id),
-                addr,
-            )
-        };
-        if leader {
+        let leader = self.leader();
+        if leader.here {
             self.append(subs).await;
+            return;
+        }
+        if leader.isolated {
+            let ms = self.lease.as_millis();
+            reply_all(
+                subs,
+                RpcError::Unavailable(format!(
+                    "this node leads but has heard from no quorum for over {ms} ms"
+                )),
+            );
             return;
         }
         let (forward, refuse): (Vec<_>, Vec<_>) = subs.into_iter().partition(|s| s.forward);
         for s in refuse {
             let _ = s.reply.send(Err(RpcError::ForwardToLeader {
-                leader_addr: leader_addr.clone(),
+                leader_addr: leader.addr.clone(),
             }));
         }
         if forward.is_empty() {
             return;
         }
-        let Some(addr) = leader_addr else {
+        let Some(addr) = leader.addr else {
             reply_all(forward, RpcError::Unavailable("no leader".into()));
             return;
         };
-        self.forward(&addr, forward).await;
+        self.forward(&addr, leader.id, forward).await;
     }
 
     /// On the leader: one raft entry for all of them.
@@ -161,8 +223,19 @@ impl Committer {
             requests.extend(s.requests);
             replies.push(s.reply);
         }
-        let result =
-            tokio::time::timeout(self.timeout, self.raft.client_write(Batch { requests })).await;
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let write = self.raft.client_write(Batch { requests, time_ms });
+        let result = tokio::select! {
+            result = tokio::time::timeout(self.timeout, write) => result,
+            // Deposed with the entry in flight: its fate is the next leader's to decide, and
+            // the writers are better off asking that one (a retry applies once) than waiting.
+            () = self.leader_changed(Some(self.id)) => {
+                let error = RpcError::Unknown("this node stopped leading with the write in flight".into());
+                return reply_all_to(replies, error);
+            }
+        };
         let error = match result {
             Ok(Ok(resp)) => {
                 let mut answers = resp.data.into_iter();
@@ -171,25 +244,29 @@ impl Committer {
                 }
                 return;
             }
-            Err(_) => RpcError::Unavailable("no quorum within the timeout".into()),
+            Err(_) => RpcError::Unknown("no quorum within the timeout".into()),
+            // Refused before it was appended, or its entry was truncated: not applied.
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 RpcError::ForwardToLeader {
                     leader_addr: f.leader_node.map(|n| n.addr),
                 }
             }
-            Ok(Err(e)) => RpcError::Unavailable(e.to_string()),
+            Ok(Err(e)) => RpcError::Unknown(e.to_string()),
         };
-        for reply in replies {
-            let _ = reply.send(Err(error.clone()));
-        }
+        reply_all_to(replies, error);
     }
 
     /// On a follower: one RPC to the leader for all of them.
-    async fn forward(&self, addr: &str, subs: Vec<Submission>) {
+    async fn forward(&self, addr: &str, leader: Option<NodeId>, subs: Vec<Submission>) {
         let requests: Vec<&Request> = subs.iter().flat_map(|s| &s.requests).collect();
         let path = format!("{RPC_PREFIX}write");
-        let answer: Result<Answer, _> =
-            self.client.post(addr, &path, &requests, self.timeout).await;
+        let call = self.client.post(addr, &path, &requests, self.timeout);
+        let answer: Result<Answer, _> = tokio::select! {
+            answer = call => answer,
+            // A new leader is known: the writers retry there at once (a retry applies once)
+            // instead of waiting out the old one.
+            () = self.leader_changed(leader) => Err(CallError::Lost(format!("{addr}: no longer the leader"))),
+        };
         let sent = requests.len();
         drop(requests);
         match answer {
@@ -202,20 +279,27 @@ impl Committer {
             }
             Ok(Ok(responses)) => reply_all(
                 subs,
-                RpcError::Failed(format!(
+                RpcError::Unknown(format!(
                     "leader {addr} answered {} of {} requests",
                     responses.len(),
                     sent
                 )),
             ),
             Ok(Err(e)) => reply_all(subs, e),
-            Err(e) => reply_all(subs, RpcError::Unavailable(format!("leader {addr}: {e}"))),
+            Err(e @ CallError::Unreachable(_)) => {
+                reply_all(subs, RpcError::Unavailable(format!("leader {e}")))
+            }
+            Err(e) => reply_all(subs, RpcError::Unknown(format!("leader {e}"))),
         }
     }
 }
 
 fn reply_all(subs: Vec<Submission>, error: RpcError) {
-    for s in subs {
-        let _ = s.reply.send(Err(error.clone()));
+    reply_all_to(subs.into_iter().map(|s| s.reply).collect(), error);
+}
+
+fn reply_all_to(replies: Vec<oneshot::Sender<Answer>>, error: RpcError) {
+    for reply in replies {
+        let _ = reply.send(Err(error.clone()));
     }
 }

@@ -84,21 +84,126 @@ pub fn validate_key(key: &str) -> Result<(), KvError> {
     Ok(())
 }
 
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
 /// One client request: all its ops apply atomically, or none do when a guard fails.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub ops: Vec<Op>,
+    /// Who proposed it; set by the node that takes the request, so that its retries apply once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+    /// The client's own name for the request (`Idempotency-Key`): a request naming a key that
+    /// applied before is answered as it was then, without applying again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 impl Request {
-    /// Checks every op.
+    /// A request of `ops`, with no origin or idempotency key yet.
+    pub fn new(ops: Vec<Op>) -> Self {
+        Request {
+            ops,
+            origin: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// Checks every op and the idempotency key.
     pub fn validate(&self) -> Result<(), KvError> {
         if self.ops.is_empty() {
             return Err(KvError::InvalidRequest(
                 "a request needs at least one op".into(),
             ));
         }
+        if let Some(key) = &self.idempotency_key {
+            validate_idempotency_key(key)?;
+        }
         self.ops.iter().try_for_each(Op::validate)
+    }
+
+    /// A digest of the ops, the same on every node and version: what tells a client's retry
+    /// from another request that reuses its idempotency key.
+    pub fn fingerprint(&self) -> u64 {
+        // FNV-1a: stable, unlike std's hasher, and plenty against accidental reuse.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                hash = (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for op in &self.ops {
+            let (tag, key, value, prev_rev) = match op {
+                Op::Put {
+                    key,
+                    value,
+                    prev_rev,
+                } => (b'p', key, value.as_slice(), prev_rev),
+                Op::Delete { key, prev_rev } => (b'd', key, &[][..], prev_rev),
+            };
+            eat(&[tag]);
+            eat(&(key.len() as u64).to_be_bytes());
+            eat(key.as_bytes());
+            eat(&(value.len() as u64).to_be_bytes());
+            eat(value);
+            match prev_rev {
+                Some(rev) => {
+                    eat(&[1]);
+                    eat(&rev.to_be_bytes());
+                }
+                None => eat(&[0]),
+            }
+        }
+        hash
+    }
+}
+
+/// Checks a client's idempotency key: 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] visible ASCII characters.
+pub fn validate_idempotency_key(key: &str) -> Result<(), KvError> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(KvError::InvalidRequest(format!(
+            "an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
+        )));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(KvError::InvalidRequest(
+            "an idempotency key is visible ASCII characters only".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Where a request comes from: a proposer's session and the request's number in it (the client
+/// sessions of the Raft thesis, section 6.3). The state machine remembers the answer of each
+/// number until the proposer says it no longer needs it, so a request retried after an
+/// ambiguous failure (a lost answer, a leader change) gets its first answer instead of applying
+/// again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+// Every request carries one through the log and every RPC: `[session, seq, floor]` is short.
+#[serde(from = "(u64, u64, u64)", into = "(u64, u64, u64)")]
+pub struct Origin {
+    /// Chosen at random each time a node starts.
+    pub session: u64,
+    pub seq: u64,
+    /// Every request of the session numbered below this has had its answer: the state machine
+    /// may forget those answers, and refuses such a request if it comes again.
+    pub floor: u64,
+}
+
+impl From<(u64, u64, u64)> for Origin {
+    fn from((session, seq, floor): (u64, u64, u64)) -> Self {
+        Origin {
+            session,
+            seq,
+            floor,
+        }
+    }
+}
+
+impl From<Origin> for (u64, u64, u64) {
+    fn from(o: Origin) -> Self {
+        (o.session, o.seq, o.floor)
     }
 }
 
@@ -107,6 +212,10 @@ impl Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     pub requests: Vec<Request>,
+    /// The leader's clock when it proposed the entry (Unix milliseconds): the state machine's only
+    /// notion of time, the same on every node, for forgetting old sessions and keys.
+    #[serde(default)]
+    pub time_ms: u64,
 }
 
 impl std::fmt::Display for Batch {
@@ -125,6 +234,33 @@ pub struct Response {
     /// Set when a guard failed: nothing was applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflict: Option<Conflict>,
+    /// Set when the request was refused before its guards were looked at: nothing was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refusal>,
+}
+
+impl Response {
+    /// The answer, or the failed guard as a [`KvError::Conflict`].
+    pub fn checked(self) -> Result<Response, KvError> {
+        match self.conflict {
+            Some(c) => Err(KvError::Conflict {
+                key: c.key,
+                current_rev: c.current_rev,
+            }),
+            None => Ok(self),
+        }
+    }
+}
+
+/// Why a request was refused without being applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// Its proposer had already answered it (as unknown) and moved on: a copy late off the
+    /// network must not apply now.
+    Stale,
+    /// Its idempotency key named another request before.
+    KeyReused,
 }
 
 /// A failed compare-and-set guard.
@@ -290,5 +426,50 @@ mod tests {
         let json = serde_json::to_string(&op).unwrap();
         assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), op);
         assert!(serde_json::from_str::<Op>(r#"{"op":"put","key":"k","value":"%%"}"#).is_err());
+    }
+
+    #[test]
+    fn request_json_carries_its_identity_and_reads_the_older_form() {
+        let mut req = Request::new(vec![Op::Delete {
+            key: "k".into(),
+            prev_rev: None,
+        }]);
+        req.origin = Some(Origin {
+            session: 7,
+            seq: 9,
+            floor: 8,
+        });
+        req.idempotency_key = Some("abc".into());
+        let json = serde_json::to_string(&req).unwrap();
+        assert!(json.contains(r#""origin":[7,9,8]"#), "{json}");
+        assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), req);
+        // A request of a node from before identities: none.
+        let old: Request = serde_json::from_str(r#"{"ops":[{"op":"delete","key":"k"}]}"#).unwrap();
+        assert_eq!((old.origin, old.idempotency_key), (None, None));
+        let batch: Batch = serde_json::from_str(r#"{"requests":[]}"#).unwrap();
+        assert_eq!(batch.time_ms, 0);
+    }
+
+    #[test]
+    fn fingerprints_tell_requests_apart() {
+        let put = |key: &str, value: &[u8], prev_rev| {
+            Request::new(vec![Op::Put {
+                key: key.into(),
+                value: value.to_vec(),
+                prev_rev,
+            }])
+            .fingerprint()
+        };
+        assert_eq!(put("k", b"v", None), put("k", b"v", None));
+        assert_ne!(put("k", b"v", None), put("k", b"w", None));
+        assert_ne!(put("k", b"v", None), put("k", b"v", Some(0)));
+        assert_ne!(put("k", b"v", Some(1)), put("k", b"v", Some(2)));
+        // Lengths go in too: "ab"+"c" is not "a"+"bc".
+        assert_ne!(put("ab", b"c", None), put("a", b"bc", None));
+        let delete = Request::new(vec![Op::Delete {
+            key: "k".into(),
+            prev_rev: None,
+        }]);
+        assert_ne!(delete.fingerprint(), put("k", b"", None));
     }
 }

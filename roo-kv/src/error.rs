@@ -18,12 +18,20 @@ pub enum KvError {
     },
     #[error("history before revision {compacted} is compacted")]
     Compacted { compacted: u64 },
-    /// No quorum, no leader, or the leader did not answer in time. Safe to retry later.
+    /// No quorum, no leader, or the leader did not answer in time, and nothing was applied.
+    /// Safe to retry later.
     #[error("cluster unavailable: {reason}")]
     Unavailable {
         reason: String,
         retry_after: Duration,
     },
+    /// A write was sent but its answer never came back in time: it may have been applied or
+    /// not. Reading tells; retrying with the same idempotency key is safe.
+    #[error("outcome unknown: {reason}")]
+    OutcomeUnknown { reason: String },
+    /// A client's idempotency key named another request before.
+    #[error("idempotency key {key:?} was used before for another request")]
+    IdempotencyKeyReused { key: String },
     #[error("peer {addr}: {reason}")]
     Peer { addr: String, reason: String },
     #[error("storage: {0}")]

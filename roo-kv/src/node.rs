@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::batch::Batcher;
-use crate::command::{Op, Record, Request, Response};
+use crate::command::{Op, Record, Refusal, Request, Response};
 use crate::network::client::{CallError, NetworkFactory, PeerClient};
 use crate::network::tls::PeerTls;
 use crate::network::{JoinRequest, RpcError, RPC_PREFIX};
+use crate::session::Session;
 use crate::store::{self, StateMachineHandle};
 use crate::{KvError, NodeId, Raft, Watch};
 
@@ -34,6 +35,11 @@ pub struct KvConfig {
     pub snapshot_every: u64,
     /// How long a write or read may wait for a leader and a quorum before failing.
     pub request_timeout: Duration,
+    /// The shortest election timeout (the longest is twice this; heartbeats go three times as
+    /// often). What a leader's failure costs: followers elect a new one between 3 and 4 times
+    /// this after its last heartbeat. Too short for the network or disks, and a slow heartbeat
+    /// starts needless elections.
+    pub election_timeout: Duration,
 }
 
 impl KvConfig {
@@ -46,9 +52,19 @@ impl KvConfig {
             peer_tls: None,
             snapshot_every: 20_000,
             request_timeout: Duration::from_secs(5),
+            election_timeout: DEFAULT_ELECTION_TIMEOUT,
         }
     }
+
+    /// How long a leader keeps its leadership without hearing from a quorum; openraft's
+    /// followers likewise refuse to vote for another node within it.
+    fn lease(&self) -> Duration {
+        self.election_timeout * 2
+    }
 }
+
+/// The default of [`KvConfig::election_timeout`].
+pub const DEFAULT_ELECTION_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,6 +87,10 @@ pub struct ClusterStatus {
     pub last_log_index: u64,
     /// Store revision: that of the last applied change.
     pub revision: u64,
+    /// On a leader: milliseconds since a quorum last acknowledged it. Past the lease (twice the
+    /// election timeout) it takes no writes and reports no leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_ack_ms: Option<u64>,
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
     pub state: String,
@@ -79,6 +99,25 @@ pub struct ClusterStatus {
     pub members: BTreeMap<String, String>,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
+}
+
+/// A member as the leader sees it ([`Kv::members_health`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberHealth {
+    /// Whether the leader's last raft RPC to it succeeded (always true for the leader itself).
+    pub reachable: bool,
+    /// Milliseconds since its last successful RPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ok_ms: Option<u64>,
+    /// Failed RPCs in a row.
+    pub failures: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The last log index it is known to hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_index: Option<u64>,
+    /// Log entries it is behind the leader.
+    pub lag: u64,
 }
 
 /// A node of the store. Cheap to clone.
@@ -93,16 +132,19 @@ struct Inner {
     sm: StateMachineHandle,
     client: PeerClient,
     batcher: Batcher,
+    session: Session,
     config: KvConfig,
     committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
-fn raft_config(snapshot_every: u64) -> Result<Arc<Config>, KvError> {
+fn raft_config(config: &KvConfig) -> Result<Arc<Config>, KvError> {
+    let election = config.election_timeout.as_millis() as u64;
+    let snapshot_every = config.snapshot_every;
     let config = Config {
         cluster_name: "roo".into(),
-        heartbeat_interval: 200,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        heartbeat_interval: (election / 3).max(1),
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every.max(1)),
@@ -166,12 +208,19 @@ impl Kv {
         let client = PeerClient::new(config.cluster_secret.clone(), config.peer_tls.as_ref());
         let network = NetworkFactory {
             client: client.clone(),
+            max_backoff: config.election_timeout / 2,
         };
-        let raft = Raft::new(id, raft_config(config.snapshot_every)?, network, log, sm)
+        let raft = Raft::new(id, raft_config(&config)?, network, log, sm)
             .await
             .map_err(|e| KvError::Storage(format!("starting raft: {e}")))?;
         tracing::info!(node_id = id, advertise = %config.advertise, "store opened");
-        let batcher = Batcher::start(id, raft.clone(), client.clone(), config.request_timeout);
+        let batcher = Batcher::start(
+            id,
+            raft.clone(),
+            client.clone(),
+            config.request_timeout,
+            config.lease(),
+        );
         Ok(Kv {
             inner: Arc::new(Inner {
                 id,
@@ -179,6 +228,7 @@ impl Kv {
                 sm: handle,
                 client,
                 batcher,
+                session: Session::new(),
                 config,
                 committed,
             }),
@@ -283,38 +333,57 @@ impl Kv {
     }
 
     /// Replicates `req` and returns what applying it produced. Runs on the leader, wherever it
-    /// is called, batched with other writes; fails with [`KvError::Unavailable`] when no quorum
-    /// commits it in time.
-    pub async fn write(&self, req: Request) -> Result<Response, KvError> {
+    /// is called, batched with other writes, and applies once however often it is retried
+    /// through leader changes. Fails with [`KvError::Unavailable`] when no quorum commits it in
+    /// time and nothing was applied, with [`KvError::OutcomeUnknown`] when it was sent but its
+    /// answer was lost.
+    pub async fn write(&self, mut req: Request) -> Result<Response, KvError> {
         req.validate()?;
+        let ticket = self.inner.session.begin();
         let deadline = Instant::now() + self.timeout();
         let mut pause = Duration::from_millis(20);
+        // Once an attempt may have applied, a failure to learn its answer is an unknown outcome.
+        let mut maybe_applied = false;
         loop {
+            req.origin = Some(ticket.origin());
+            let leader = self.inner.raft.metrics().borrow().current_leader;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let submitted = tokio::time::timeout(
-                remaining,
-                self.inner.batcher.submit(vec![req.clone()], true),
-            );
-            let error = match submitted.await {
-                Err(_) => return Err(KvError::unavailable("write: no quorum within the timeout")),
-                Ok(Ok(mut answers)) => {
-                    return answers
-                        .pop()
-                        .ok_or_else(|| KvError::Storage("write: no answer for the request".into()))
+            let submitted = self.inner.batcher.submit(vec![req.clone()], true);
+            let error = match tokio::time::timeout(remaining, submitted).await {
+                Ok(Ok(mut answers)) => return settle(answers.pop(), &req),
+                Ok(Err(RpcError::Invalid(m))) => return Err(KvError::InvalidRequest(m)),
+                Ok(Err(e @ RpcError::Unknown(_))) => {
+                    maybe_applied = true;
+                    e.to_string()
                 }
-                Ok(Err(e)) => rpc_to_kv(e),
+                // Not sent, or refused before it could apply: no leader yet, or it just changed.
+                Ok(Err(e)) => e.to_string(),
+                // Still queued or in flight: it may yet apply.
+                Err(_) => {
+                    maybe_applied = true;
+                    "no quorum within the timeout".into()
+                }
             };
-            if !matches!(error, KvError::Unavailable { .. }) {
-                return Err(error);
-            }
-            // No leader yet, or it just changed: try again until the deadline.
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(error);
+                return Err(if maybe_applied {
+                    KvError::OutcomeUnknown {
+                        reason: format!("write: {error}"),
+                    }
+                } else {
+                    KvError::unavailable(format!("write: {error}"))
+                });
             }
-            tokio::time::sleep(pause.min(remaining)).await;
+            self.new_leader_or(leader, pause.min(remaining)).await;
             pause = (pause * 2).min(Duration::from_millis(250));
         }
+    }
+
+    /// Waits until a leader other than `leader` is known, or for `pause` at most.
+    async fn new_leader_or(&self, leader: Option<NodeId>, pause: Duration) {
+        let mut m = self.inner.raft.server_metrics();
+        let elected = m.wait_for(|m| m.current_leader.is_some() && m.current_leader != leader);
+        let _ = tokio::time::timeout(pause, elected).await;
     }
 
     /// Sets `key` to `value`; with `prev_rev`, only if the key's revision is that (0: absent).
@@ -326,29 +395,25 @@ impl Kv {
         prev_rev: Option<u64>,
     ) -> Result<u64, KvError> {
         let resp = self
-            .write(Request {
-                ops: vec![Op::Put {
-                    key: key.to_string(),
-                    value,
-                    prev_rev,
-                }],
-            })
+            .write(Request::new(vec![Op::Put {
+                key: key.to_string(),
+                value,
+                prev_rev,
+            }]))
             .await?;
-        conflict_to_error(resp).map(|r| r.rev)
+        resp.checked().map(|r| r.rev)
     }
 
     /// Removes `key`; with `prev_rev`, only if the key's revision is that. Returns the revision
     /// and whether the key existed.
     pub async fn delete(&self, key: &str, prev_rev: Option<u64>) -> Result<(u64, bool), KvError> {
         let resp = self
-            .write(Request {
-                ops: vec![Op::Delete {
-                    key: key.to_string(),
-                    prev_rev,
-                }],
-            })
+            .write(Request::new(vec![Op::Delete {
+                key: key.to_string(),
+                prev_rev,
+            }]))
             .await?;
-        conflict_to_error(resp).map(|r| (r.rev, r.changed > 0))
+        resp.checked().map(|r| (r.rev, r.changed > 0))
     }
 
     /// The record of `key`.
@@ -414,6 +479,12 @@ impl Kv {
     /// The node's view of the cluster.
     pub async fn status(&self) -> ClusterStatus {
         let m = self.inner.raft.metrics().borrow().clone();
+        let quorum_ack_ms = m
+            .state
+            .is_leader()
+            .then_some(m.millis_since_quorum_ack)
+            .flatten();
+        let isolated = crate::batch::cut_off(&m, self.inner.config.lease());
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let members: BTreeMap<String, String> = membership
@@ -423,11 +494,13 @@ impl Kv {
         let learners = membership.learner_ids().collect();
         ClusterStatus {
             node_id: self.inner.id,
-            leader_id: m.current_leader,
+            // A leader cut off from its quorum is one no more, whatever raft still says.
+            leader_id: m.current_leader.filter(|_| !isolated),
             term: m.current_term,
             last_applied: m.last_applied.map_or(0, |l| l.index),
             last_log_index: m.last_log_index.unwrap_or(0),
             revision: self.inner.sm.revision(),
+            quorum_ack_ms,
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
             state: format!("{:?}", m.state),
@@ -436,6 +509,56 @@ impl Kv {
             voters: voters.into_iter().collect(),
             learners,
         }
+    }
+
+    /// Every member as the leader sees it: whether its raft RPCs succeed, and how far behind the
+    /// leader's log it is. A follower asks the leader (within 2 s at most).
+    pub async fn members_health(&self) -> Result<BTreeMap<NodeId, MemberHealth>, KvError> {
+        let deadline = Instant::now() + self.timeout().min(Duration::from_secs(2));
+        self.on_leader(
+            deadline,
+            "members",
+            &serde_json::Value::Null,
+            |kv| async move { kv.members_health_as_leader() },
+        )
+        .await
+    }
+
+    /// The leader half of [`Kv::members_health`].
+    pub(crate) fn members_health_as_leader(
+        &self,
+    ) -> Result<BTreeMap<NodeId, MemberHealth>, RpcError> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        if !(m.state.is_leader() && m.current_leader == Some(self.inner.id)) {
+            return Err(self.forward_error(m.current_leader));
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let matched = |id: &NodeId| -> Option<u64> {
+            let replication = m.replication.as_ref()?;
+            replication.get(id).copied().flatten().map(|l| l.index)
+        };
+        let health = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| {
+                let (view, matched) = if *id == self.inner.id {
+                    (None, Some(last))
+                } else {
+                    (self.inner.client.peers().view(*id), matched(id))
+                };
+                let health = MemberHealth {
+                    reachable: *id == self.inner.id || view.as_ref().is_some_and(|v| v.reachable),
+                    last_ok_ms: view.as_ref().and_then(|v| v.last_ok_ms),
+                    failures: view.as_ref().map_or(0, |v| v.failures),
+                    last_error: view.and_then(|v| v.last_error),
+                    matched_index: matched,
+                    lag: last.saturating_sub(matched.unwrap_or(0)),
+                };
+                (*id, health)
+            })
+            .collect();
+        Ok(health)
     }
 
     /// Notes that node `id` answers at `addr` now (a redeployed container comes back with a
@@ -532,10 +655,12 @@ impl Kv {
             match result {
                 Ok(v) => return Ok(v),
                 Err(RpcError::Invalid(msg)) => return Err(KvError::InvalidRequest(msg)),
-                Err(RpcError::Failed(msg)) => return Err(KvError::Storage(msg)),
-                Err(e @ (RpcError::ForwardToLeader { .. } | RpcError::Unavailable(_))) => {
-                    last_error = e.to_string()
-                }
+                // Reads and membership changes are safe to repeat.
+                Err(
+                    e @ (RpcError::ForwardToLeader { .. }
+                    | RpcError::Unavailable(_)
+                    | RpcError::Unknown(_)),
+                ) => last_error = e.to_string(),
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(pause.min(remaining)).await;
@@ -612,9 +737,26 @@ impl Kv {
             e => RpcError::Unavailable(e.to_string()),
         };
         tracing::info!(node_id = id, %addr, "adding learner");
-        raft.add_learner(id, BasicNode::new(&addr), true)
+        let added = raft
+            .add_learner(id, BasicNode::new(&addr), true)
             .await
             .map_err(map_err)?;
+        // openraft takes a learner within thousands of entries for caught up, even one that
+        // never answered; a voter that cannot be reached would cost the cluster its quorum.
+        // So it must hold the membership that added it first.
+        let added = added.log_id.index;
+        raft.wait(Some(self.timeout() * 24))
+            .metrics(
+                |m| {
+                    let matched = m.replication.as_ref().and_then(|r| r.get(&id).copied());
+                    matched.flatten().is_some_and(|l| l.index >= added)
+                },
+                "the learner holds its membership",
+            )
+            .await
+            .map_err(|e| {
+                RpcError::Unavailable(format!("node {id} at {addr} does not replicate: {e}"))
+            })?;
         tracing::info!(node_id = id, "promoting learner to voter");
         raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
@@ -650,19 +792,25 @@ impl Kv {
     }
 }
 
-fn conflict_to_error(resp: Response) -> Result<Response, KvError> {
-    match resp.conflict {
-        Some(c) => Err(KvError::Conflict {
-            key: c.key,
-            current_rev: c.current_rev,
+/// What the answer of a write means to its caller.
+fn settle(answer: Option<Response>, req: &Request) -> Result<Response, KvError> {
+    let answer =
+        answer.ok_or_else(|| KvError::Storage("write: no answer for the request".into()))?;
+    match answer.refused {
+        None => Ok(answer),
+        Some(Refusal::KeyReused) => Err(KvError::IdempotencyKeyReused {
+            key: req.idempotency_key.clone().unwrap_or_default(),
         }),
-        None => Ok(resp),
+        // Only a copy its proposer gave up on is refused so; never one that is still awaited.
+        Some(Refusal::Stale) => Err(KvError::OutcomeUnknown {
+            reason: "write: the store took it for a stale copy".into(),
+        }),
     }
 }
 
 fn peer_error(addr: &str, e: CallError) -> KvError {
     match e {
-        CallError::Unreachable(reason) => KvError::unavailable(reason),
+        CallError::Unreachable(reason) | CallError::Lost(reason) => KvError::unavailable(reason),
         CallError::BadAnswer(reason) => KvError::Peer {
             addr: addr.to_string(),
             reason,
@@ -673,7 +821,6 @@ fn peer_error(addr: &str, e: CallError) -> KvError {
 fn rpc_to_kv(e: RpcError) -> KvError {
     match e {
         RpcError::Invalid(m) => KvError::InvalidRequest(m),
-        RpcError::Failed(m) => KvError::Storage(m),
         e => KvError::unavailable(e.to_string()),
     }
 }

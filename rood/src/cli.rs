@@ -313,10 +313,21 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                     } else {
                         "learner"
                     };
-                    json!({"id": id, "address": addr, "role": role})
+                    // As the leader sees it; unknown without a leader.
+                    let health = &v["health"][id];
+                    let reachable = match health["reachable"].as_bool() {
+                        Some(true) => "yes".to_string(),
+                        Some(false) => format!("no ({} failed)", health["failures"]),
+                        None => "?".to_string(),
+                    };
+                    let lag = health["lag"].as_u64().map_or("?".into(), |l| l.to_string());
+                    json!({"id": id, "address": addr, "role": role, "reachable": reachable, "lag": lag})
                 })
                 .collect();
-            let mut out = render(false, &["id", "address", "role"], rows);
+            let mut out = render(false, &["id", "address", "role", "reachable", "lag"], rows);
+            if let Some(why) = v["health_error"].as_str() {
+                let _ = write!(out, "\nno leader to ask for reachability: {why}");
+            }
             let _ = write!(
                 out,
                 "\nterm {}, revision {}, this node {}",

@@ -144,6 +144,12 @@ pub struct Config {
     #[arg(long, env = "ROO_REQUEST_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub request_timeout_ms: u64,
 
+    /// The shortest raft election timeout, in ms (the longest is twice it, heartbeats go every
+    /// third of it): a new leader is in office 3 to 4 times this after the old one's last
+    /// heartbeat. Raise it where the network or disks stall longer than this now and then.
+    #[arg(long, env = "ROO_ELECTION_TIMEOUT_MS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(30..=60_000))]
+    pub election_timeout_ms: u64,
+
     /// Get certificates for https routes from an ACME CA (Let's Encrypt by default).
     #[arg(long, env = "ROO_ACME", default_value_t = true, action = clap::ArgAction::Set)]
     pub acme: bool,
@@ -183,7 +189,13 @@ pub struct Config {
     pub swarm: String,
 
     /// Log filter (tracing EnvFilter syntax), e.g. `info,roo_kv=debug`.
-    #[arg(long, env = "ROO_LOG", default_value = "info,openraft=warn")]
+    // openraft's replication warns at every failed RPC to a member that is down; roo-kv says
+    // it once per interval instead (`roo_kv::network::peers`).
+    #[arg(
+        long,
+        env = "ROO_LOG",
+        default_value = "info,openraft=error,openraft::replication=off"
+    )]
     pub log: String,
 
     /// Log format: `text` or `json`.
@@ -359,6 +371,10 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.election_timeout_ms)
     }
 
     /// The address peers reach this node at.

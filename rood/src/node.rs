@@ -127,6 +127,7 @@ impl Node {
             peer_tls: peer_tls.clone(),
             snapshot_every: config.snapshot_every,
             request_timeout: config.request_timeout(),
+            election_timeout: config.election_timeout(),
         })
         .await?;
 

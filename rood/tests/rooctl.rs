@@ -148,6 +148,12 @@ async fn every_command_against_a_live_node() {
     // cluster status / remove.
     let (ok, out, _) = rooctl(&server, None, &["cluster", "status"]);
     assert!(ok && out.contains("leader") && out.contains(&api), "{out}");
+    // Its own row, as the leader sees it: reachable, no lag.
+    assert!(
+        out.lines()
+            .any(|l| l.contains("leader") && l.contains("yes") && l.trim_end().ends_with('0')),
+        "{out}"
+    );
     let (ok, _, err) = rooctl(&server, admin, &["cluster", "remove", "12345"]);
     assert!(!ok && err.lines().count() == 1, "{err}");
 

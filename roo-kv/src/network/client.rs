@@ -10,10 +10,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -22,6 +20,7 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::peers::Peers;
 use super::tls::PeerTls;
 use super::{MAX_RPC_BODY, RPC_PREFIX, SECRET_HEADER};
 use crate::{NodeId, TypeConfig};
@@ -29,9 +28,12 @@ use crate::{NodeId, TypeConfig};
 /// How an RPC failed on the way, before any answer of the peer.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// The peer could not be reached (connect failure or timeout).
+    /// The peer could not be reached: the request was not sent.
     #[error("unreachable: {0}")]
     Unreachable(String),
+    /// The request may have been sent, but no answer came back (timeout, connection lost).
+    #[error("no answer: {0}")]
+    Lost(String),
     /// The peer answered something other than what was asked for.
     #[error("bad answer: {0}")]
     BadAnswer(String),
@@ -45,6 +47,7 @@ pub struct PeerClient {
     transport: Transport,
     secret: Option<String>,
     moved: Arc<RwLock<HashMap<NodeId, String>>>,
+    peers: Peers,
 }
 
 /// Plain HTTP, or HTTPS with the node's certificate when peer TLS is on.
@@ -77,7 +80,13 @@ impl PeerClient {
             transport,
             secret,
             moved: Arc::default(),
+            peers: Peers::default(),
         }
+    }
+
+    /// How each peer has been answering raft RPCs.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     /// Where node `id` is: where it was last seen to have moved, else `known` (its address in
@@ -164,13 +173,18 @@ impl PeerClient {
                 Transport::Tls(client) => client.request(req).await,
             }
             .map_err(|e| {
-                CallError::Unreachable(format!("{addr}: {}", crate::error::with_causes(&e)))
+                let text = format!("{addr}: {}", crate::error::with_causes(&e));
+                if e.is_connect() {
+                    CallError::Unreachable(text)
+                } else {
+                    CallError::Lost(text)
+                }
             })?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_RPC_BODY)
                 .collect()
                 .await
-                .map_err(|e| CallError::Unreachable(format!("{addr}: reading answer: {e}")))?
+                .map_err(|e| CallError::Lost(format!("{addr}: reading answer: {e}")))?
                 .to_bytes();
             if !status.is_success() {
                 let text = String::from_utf8_lossy(&body);
@@ -183,7 +197,7 @@ impl PeerClient {
         };
         tokio::time::timeout(timeout, call)
             .await
-            .map_err(|_| CallError::Unreachable(format!("{addr}: no answer within {timeout:?}")))?
+            .map_err(|_| CallError::Lost(format!("{addr}: no answer within {timeout:?}")))?
     }
 }
 
@@ -191,6 +205,8 @@ impl PeerClient {
 #[derive(Clone)]
 pub struct NetworkFactory {
     pub(crate) client: PeerClient,
+    /// The longest pause between RPCs to a peer that fails them.
+    pub(crate) max_backoff: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -201,6 +217,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             client: self.client.clone(),
             target,
             addr: node.addr.clone(),
+            max_backoff: self.max_backoff,
         }
     }
 }
@@ -210,6 +227,18 @@ pub struct PeerNetwork {
     client: PeerClient,
     target: NodeId,
     addr: String,
+    max_backoff: Duration,
+}
+
+/// Pauses before the 1st, 2nd... retry of a failing peer: doubling from 50 ms up to `max`.
+///
+/// Kept below the election timeout on purpose: a peer that comes back must hear from the
+/// leader before its own election timer fires, or it disrupts the cluster with a new term.
+fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
+    std::iter::successors(Some(Duration::from_millis(50)), move |d| {
+        Some((*d * 2).min(max))
+    })
+    .map(move |d| d.min(max))
 }
 
 impl PeerNetwork {
@@ -226,19 +255,29 @@ impl PeerNetwork {
     {
         let path = format!("{RPC_PREFIX}{rpc}");
         let addr = self.client.address(self.target, &self.addr);
-        let answer: Result<Resp, RaftError<NodeId, E>> = self
+        let answer: Result<Resp, RaftError<NodeId, E>> = match self
             .client
             .post(&addr, &path, &req, option.hard_ttl())
             .await
-            .map_err(|e| match e {
-                CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
-                CallError::BadAnswer(_) => RPCError::Network(NetworkError::new(&e)),
-            })?;
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.client.peers.failed(self.target, &addr, &e.to_string());
+                // Every failure is reported as unreachable: openraft backs off from those
+                // only, and would retry a peer that answers garbage in a tight loop.
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            }
+        };
+        self.client.peers.succeeded(self.target, &addr);
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
 impl RaftNetwork<TypeConfig> for PeerNetwork {
+    fn backoff(&self) -> Backoff {
+        Backoff::new(backoff(self.max_backoff))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
@@ -264,5 +303,23 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call("vote", rpc, option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound() {
+        let pauses: Vec<u64> = backoff(Duration::from_millis(150))
+            .take(5)
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [50, 100, 150, 150, 150]);
+        assert_eq!(
+            backoff(Duration::from_millis(20)).next(),
+            Some(Duration::from_millis(20))
+        );
     }
 }

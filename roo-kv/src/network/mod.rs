@@ -6,6 +6,7 @@
 //! writes, read-index requests and membership changes to the leader.
 
 pub mod client;
+pub mod peers;
 pub mod server;
 pub mod tls;
 
@@ -39,10 +40,12 @@ pub enum RpcError {
     /// The node asked is not the leader; it names the one it knows, if any.
     #[error("not the leader (leader: {leader_addr:?})")]
     ForwardToLeader { leader_addr: Option<String> },
+    /// Nothing was applied: no leader, no quorum, or the request was never sent.
     #[error("{0}")]
     Unavailable(String),
+    /// The request may or may not have been applied (sent, and its answer lost or late).
+    #[error("{0}")]
+    Unknown(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("{0}")]
-    Failed(String),
 }

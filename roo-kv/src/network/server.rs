@@ -10,6 +10,7 @@ use subtle::ConstantTimeEq;
 
 use super::tls::PeerCertificate;
 use super::{JoinRequest, RemoveRequest, RpcError, MAX_RPC_BODY, RPC_PREFIX, SECRET_HEADER};
+use crate::throttle::Throttle;
 use crate::Kv;
 
 /// Whether `req` comes from a node of the cluster: with the cluster secret when there is one,
@@ -92,7 +93,7 @@ where
     else {
         return error(StatusCode::NOT_FOUND, "not found");
     };
-    const RPCS: [&str; 7] = [
+    const RPCS: [&str; 8] = [
         "append",
         "vote",
         "snapshot",
@@ -100,6 +101,7 @@ where
         "read-index",
         "add-member",
         "remove-member",
+        "members",
     ];
     if !RPCS.contains(&rpc.as_str()) {
         return error(StatusCode::NOT_FOUND, "not found");
@@ -108,7 +110,10 @@ where
         return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
     if let Err(why) = authenticate_peer(kv, &req) {
-        tracing::warn!(rpc, why, "raft RPC refused");
+        static REFUSED: Throttle = Throttle::new(super::peers::LOG_EVERY);
+        if let Some(held_back) = REFUSED.ready() {
+            tracing::warn!(rpc, why, held_back, "raft RPC refused");
+        }
         return error(StatusCode::UNAUTHORIZED, why);
     }
     let body = req.into_body();
@@ -130,6 +135,10 @@ where
         "read-index" => {
             let _: serde_json::Value = body!();
             ok(&kv.bounded(kv.read_index_as_leader()).await)
+        }
+        "members" => {
+            let _: serde_json::Value = body!();
+            ok(&kv.members_health_as_leader())
         }
         "add-member" => {
             let join: JoinRequest = body!();

@@ -3,9 +3,10 @@
 //! One sled database per node, in the data dir, with three trees:
 //! - `log`: raft log entries keyed by big-endian index (so they sort), and `log_meta`: the vote,
 //!   the committed log id and the last purged log id ([`LogStore`]).
-//! - `sm`: the state machine ([`StateMachine`]): `d:<key>` records, `m:*` applied log id and
-//!   membership, changed together by one atomic batch per apply. The change history watches read
-//!   is kept in memory ([`History`]).
+//! - `sm`: the state machine ([`StateMachine`]): `d:<key>` records, the answers kept so that a
+//!   request applies once (`s:<session>`, `i:<idempotency key>`, see `dedup`), `m:*` applied log
+//!   id, membership and revision, changed together by one atomic batch per apply. The change
+//!   history watches read is kept in memory ([`History`]).
 //! - `snapshot`: the last built or installed snapshot, so a restarted node can still send it.
 //!
 //! sled writes to one ordered log for all trees, so a flush makes every earlier write of every
@@ -15,6 +16,8 @@
 // openraft's storage traits fix the error type, `StorageError`, large as it is.
 #![allow(clippy::result_large_err)]
 
+mod codec;
+mod dedup;
 mod flusher;
 mod history;
 mod log;

@@ -2,7 +2,8 @@
 //!
 //! Every request that applies (no failed guard) takes the next store revision, a counter kept
 //! with the state: several requests share one raft entry when writes are batched, and each still
-//! gets a revision of its own, so compare-and-set on revisions stays exact.
+//! gets a revision of its own, so compare-and-set on revisions stays exact. A request that comes
+//! again (a retry) gets the answer it got the first time ([`super::dedup`]).
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -14,6 +15,8 @@ use openraft::{
     StoredMembership,
 };
 
+use super::codec::{Reader, Writer};
+use super::dedup::{self, Dedup, Identity};
 use super::flusher::Flusher;
 use super::history::History;
 use super::{bad_data, io_err};
@@ -24,9 +27,12 @@ const DATA: &[u8] = b"d:";
 const APPLIED: &[u8] = b"m:applied";
 const MEMBERSHIP: &[u8] = b"m:membership";
 const REVISION: &[u8] = b"m:revision";
+const DEDUP_META: &[u8] = b"m:dedup";
 const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
-const SNAP_MAGIC: &[u8] = b"ROOSNAP2";
+/// Snapshots of keys only, from before requests were deduplicated: still read.
+const SNAP_MAGIC_V2: &[u8] = b"ROOSNAP2";
+const SNAP_MAGIC: &[u8] = b"ROOSNAP3";
 
 type StoredMembershipOf = StoredMembership<NodeId, openraft::BasicNode>;
 type SnapshotMetaOf = SnapshotMeta<NodeId, openraft::BasicNode>;
@@ -93,6 +99,23 @@ pub struct StateMachine {
     snapshots: sled::Tree,
     flusher: Flusher,
     revision: u64,
+    dedup: Dedup,
+}
+
+/// The remembered answers as the tree holds them.
+fn load_dedup(tree: &sled::Tree) -> Result<Dedup, KvError> {
+    let meta = tree.get(DEDUP_META)?;
+    let mut entries = Vec::new();
+    for prefix in [dedup::SESSION_PREFIX, dedup::KEY_PREFIX] {
+        for kv in tree.scan_prefix(prefix) {
+            entries.push(kv?);
+        }
+    }
+    Dedup::load(
+        meta.as_deref(),
+        entries.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
+    )
+    .map_err(KvError::Storage)
 }
 
 impl StateMachine {
@@ -100,6 +123,7 @@ impl StateMachine {
         let tree = db.open_tree("sm")?;
         let snapshots = db.open_tree("snapshot")?;
         let revision = read_u64(&tree, REVISION)?;
+        let dedup = load_dedup(&tree)?;
         Ok(StateMachine {
             handle: StateMachineHandle {
                 tree,
@@ -108,6 +132,7 @@ impl StateMachine {
             snapshots,
             flusher,
             revision,
+            dedup,
         })
     }
 
@@ -134,10 +159,28 @@ impl StateMachine {
         Ok((applied, membership))
     }
 
-    /// Applies one request into `batch`: all its ops, or none when a guard fails.
-    fn apply_request(
+    /// Applies one request into `batch`, unless it was seen before: then its first answer.
+    fn apply_once(
         &mut self,
         req: Request,
+        overlay: &mut HashMap<String, Option<Record>>,
+        batch: &mut sled::Batch,
+        events: &mut Vec<Event>,
+    ) -> Result<Response, StorageError<NodeId>> {
+        let (identity, ops) = Identity::of(req);
+        if let Some(answer) = self.dedup.seen(&identity, self.revision) {
+            self.dedup.remember(&identity, &answer);
+            return Ok(answer);
+        }
+        let answer = self.apply_request(ops, overlay, batch, events)?;
+        self.dedup.remember(&identity, &answer);
+        Ok(answer)
+    }
+
+    /// Applies the ops of one request into `batch`: all of them, or none when a guard fails.
+    fn apply_request(
+        &mut self,
+        ops: Vec<Op>,
         overlay: &mut HashMap<String, Option<Record>>,
         batch: &mut sled::Batch,
         events: &mut Vec<Event>,
@@ -152,8 +195,8 @@ impl StateMachine {
             let raw = tree.get(data_key(key)).map_err(sm_write_err)?;
             Ok(raw.and_then(|r| Record::decode(&r)))
         };
-        let mut before = Vec::with_capacity(req.ops.len());
-        for op in &req.ops {
+        let mut before = Vec::with_capacity(ops.len());
+        for op in &ops {
             let cur = current(overlay, op.key())?;
             if !op.guard_holds(cur.as_ref().map(|r| r.mod_rev)) {
                 return Ok(Response {
@@ -163,6 +206,7 @@ impl StateMachine {
                         key: op.key().to_string(),
                         current_rev: cur.map(|r| r.mod_rev),
                     }),
+                    refused: None,
                 });
             }
             before.push(cur);
@@ -170,7 +214,7 @@ impl StateMachine {
         self.revision += 1;
         let rev = self.revision;
         let mut changed = 0;
-        for (seq, (op, cur)) in req.ops.into_iter().zip(before).enumerate() {
+        for (seq, (op, cur)) in ops.into_iter().zip(before).enumerate() {
             let seq = seq as u32;
             match op {
                 Op::Put { key, value, .. } => {
@@ -210,6 +254,7 @@ impl StateMachine {
             rev,
             changed,
             conflict: None,
+            refused: None,
         })
     }
 }
@@ -225,10 +270,21 @@ fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, KvError> {
     }
 }
 
-/// Snapshot data: magic, store revision, then (key, encoded record) pairs, each length-prefixed.
+/// Snapshot data: magic, store revision, the remembered answers' clock, then every entry of
+/// the tree but the raft metadata (keys, sessions, idempotency keys) as (key, value) pairs,
+/// each length-prefixed.
 struct SnapshotData {
     revision: u64,
+    dedup_meta: Vec<u8>,
     entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Whether a raw entry of the tree belongs in a snapshot, and is well formed there.
+fn valid_entry(key: &[u8], value: &[u8]) -> bool {
+    match key.strip_prefix(DATA) {
+        Some(k) => std::str::from_utf8(k).is_ok() && Record::decode(value).is_some(),
+        None => dedup::valid_entry(key, value),
+    }
 }
 
 impl SnapshotData {
@@ -238,47 +294,56 @@ impl SnapshotData {
             .iter()
             .map(|(k, v)| 8 + k.len() + v.len())
             .sum();
-        let mut out = Vec::with_capacity(SNAP_MAGIC.len() + 8 + size);
-        out.extend_from_slice(SNAP_MAGIC);
-        out.extend_from_slice(&self.revision.to_be_bytes());
+        let mut w = Writer(Vec::with_capacity(SNAP_MAGIC.len() + 12 + size));
+        w.0.extend_from_slice(SNAP_MAGIC);
+        w.u64(self.revision).bytes(&self.dedup_meta);
         for (k, v) in &self.entries {
-            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-            out.extend_from_slice(k);
-            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            out.extend_from_slice(v);
+            w.bytes(k).bytes(v);
         }
-        out
+        w.0
     }
 
     /// Parses snapshot data, checking every length and record: it may come from the network.
     fn decode(data: &[u8]) -> Result<SnapshotData, String> {
-        let rest = data.strip_prefix(SNAP_MAGIC).ok_or("not a roo snapshot")?;
-        let revision = rest
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .ok_or("truncated snapshot")?;
-        let mut rest = &rest[8..];
-        let take = |rest: &mut &[u8]| -> Result<Vec<u8>, String> {
-            let len = rest
-                .get(..4)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_be_bytes)
-                .ok_or("truncated snapshot")? as usize;
-            let bytes = rest.get(4..4 + len).ok_or("truncated snapshot")?.to_vec();
-            *rest = &rest[4 + len..];
-            Ok(bytes)
+        let (v2, rest) = match (
+            data.strip_prefix(SNAP_MAGIC),
+            data.strip_prefix(SNAP_MAGIC_V2),
+        ) {
+            (Some(rest), _) => (false, rest),
+            (None, Some(rest)) => (true, rest),
+            (None, None) => return Err("not a roo snapshot".into()),
         };
+        let mut r = Reader(rest);
+        let truncated = || "truncated snapshot".to_string();
+        let revision = r.u64().ok_or_else(truncated)?;
+        let dedup_meta = if v2 {
+            dedup::encode_meta(0, 0)
+        } else {
+            r.bytes().ok_or_else(truncated)?.to_vec()
+        };
+        if dedup::decode_meta(&dedup_meta).is_none() {
+            return Err("corrupt snapshot header".into());
+        }
         let mut entries = Vec::new();
-        while !rest.is_empty() {
-            let key = take(&mut rest)?;
-            let rec = take(&mut rest)?;
-            if std::str::from_utf8(&key).is_err() || Record::decode(&rec).is_none() {
+        while !r.is_empty() {
+            let key = r.bytes().ok_or_else(truncated)?;
+            let value = r.bytes().ok_or_else(truncated)?;
+            // Version 2 held the data keys alone, without their prefix.
+            let key = if v2 {
+                [DATA, key].concat()
+            } else {
+                key.to_vec()
+            };
+            if !valid_entry(&key, value) {
                 return Err("corrupt snapshot entry".into());
             }
-            entries.push((key, rec));
+            entries.push((key, value.to_vec()));
         }
-        Ok(SnapshotData { revision, entries })
+        Ok(SnapshotData {
+            revision,
+            dedup_meta,
+            entries,
+        })
     }
 }
 
@@ -364,9 +429,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m))
                 }
-                EntryPayload::Normal(Batch { requests }) => {
+                EntryPayload::Normal(Batch { requests, time_ms }) => {
+                    self.dedup.advance(time_ms);
                     for req in requests {
-                        answers.push(self.apply_request(
+                        answers.push(self.apply_once(
                             req,
                             &mut overlay,
                             &mut batch,
@@ -386,6 +452,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             serde_json::to_vec(&Some(last)).map_err(sm_write_err)?,
         );
         batch.insert(REVISION, &self.revision.to_be_bytes());
+        self.dedup.write_changes(&mut batch);
+        batch.insert(DEDUP_META, self.dedup.meta());
         if let Some(m) = &membership {
             batch.insert(MEMBERSHIP, serde_json::to_vec(m).map_err(sm_write_err)?);
         }
@@ -400,11 +468,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tracing::error!(error = %e, "reading applied state for a snapshot");
             (None, StoredMembership::default())
         });
-        let entries = self
-            .tree()
-            .scan_prefix(DATA)
+        let entries = [DATA, dedup::SESSION_PREFIX, dedup::KEY_PREFIX]
+            .into_iter()
+            .flat_map(|prefix| self.tree().scan_prefix(prefix))
             .filter_map(|kv| match kv {
-                Ok((k, v)) => Some((k[DATA.len()..].to_vec(), v.to_vec())),
+                Ok((k, v)) => Some((k.to_vec(), v.to_vec())),
                 Err(e) => {
                     tracing::error!(error = %e, "reading state for a snapshot");
                     None
@@ -414,6 +482,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             data: SnapshotData {
                 revision: self.revision,
+                dedup_meta: self.dedup.meta(),
                 entries,
             },
             applied,
@@ -445,8 +514,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.remove(k);
         }
         for (k, v) in &parsed.entries {
-            batch.insert([DATA, k].concat(), v.as_slice());
+            batch.insert(k.as_slice(), v.as_slice());
         }
+        batch.insert(DEDUP_META, parsed.dedup_meta.as_slice());
         batch.insert(
             APPLIED,
             serde_json::to_vec(&meta.last_log_id).map_err(sm_write_err)?,
@@ -459,6 +529,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.tree().apply_batch(batch).map_err(sm_write_err)?;
         save_snapshot(&self.snapshots, &self.flusher, meta, &data).await?;
         self.revision = parsed.revision;
+        self.dedup = load_dedup(self.tree())
+            .map_err(|e| bad_data(|e| StorageIOError::read_snapshot(None, e), e))?;
         tracing::info!(snapshot = %meta.snapshot_id, keys = parsed.entries.len(), "installed snapshot");
         self.handle.history.reset(parsed.revision);
         Ok(())
@@ -495,13 +567,29 @@ mod tests {
             create_rev: 1,
         }
         .encode();
+        // A session with one remembered answer: floor, last time, count, (seq, answer).
+        let mut session = Writer::default();
+        session
+            .varint(0)
+            .varint(5)
+            .varint(1)
+            .varint(3)
+            .response(&Response::default());
         let snap = SnapshotData {
             revision: 7,
-            entries: vec![(b"a".to_vec(), rec.clone()), (b"b".to_vec(), rec)],
+            dedup_meta: dedup::encode_meta(5, 0),
+            entries: vec![
+                (b"d:a".to_vec(), rec.clone()),
+                (b"d:b".to_vec(), rec.clone()),
+                ([b"s:".as_slice(), &9u64.to_be_bytes()].concat(), session.0),
+            ],
         };
         let data = snap.encode();
         let back = SnapshotData::decode(&data).unwrap();
-        assert_eq!((back.revision, &back.entries), (7, &snap.entries));
+        assert_eq!(
+            (back.revision, &back.dedup_meta, &back.entries),
+            (7, &snap.dedup_meta, &snap.entries)
+        );
         assert!(SnapshotData::decode(b"nope").is_err());
         assert!(SnapshotData::decode(&data[..data.len() - 1]).is_err());
         assert!(SnapshotData::decode(&data[..SNAP_MAGIC.len() + 4]).is_err());
@@ -509,5 +597,27 @@ mod tests {
         huge_len.extend_from_slice(&1u64.to_be_bytes());
         huge_len.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(SnapshotData::decode(&huge_len).is_err());
+        let mut bad = Writer(SNAP_MAGIC.to_vec());
+        bad.u64(1).bytes(b"short");
+        assert!(SnapshotData::decode(&bad.0).is_err(), "a bad header");
+        // An entry under no known prefix, or a session record that does not parse.
+        for (key, value) in [
+            (b"x:a".to_vec(), rec.clone()),
+            (b"s:12345678".to_vec(), vec![1]),
+        ] {
+            let mut bad = Writer(SNAP_MAGIC.to_vec());
+            bad.u64(1)
+                .bytes(&dedup::encode_meta(0, 0))
+                .bytes(&key)
+                .bytes(&value);
+            assert!(SnapshotData::decode(&bad.0).is_err(), "{key:?}");
+        }
+
+        // A snapshot of the version before: data keys without their prefix.
+        let mut v2 = Writer(SNAP_MAGIC_V2.to_vec());
+        v2.u64(4).bytes(b"a").bytes(&rec);
+        let back = SnapshotData::decode(&v2.0).unwrap();
+        assert_eq!(back.revision, 4);
+        assert_eq!(back.entries, vec![(b"d:a".to_vec(), rec)]);
     }
 }

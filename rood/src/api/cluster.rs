@@ -19,8 +19,16 @@ pub(super) async fn cluster(
         "" | "/" => {
             only(&req, &[Method::GET])?;
             let status = api.kv.status().await;
-            let value =
-                serde_json::to_value(status).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let mut value =
+                serde_json::to_value(status).map_err(|e| ApiError::Internal(e.to_string()))?;
+            // Reachability and lag as the leader sees them; a node without a leader says why.
+            match api.kv.members_health().await {
+                Ok(health) => {
+                    value["health"] = serde_json::to_value(health)
+                        .map_err(|e| ApiError::Internal(e.to_string()))?
+                }
+                Err(e) => value["health_error"] = e.to_string().into(),
+            }
             Ok(reply::json(StatusCode::OK, &value))
         }
         "/join" => {

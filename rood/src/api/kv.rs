@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use roo_kv::{KvError, MAX_VALUE_LEN};
+use roo_kv::{KvError, Op, MAX_VALUE_LEN};
 use serde_json::json;
 
 use super::auth::Access;
@@ -14,6 +14,8 @@ use super::{consistency, decode_path, only, query_u64, read_body, reply, Api, Ap
 
 /// Header carrying a key's revision on `GET /roo/v1/kv/{key}`.
 const REVISION_HEADER: &str = "x-roo-revision";
+/// Header naming a write so that the client's retries of it apply once.
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 pub(super) async fn kv(
     api: &Api,
@@ -48,24 +50,60 @@ pub(super) async fn kv(
         Method::PUT => {
             api.tokens.require_admin(access)?;
             let prev_rev = query_u64(&uri, "prev_rev")?;
+            let idempotency_key = idempotency_key(&req)?;
             let value = read_body(req, MAX_VALUE_LEN).await?;
-            let rev = api.kv.put(&key, value.to_vec(), prev_rev).await?;
+            let op = Op::Put {
+                key,
+                value: value.to_vec(),
+                prev_rev,
+            };
+            let answer = write(api, op, idempotency_key).await?;
             Ok(reply::json(
                 StatusCode::OK,
-                &json!({"ok": true, "rev": rev}),
+                &json!({"ok": true, "rev": answer.rev}),
             ))
         }
         Method::DELETE => {
             api.tokens.require_admin(access)?;
             let prev_rev = query_u64(&uri, "prev_rev")?;
-            let (rev, deleted) = api.kv.delete(&key, prev_rev).await?;
+            let op = Op::Delete { key, prev_rev };
+            let answer = write(api, op, idempotency_key(&req)?).await?;
             Ok(reply::json(
                 StatusCode::OK,
-                &json!({"ok": true, "rev": rev, "deleted": u8::from(deleted)}),
+                &json!({"ok": true, "rev": answer.rev, "deleted": u8::from(answer.changed > 0)}),
             ))
         }
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// The client's `Idempotency-Key`, if it sent one: a retry of the same request with the same
+/// key, through any node within 10 minutes, gets the first answer instead of applying again.
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("Idempotency-Key is not visible ASCII".into()))?;
+    // Its draft standard quotes the key as a structured-field string; both forms are taken.
+    let key = key
+        .strip_prefix('"')
+        .and_then(|k| k.strip_suffix('"'))
+        .unwrap_or(key);
+    roo_kv::command::validate_idempotency_key(key)?;
+    Ok(Some(key.to_string()))
+}
+
+/// Writes one op, answered as the first time when its idempotency key was seen before.
+async fn write(
+    api: &Api,
+    op: Op,
+    idempotency_key: Option<String>,
+) -> Result<roo_kv::Response, ApiError> {
+    let mut req = roo_kv::Request::new(vec![op]);
+    req.idempotency_key = idempotency_key;
+    Ok(api.kv.write(req).await?.checked()?)
 }
 
 pub(super) async fn scan(

@@ -50,8 +50,11 @@ impl ApiError {
                 KvError::InvalidKey(_) | KvError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
                 KvError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 KvError::Conflict { .. } => StatusCode::CONFLICT,
+                KvError::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 KvError::Compacted { .. } => StatusCode::GONE,
-                KvError::Unavailable { .. } | KvError::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
+                KvError::Unavailable { .. }
+                | KvError::OutcomeUnknown { .. }
+                | KvError::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
                 KvError::Peer { .. } => StatusCode::BAD_GATEWAY,
                 KvError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -63,10 +66,13 @@ impl ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %self, %status, "api request failed");
         }
-        let mut resp = json(
-            status,
-            &serde_json::json!({"ok": false, "error": self.to_string()}),
-        );
+        let mut body = serde_json::json!({"ok": false, "error": self.to_string()});
+        if let ApiError::Kv(KvError::OutcomeUnknown { .. }) = &self {
+            // Not a refusal: the write may have applied. The client reads to know, or retries
+            // with the same Idempotency-Key.
+            body["outcome"] = "unknown".into();
+        }
+        let mut resp = json(status, &body);
         match &self {
             ApiError::MethodNotAllowed(methods) => {
                 let allow = methods
@@ -86,7 +92,7 @@ impl ApiError {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, retry_after_value(*retry_after));
             }
-            ApiError::Kv(KvError::Shutdown) => {
+            ApiError::Kv(KvError::Shutdown | KvError::OutcomeUnknown { .. }) => {
                 resp.headers_mut().insert(
                     header::RETRY_AFTER,
                     retry_after_value(Duration::from_secs(1)),

@@ -429,7 +429,7 @@ impl Proc {
             .env("ROO_ACME", "false")
             // Nor the swarm watcher, except where a test asks for it.
             .env("ROO_SWARM", "off")
-            .env("ROO_LOG", "info,openraft=warn")
+            .env("ROO_LOG", "info,openraft=error,openraft::replication=off")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
@@ -464,6 +464,27 @@ impl Proc {
         let _ = child.kill();
         let _ = child.wait();
         None
+    }
+
+    /// SIGSTOP: a frozen node (a long pause, a stuck disk) keeps its sockets open, so peers see
+    /// timeouts, not refusals.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Proc::freeze`].
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("process running");
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {}", child.id());
     }
 
     /// Starts it again with the same address, data dir and flags.
