@@ -46,8 +46,9 @@ wait_voters() { # addr, n
 
 start_roo() { # index, data dir, extra args...
   local i=$1 dir=$2; shift 2
-  ROO_CLUSTER_SECRET=bench ROO_LOG=warn "$rood" --api-addr "127.0.0.$i:16299" --data-dir "$dir" "$@" \
-    2>>"$work/roo$i.log" &
+  ROO_CLUSTER_SECRET=bench ROO_LOG=warn ROO_ACME=false ROO_SWARM=off "$rood" \
+    --api-addr "127.0.0.$i:16299" --data-dir "$dir" \
+    --http-addr "127.0.0.$i:0" --https-addr "127.0.0.$i:0" "$@" 2>>"$work/roo$i.log" &
   pids+=($!)
 }
 
