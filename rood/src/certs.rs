@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -44,13 +44,59 @@ pub fn key_host(key: &str, prefix: &str) -> Result<String, CertError> {
     normalize_host(host).map_err(|_| CertError::Host(key.to_string()))
 }
 
-/// Turns a stored certificate into a key rustls serves; the key must match the leaf.
-pub fn load(value: &[u8]) -> Result<Arc<CertifiedKey>, CertError> {
+/// Turns the stored certificate of `host` into a key rustls serves: the chain must hold no
+/// private key and name `host` (one label below, for `*.` hosts), and the key must match its
+/// leaf. What the API refuses to store, and what a node refuses to serve.
+pub fn load(host: &str, value: &[u8]) -> Result<Arc<CertifiedKey>, CertError> {
     let (chain, key) = parse(value)?;
+    check_chain(host, &chain)?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let certified =
         CertifiedKey::from_der(chain, key, &provider).map_err(|e| CertError::Key(e.to_string()))?;
     Ok(Arc::new(certified))
+}
+
+/// Checks what can be checked of a stored certificate without its key (which a read token
+/// does not see): the chain parses, holds no private key, and names `host`.
+pub fn check_without_key(host: &str, value: &[u8]) -> Result<(), CertError> {
+    let stored: StoredCert =
+        serde_json::from_slice(value).map_err(|e| CertError::Json(e.to_string()))?;
+    check_chain(host, &chain_of(&stored)?)
+}
+
+fn check_chain(host: &str, chain: &[CertificateDer<'_>]) -> Result<(), CertError> {
+    let leaf = chain
+        .first()
+        .ok_or_else(|| CertError::Chain("no certificate in cert_pem".into()))?;
+    let leaf = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| CertError::Chain(format!("leaf certificate: {e}")))?;
+    // A wildcard host is served for any one label below it: the leaf must name such a label.
+    let probe = match host.strip_prefix("*.") {
+        Some(parent) => format!("roo-wildcard-probe.{parent}"),
+        None => host.to_string(),
+    };
+    let name =
+        ServerName::try_from(probe.as_str()).map_err(|_| CertError::Host(host.to_string()))?;
+    leaf.verify_is_valid_for_subject_name(&name)
+        .map_err(|_| CertError::Chain(format!("the certificate does not name {host}")))
+}
+
+/// The chain of a stored certificate, refusing a private key in it: `cert_pem` is shown to
+/// readers that must never see one.
+fn chain_of(stored: &StoredCert) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    if stored.cert_pem.contains("PRIVATE KEY-----") {
+        return Err(CertError::Chain(
+            "cert_pem holds a private key: it belongs in key_pem alone".into(),
+        ));
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(stored.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| CertError::Chain(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(CertError::Chain("no certificate in cert_pem".into()));
+    }
+    Ok(chain)
 }
 
 /// Like [`load`], for a TLS-ALPN-01 certificate: its critical `acmeIdentifier` extension is one
@@ -69,13 +115,7 @@ fn parse(
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CertError> {
     let stored: StoredCert =
         serde_json::from_slice(value).map_err(|e| CertError::Json(e.to_string()))?;
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(stored.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| CertError::Chain(e.to_string()))?;
-    if chain.is_empty() {
-        return Err(CertError::Chain("no certificate in cert_pem".into()));
-    }
+    let chain = chain_of(&stored)?;
     let key = PrivateKeyDer::from_pem_slice(stored.key_pem.as_bytes())
         .map_err(|e| CertError::Key(e.to_string()))?;
     Ok((chain, key))
@@ -132,6 +172,37 @@ impl CertTable {
         }
         let (_, parent) = name.split_once('.')?;
         self.certs.get(&format!("*.{parent}"))
+    }
+}
+
+/// The certificate a TLS connection presented, and the name it was chosen for: which hosts
+/// the connection may ask for.
+#[derive(Debug)]
+pub struct Presented {
+    sni: Box<str>,
+    cert: Arc<CertifiedKey>,
+}
+
+impl Presented {
+    pub fn new(sni: &str, cert: Arc<CertifiedKey>) -> Self {
+        Presented {
+            sni: sni.into(),
+            cert,
+        }
+    }
+
+    /// Whether the certificate names `host`: the name the handshake asked for (the common
+    /// case, a comparison), else any other name of the certificate (a client that reuses an
+    /// HTTP/2 connection for another name of the same certificate, as browsers do).
+    pub fn covers(&self, host: &str) -> bool {
+        if host.eq_ignore_ascii_case(self.sni.trim_end_matches('.')) {
+            return true;
+        }
+        let (Some(leaf), Ok(name)) = (self.cert.cert.first(), ServerName::try_from(host)) else {
+            return false;
+        };
+        webpki::EndEntityCert::try_from(leaf)
+            .is_ok_and(|leaf| leaf.verify_is_valid_for_subject_name(&name).is_ok())
     }
 }
 

@@ -184,6 +184,21 @@ impl ApiClient {
     }
 }
 
+/// A stored route's or certificate's state: `ok`, or why no node serves it (each keeps what the
+/// key held before it, if anything).
+fn state(invalid: Option<String>) -> String {
+    match invalid {
+        None => "ok".into(),
+        Some(why) => format!("invalid, not served: {why}"),
+    }
+}
+
+/// Whether a certificate value came with its private key withheld (a read token).
+fn redacted(value: &[u8]) -> bool {
+    serde_json::from_slice::<roo_acme::StoredCert>(value)
+        .is_ok_and(|c| c.key_pem.starts_with("redacted"))
+}
+
 /// Runs one command; returns what to print.
 pub async fn run(cli: Cli) -> Result<String, CliError> {
     let roots = roo_acme::roots::system_and(cli.cacert.as_deref())
@@ -218,11 +233,12 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                     "port": k.port,
                     "scheme": k.scheme.to_string(),
                     "destination": String::from_utf8_lossy(&value),
+                    "state": state(crate::feed::change_from_kv(&key, Some(&value)).and_then(Result::err)),
                 }));
             }
             Ok(render(
                 json_out,
-                &["host", "port", "scheme", "destination"],
+                &["host", "port", "scheme", "destination", "state"],
                 rows,
             ))
         }
@@ -259,6 +275,13 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 let info = stored
                     .as_ref()
                     .and_then(|c| roo_acme::CertInfo::from_pem(&c.cert_pem).ok());
+                // Its key is checked too where the token shows it.
+                let invalid = match crate::feed::change_from_kv(&key, Some(&value)) {
+                    Some(Err(e)) if !redacted(&value) => Some(e),
+                    _ => crate::certs::check_without_key(&host, &value)
+                        .err()
+                        .map(|e| e.to_string()),
+                };
                 hosts.insert(
                     host.clone(),
                     json!({
@@ -266,6 +289,7 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                         "issuer": info.as_ref().map(|i| i.issuer.clone()),
                         "expires": info.as_ref().map(|i| roo_acme::cert::rfc3339(i.not_after)),
                         "source": stored.and_then(|c| c.source),
+                        "state": state(invalid),
                         "last_error": null,
                     }),
                 );
@@ -284,7 +308,7 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
             let rows = hosts.into_values().collect();
             Ok(render(
                 json_out,
-                &["host", "issuer", "expires", "source", "last_error"],
+                &["host", "issuer", "expires", "source", "state", "last_error"],
                 rows,
             ))
         }

@@ -73,6 +73,11 @@ pub struct Config {
     #[arg(long, env = "ROO_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub idle_timeout_ms: u64,
 
+    /// How long a client may send nothing in the middle of a request body, in ms; then 408 and
+    /// the connection closes (nginx's client_body_timeout). At most a day.
+    #[arg(long, env = "ROO_BODY_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub body_timeout_ms: u64,
+
     /// Largest request header section accepted, in bytes (more: 431). At least 8192.
     #[arg(long, env = "ROO_MAX_HEADER_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(8192..))]
     pub max_header_bytes: u32,
@@ -310,6 +315,14 @@ impl Config {
                 }
                 *value = Some(text.to_string());
             }
+        }
+        // An empty secret would be one every request carries without saying so.
+        if self
+            .cluster_secret
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
+            return Err("ROO_CLUSTER_SECRET is empty".into());
         }
         for (value, name) in [
             (&self.api_token, "ROO_API_TOKEN"),

@@ -38,8 +38,9 @@ pub enum Change {
 }
 
 /// The change a KV key and value (None: deleted) make, if the key is a route, a certificate or
-/// an ACME challenge. A bad value is an error (logged by the caller); the key's previous entry
-/// is then removed, so the table matches what the KV says.
+/// an ACME challenge; an error for a value that must not be served. The API refuses such values
+/// with the same check; one that is stored anyway (by an older version) is logged and left out,
+/// and the key keeps serving what it had.
 pub fn change_from_kv(key: &str, value: Option<&[u8]>) -> Option<Result<Change, String>> {
     if let Some(token) = key.strip_prefix(HTTP01_PREFIX) {
         if !roo_acme::challenge::valid_token(token) {
@@ -83,7 +84,7 @@ pub fn change_from_kv(key: &str, value: Option<&[u8]>) -> Option<Result<Change, 
         };
         return Some(match value {
             None => Ok(Change::RemoveCert(host)),
-            Some(v) => certs::load(v)
+            Some(v) => certs::load(&host, v)
                 .map(|c| Change::SetCert(host, c))
                 .map_err(|e| e.to_string()),
         });
@@ -265,13 +266,14 @@ async fn load_all(kv: &Kv, tables: &Tables) -> Result<u64, KvError> {
     Ok(rev)
 }
 
-/// [`change_from_kv`], logging refused values; a refused value removes what the key had.
+/// [`change_from_kv`], logging refused values (the key keeps what it had: one bad write does not
+/// take a working route or certificate down on every node).
 fn checked(key: &str, value: Option<&[u8]>) -> Option<Change> {
     match change_from_kv(key, value)? {
         Ok(c) => Some(c),
         Err(e) => {
-            tracing::warn!(%key, error = %e, "ignoring invalid route or certificate");
-            change_from_kv(key, None).and_then(Result::ok)
+            tracing::warn!(%key, error = %e, "invalid value stored; serving what the key had before");
+            None
         }
     }
 }

@@ -101,8 +101,15 @@ impl Node {
         config.api_addr = api_addr;
         config.load_secret_files().map_err(StartError::Config)?;
         let advertise = config.advertise_addr().map_err(StartError::Config)?;
-        if config.cluster_secret.is_none() {
-            tracing::warn!("ROO_CLUSTER_SECRET is not set: any host that reaches the API port can join the cluster and send raft messages");
+        let peer_tls = config.peer_tls().map_err(StartError::Config)?;
+        if config.cluster_secret.is_none() && peer_tls.is_none() {
+            // Without either, a node cannot tell its peers from anyone who reaches the API port.
+            if !config.join.is_empty() || config.dns.is_some() {
+                return Err(StartError::Config(
+                    "--join and --dns need ROO_CLUSTER_SECRET (or peer TLS): nodes take no raft messages or joins without it".into(),
+                ));
+            }
+            tracing::warn!("ROO_CLUSTER_SECRET is not set: this node runs alone and refuses raft messages and joins; to form a cluster, start every node with the same ROO_CLUSTER_SECRET");
         }
         let formation = if !config.join.is_empty() {
             Formation::Join(config.join.clone())
@@ -118,7 +125,6 @@ impl Node {
         } else {
             Formation::Bootstrap
         };
-        let peer_tls = config.peer_tls().map_err(StartError::Config)?;
         let kv = Kv::open(KvConfig {
             node_id: config.node_id,
             data_dir: config.data_dir.clone(),
@@ -161,6 +167,7 @@ impl Node {
                     max_header_bytes: config.max_header_bytes as usize,
                     header_timeout: Duration::from_millis(config.header_timeout_ms),
                     idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+                    body_timeout: Duration::from_millis(config.body_timeout_ms),
                 },
                 cert_wait: match issuer {
                     Some(_) => Duration::from_millis(config.acme_handshake_wait_ms),

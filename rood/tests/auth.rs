@@ -12,7 +12,17 @@ use rood::node::Node;
 
 const ADMIN: &str = "admin-token-0123456789";
 const READ: &str = "read-token-0123456789";
-const CERT: &str = r#"{"cert_pem":"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n","key_pem":"PRIVATE-KEY-MATERIAL","source":"manual"}"#;
+/// A certificate record for a.test, with a real chain and key (the API refuses others).
+fn cert() -> &'static str {
+    static CERT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| {
+        let (chain, key, _) = common::TestCa::new("auth test CA").leaf(&["a.test"]);
+        serde_json::json!({"cert_pem": chain, "key_pem": key, "source": "manual"}).to_string()
+    })
+}
+
+/// What only the private key holds.
+const PRIVATE_KEY: &str = "PRIVATE KEY-----";
 
 /// The status of `method path` with `token` (Some("") sends a malformed header).
 async fn status(
@@ -53,7 +63,7 @@ async fn the_access_matrix() {
     // Set up as admin.
     for (k, v) in [
         ("com.roo.host:a.test:https", "http://up:80"),
-        ("com.roo.cert:a.test", CERT),
+        ("com.roo.cert:a.test", cert()),
     ] {
         assert_eq!(
             status(
@@ -150,7 +160,7 @@ async fn the_access_matrix() {
         "",
     )
     .await;
-    assert!(admin_view.contains("PRIVATE-KEY-MATERIAL"));
+    assert!(admin_view.contains(PRIVATE_KEY));
     let (_, read_view) = status(
         &http,
         &node,
@@ -161,7 +171,7 @@ async fn the_access_matrix() {
     )
     .await;
     assert!(
-        read_view.contains("BEGIN CERTIFICATE") && !read_view.contains("PRIVATE-KEY-MATERIAL"),
+        read_view.contains("BEGIN CERTIFICATE") && !read_view.contains(PRIVATE_KEY),
         "{read_view}"
     );
     // A scan of everything without a token leaves secret keys out.
@@ -196,7 +206,7 @@ async fn the_access_matrix() {
         "",
     )
     .await;
-    assert_eq!(cert, CERT);
+    assert_eq!(cert, self::cert());
     node.stop().await;
 }
 
@@ -212,7 +222,7 @@ async fn an_open_api_still_hides_private_keys_and_tokens_load_from_files() {
             "PUT",
             "/roo/v1/kv/com.roo.cert:a.test",
             None,
-            CERT
+            cert()
         )
         .await
         .0,
@@ -228,7 +238,7 @@ async fn an_open_api_still_hides_private_keys_and_tokens_load_from_files() {
     )
     .await;
     assert_eq!(code, 200);
-    assert!(!view.contains("PRIVATE-KEY-MATERIAL"), "{view}");
+    assert!(!view.contains(PRIVATE_KEY), "{view}");
     // The watch stream hides it too.
     let event = first_watch_event(&open, "com.roo.cert:").await;
     assert_eq!(event["key"], "com.roo.cert:a.test");
@@ -238,7 +248,7 @@ async fn an_open_api_still_hides_private_keys_and_tokens_load_from_files() {
         .unwrap();
     let value = String::from_utf8(value).unwrap();
     assert!(
-        value.contains("BEGIN CERTIFICATE") && !value.contains("PRIVATE-KEY-MATERIAL"),
+        value.contains("BEGIN CERTIFICATE") && !value.contains(PRIVATE_KEY),
         "{value}"
     );
     open.stop().await;

@@ -78,6 +78,9 @@ async fn cluster(n: usize) -> Cluster {
 }
 
 const ROUTE: &str = "/roo/v1/kv/com.roo.host:example.com:https";
+/// Route values (the API refuses a route key whose value no node could serve).
+const ORIGINAL: &str = "http://original.test:80";
+const KEPT: &str = "http://kept.test:80";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn write_on_follower_reads_on_all() {
@@ -340,7 +343,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let (leader, followers) = c.roles(&http).await;
     let f = followers[0];
     assert_eq!(
-        http.put(&c.url(f, ROUTE), "original").await.unwrap().status,
+        http.put(&c.url(f, ROUTE), ORIGINAL).await.unwrap().status,
         200
     );
     let before = http
@@ -485,7 +488,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(before, after, "bad input changed stored data");
     assert_eq!(
         http.get(&c.url(leader, ROUTE)).await.unwrap().text(),
-        "original"
+        ORIGINAL
     );
     assert_eq!(
         http.cluster(&c.addrs[leader]).await.unwrap()["voters"]
@@ -569,7 +572,7 @@ async fn no_quorum_gets_503_not_a_hang() {
     let http = Http::default();
     let (_, followers) = c.roles(&http).await;
     assert_eq!(
-        http.put(&c.url(followers[0], ROUTE), "kept")
+        http.put(&c.url(followers[0], ROUTE), KEPT)
             .await
             .unwrap()
             .status,
@@ -595,7 +598,7 @@ async fn no_quorum_gets_503_not_a_hang() {
     ] {
         let started = Instant::now();
         let r = http
-            .send(method, &keep_url(path), &[], "new")
+            .send(method, &keep_url(path), &[], "http://new.test:80")
             .await
             .unwrap();
         assert_eq!(r.status, 503, "{method} {path}: {}", r.text());
@@ -612,7 +615,7 @@ async fn no_quorum_gets_503_not_a_hang() {
         .get(&keep_url(&format!("{ROUTE}?consistency=stale")))
         .await
         .unwrap();
-    assert_eq!((r.status, r.text()), (200, "kept".to_string()));
+    assert_eq!((r.status, r.text()), (200, KEPT.to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -652,7 +655,10 @@ async fn a_removed_member_leaves_and_the_rest_keep_working() {
 
     // Two of two voters: writes still commit.
     let r = http
-        .put(&format!("http://{}{ROUTE}", rest[1]), "after-removal")
+        .put(
+            &format!("http://{}{ROUTE}", rest[1]),
+            "http://after-removal.test:80",
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
@@ -660,7 +666,7 @@ async fn a_removed_member_leaves_and_the_rest_keep_working() {
         .get(&format!("http://{}{ROUTE}", rest[0]))
         .await
         .unwrap();
-    assert_eq!(r.text(), "after-removal");
+    assert_eq!(r.text(), "http://after-removal.test:80");
     // The last voter cannot be removed.
     let leader_id = c
         .nodes

@@ -558,64 +558,43 @@ async fn lossy_relay(
     seen: Arc<AtomicU64>,
 ) -> std::net::SocketAddr {
     use hyper_util::client::legacy::Client;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    use hyper_util::rt::TokioExecutor;
     let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<Bytes>>();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (client, to, lose, seen) = (client.clone(), to.clone(), lose.clone(), seen.clone());
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (client, to, lose, seen) =
-                            (client.clone(), to.clone(), lose.clone(), seen.clone());
-                        async move {
-                            let (mut parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map_err(std::io::Error::other)?
-                                .to_bytes();
-                            let write = parts.uri.path() == "/roo/v1/raft/write";
-                            parts.uri = format!(
-                                "http://{to}{}",
-                                parts.uri.path_and_query().map_or("/", |p| p.as_str())
-                            )
-                            .parse()
-                            .unwrap();
-                            let req =
-                                http::Request::from_parts(parts, http_body_util::Full::new(body));
-                            let resp = client.request(req).await.map_err(std::io::Error::other)?;
-                            let (parts, body) = resp.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map_err(std::io::Error::other)?
-                                .to_bytes();
-                            if write {
-                                seen.fetch_add(1, Ordering::SeqCst);
-                                let dropped =
-                                    lose.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                                        n.checked_sub(1)
-                                    });
-                                if dropped.is_ok() {
-                                    return Err(std::io::Error::other("answer lost on the way"));
-                                }
-                            }
-                            Ok::<_, std::io::Error>(http::Response::from_parts(
-                                parts,
-                                http_body_util::Full::new(body),
-                            ))
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    common::http_server(move |req: http::Request<hyper::body::Incoming>| {
+        let (client, to, lose, seen) = (client.clone(), to.clone(), lose.clone(), seen.clone());
+        async move {
+            let (mut parts, body) = req.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(std::io::Error::other)?
+                .to_bytes();
+            let write = parts.uri.path() == "/roo/v1/raft/write";
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = format!("http://{to}{target}").parse().unwrap();
+            let req = http::Request::from_parts(parts, http_body_util::Full::new(body));
+            let resp = client.request(req).await.map_err(std::io::Error::other)?;
+            let (parts, body) = resp.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(std::io::Error::other)?
+                .to_bytes();
+            if write {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let lost =
+                    lose.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                if lost.is_ok() {
+                    return Err(std::io::Error::other("answer lost on the way"));
+                }
+            }
+            Ok(http::Response::from_parts(
+                parts,
+                http_body_util::Full::new(body),
+            ))
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// The events of `events` about `key`.
@@ -887,35 +866,22 @@ async fn a_peer_that_answers_garbage_is_backed_off_and_shown_unreachable() {
     let procs = process_cluster(dir.path(), 1, &[]).await;
     let http = Http::default();
     // A "member" that answers every request 200 with JSON that is no raft answer.
-    let garbage = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let garbage_addr = garbage.local_addr().unwrap().to_string();
     let hits = Arc::new(AtomicU64::new(0));
     let counted = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = garbage.accept().await {
-            let counted = counted.clone();
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let counted = counted.clone();
-                        async move {
-                            if req.uri().path().starts_with("/roo/v1/raft/") {
-                                counted.fetch_add(1, Ordering::SeqCst);
-                            }
-                            let _ = req.into_body().collect().await;
-                            Ok::<_, std::convert::Infallible>(http::Response::new(
-                                http_body_util::Full::new(Bytes::from_static(
-                                    b"{\"hello\":\"world\"}",
-                                )),
-                            ))
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
+    let garbage_addr = common::http_server(move |req: http::Request<hyper::body::Incoming>| {
+        let counted = counted.clone();
+        async move {
+            if req.uri().path().starts_with("/roo/v1/raft/") {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+            let _ = req.into_body().collect().await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                Bytes::from_static(b"{\"hello\":\"world\"}"),
+            )))
         }
-    });
+    })
+    .await
+    .to_string();
     // Joined as a learner (the join itself never completes: the learner never catches up).
     let join_url = procs[0].url("/roo/v1/cluster/join");
     let body = serde_json::json!({"node_id": 4242, "addr": garbage_addr}).to_string();

@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rood::node::Node;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 
 /// The answer of the test upstreams: JSON naming the upstream and what it received.
 async fn echo(
@@ -290,51 +290,13 @@ async fn dead_upstreams_give_502_quickly_and_safe_requests_retry_elsewhere() {
     }
 }
 
-/// The stored JSON of a certificate for `names` signed by `ca`, and its DER.
-fn stored_leaf(ca: &TestCa, names: &[&str]) -> (String, CertificateDer<'static>) {
-    let (cert, key, der) = ca.leaf(names);
-    let json = serde_json::json!({"cert_pem": cert, "key_pem": key, "source": "manual"});
-    (json.to_string(), der)
-}
-
-/// A TLS client trusting `ca` and offering `alpn`.
-fn connector(ca: &TestCa, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
-    let mut config = common::tls_client(Some(ca), None);
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
-async fn handshake(
-    ca: &TestCa,
-    addr: SocketAddr,
-    sni: &str,
-    alpn: &[&[u8]],
-) -> Result<Tls, String> {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
-    connector(ca, alpn)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())
-}
-
-fn leaf_of(tls: &Tls) -> CertificateDer<'static> {
-    tls.get_ref().1.peer_certificates().unwrap()[0]
-        .clone()
-        .into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tls_picks_the_certificate_by_sni_and_serves_h2_and_replacements() {
     let (node, _dir) = node().await;
     let a = upstream("a").await;
     let ca = TestCa::new("proxy test CA");
-    let (a_json, a_der) = stored_leaf(&ca, &["a.test"]);
-    let (w_json, w_der) = stored_leaf(&ca, &["*.wild.test"]);
+    let (a_json, a_der) = ca.stored(&["a.test"]);
+    let (w_json, w_der) = ca.stored(&["*.wild.test"]);
     put(&node, "com.roo.cert:a.test", &a_json).await;
     put(&node, "com.roo.cert:*.wild.test", &w_json).await;
     put(&node, "com.roo.host:a.test:https", &format!("http://{a}")).await;
@@ -353,25 +315,35 @@ async fn tls_picks_the_certificate_by_sni_and_serves_h2_and_replacements() {
     .await;
     let addr = node.https_addr;
     wait_for("certificates to load", Duration::from_secs(5), || async {
-        handshake(&ca, addr, "x.wild.test", &[]).await.ok()
+        common::tls_handshake(&ca, addr, "x.wild.test", &[])
+            .await
+            .ok()
     })
     .await;
 
-    let tls = handshake(&ca, addr, "a.test", &[]).await.unwrap();
-    assert_eq!(leaf_of(&tls), a_der);
+    let tls = common::tls_handshake(&ca, addr, "a.test", &[])
+        .await
+        .unwrap();
+    assert_eq!(common::leaf_of(&tls), a_der);
     assert_eq!(
-        leaf_of(&handshake(&ca, addr, "x.wild.test", &[]).await.unwrap()),
+        common::leaf_of(
+            &common::tls_handshake(&ca, addr, "x.wild.test", &[])
+                .await
+                .unwrap()
+        ),
         w_der
     );
     for unknown in ["unknown.test", "wild.test", "broken.test"] {
         assert!(
-            handshake(&ca, addr, unknown, &[]).await.is_err(),
+            common::tls_handshake(&ca, addr, unknown, &[])
+                .await
+                .is_err(),
             "{unknown}"
         );
     }
 
     // HTTP/2 by ALPN, routed by :authority.
-    let tls = handshake(&ca, addr, "a.test", &[b"h2", b"http/1.1"])
+    let tls = common::tls_handshake(&ca, addr, "a.test", &[b"h2", b"http/1.1"])
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
@@ -392,7 +364,7 @@ async fn tls_picks_the_certificate_by_sni_and_serves_h2_and_replacements() {
     assert_eq!(body["headers"]["host"], "a.test");
 
     // HTTP/1.1 over TLS too.
-    let tls = handshake(&ca, addr, "a.test", &[b"http/1.1"])
+    let tls = common::tls_handshake(&ca, addr, "a.test", &[b"http/1.1"])
         .await
         .unwrap();
     let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -406,12 +378,12 @@ async fn tls_picks_the_certificate_by_sni_and_serves_h2_and_replacements() {
     assert_eq!(h1.send_request(req).await.unwrap().status(), 200);
 
     // A certificate replaced in the KV is served on the next handshake.
-    let (a2_json, a2_der) = stored_leaf(&ca, &["a.test"]);
+    let (a2_json, a2_der) = ca.stored(&["a.test"]);
     assert_ne!(a2_der, a_der);
     put(&node, "com.roo.cert:a.test", &a2_json).await;
     wait_for("the new certificate", Duration::from_secs(1), || async {
-        let tls = handshake(&ca, addr, "a.test", &[]).await.ok()?;
-        (leaf_of(&tls) == a2_der).then_some(())
+        let tls = common::tls_handshake(&ca, addr, "a.test", &[]).await.ok()?;
+        (common::leaf_of(&tls) == a2_der).then_some(())
     })
     .await;
 }
@@ -720,7 +692,7 @@ async fn grpc_style_h2_requests_reach_an_h2c_upstream_with_trailers() {
     let (node, _dir) = node().await;
     let grpc = h2c_upstream().await;
     let ca = TestCa::new("proxy test CA");
-    let (cert, _) = stored_leaf(&ca, &["grpc.test"]);
+    let (cert, _) = ca.stored(&["grpc.test"]);
     put(&node, "com.roo.cert:grpc.test", &cert).await;
     put(
         &node,
@@ -730,7 +702,9 @@ async fn grpc_style_h2_requests_reach_an_h2c_upstream_with_trailers() {
     .await;
     let addr = node.https_addr;
     let tls = wait_for("the certificate", Duration::from_secs(5), || async {
-        handshake(&ca, addr, "grpc.test", &[b"h2"]).await.ok()
+        common::tls_handshake(&ca, addr, "grpc.test", &[b"h2"])
+            .await
+            .ok()
     })
     .await;
     let (h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
@@ -1362,7 +1336,7 @@ async fn slow_heads_and_idle_connections_are_closed_in_time() {
     // A keep-alive connection, plain (parked after 0.5 s, then closed from the lot) and over
     // TLS (closed by its task), after a request.
     let ca = TestCa::new("idle test CA");
-    let (cert, _) = stored_leaf(&ca, &["wire.test"]);
+    let (cert, _) = ca.stored(&["wire.test"]);
     put(&node, "com.roo.cert:wire.test", &cert).await;
     let up = wire_upstream().await;
     put(
@@ -1377,7 +1351,7 @@ async fn slow_heads_and_idle_connections_are_closed_in_time() {
         "the certificate and route",
         Duration::from_secs(5),
         || async {
-            let mut tls = handshake(&ca, https, "wire.test", &[b"http/1.1"])
+            let mut tls = common::tls_handshake(&ca, https, "wire.test", &[b"http/1.1"])
                 .await
                 .ok()?;
             tls.write_all(request("/tls").as_bytes()).await.ok()?;

@@ -14,14 +14,18 @@ use crate::throttle::Throttle;
 use crate::Kv;
 
 /// Whether `req` comes from a node of the cluster: with the cluster secret when there is one,
-/// and over a connection with a certificate of the cluster CA when peer TLS is on. The reason
-/// when not.
+/// and over a connection with a certificate of the cluster CA when peer TLS is on. A node with
+/// neither has no way to tell a peer from anyone else, and takes no peer's request at all. The
+/// reason when not.
 pub fn authenticate_peer<B>(kv: &Kv, req: &http::Request<B>) -> Result<(), &'static str> {
     if kv.peer_tls().is_some() && req.extensions().get::<PeerCertificate>().is_none() {
         return Err("a client certificate signed by the cluster CA is required");
     }
     let Some(secret) = kv.cluster_secret() else {
-        return Ok(());
+        if kv.peer_tls().is_some() {
+            return Ok(());
+        }
+        return Err("this node has no cluster secret and takes no raft messages or joins: set the same ROO_CLUSTER_SECRET on every node");
     };
     let given = req
         .headers()

@@ -118,6 +118,14 @@ fn redact(key: &str, value: Vec<u8>) -> Vec<u8> {
             if map.remove("key_pem").is_some() {
                 map.insert("key_pem".into(), "redacted: needs the admin token".into());
             }
+            // The API refuses a key in the chain; an older version may have stored one there.
+            let chain_holds_a_key = map
+                .get("cert_pem")
+                .and_then(|c| c.as_str())
+                .is_some_and(|c| c.contains("PRIVATE KEY-----"));
+            if chain_holds_a_key {
+                map.insert("cert_pem".into(), "redacted: it holds a private key".into());
+            }
             serde_json::to_vec(&map).unwrap_or_default()
         }
         // Not the JSON roo writes: nothing of it is shown.
@@ -160,6 +168,19 @@ mod tests {
         assert!(t
             .require_reader(Access::Anonymous, "com.roo.host:a")
             .is_ok());
+    }
+
+    #[test]
+    fn a_key_stored_in_the_chain_is_hidden_too() {
+        let cert = br#"{"cert_pem":"C\n-----BEGIN PRIVATE KEY-----\nK","key_pem":"K"}"#.to_vec();
+        let seen = Tokens::default()
+            .visible(Access::Read, "com.roo.cert:a", cert)
+            .unwrap();
+        let seen = String::from_utf8(seen).unwrap();
+        assert!(
+            !seen.contains("PRIVATE KEY") && !seen.contains('K'),
+            "{seen}"
+        );
     }
 
     #[test]

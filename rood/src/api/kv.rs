@@ -52,6 +52,11 @@ pub(super) async fn kv(
             let prev_rev = query_u64(&uri, "prev_rev")?;
             let idempotency_key = idempotency_key(&req)?;
             let value = read_body(req, MAX_VALUE_LEN).await?;
+            // A route or certificate that no node could serve is refused here, not stored to
+            // take the working one down everywhere.
+            if let Some(Err(e)) = crate::feed::change_from_kv(&key, Some(&value)) {
+                return Err(ApiError::BadRequest(format!("{key}: {e}")));
+            }
             let op = Op::Put {
                 key,
                 value: value.to_vec(),

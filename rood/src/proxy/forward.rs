@@ -36,7 +36,7 @@ pub async fn forward(
     route: &Route,
     host: &str,
     req: Request<ProxyBody>,
-    info: ConnInfo,
+    info: &ConnInfo,
     started: Instant,
     mut alarm: Pin<&mut Sleep>,
 ) -> Result<(Response<ProxyBody>, Upstream), ProxyError> {
@@ -147,6 +147,7 @@ pub async fn forward(
                 addr: upstream.to_string(),
                 reason,
             },
+            Some(Err(SendError::ClientBody(e))) => return Err(e.into()),
         };
         let Some(addr) = addr else { return Err(error) };
         if tried.is_some() || !error.retry_safe() || !resendable || addrs.len() < 2 {

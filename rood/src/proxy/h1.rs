@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io::{self, Write as _};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,20 +23,22 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf};
-use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::pool::Switched;
 use super::wire::{
-    self, field_slots, header_map, read_some, span_of, spans, write_body, Chunked, Decode, Lines,
+    self, field_slots, header_map, read_some, span_of, spans, write_body, Chunked, Decode,
+    DecodeError, Lines,
 };
-use super::{empty_body, forward, handler, BoxError, ConnInfo, Limits, ProxyBody, ProxyState};
+use super::{
+    empty_body, forward, handler, BodyError, BoxError, ConnInfo, Limits, ProxyBody, ProxyState,
+};
 
 /// What is read of a request body nobody wanted (the answer came without it) so that the
 /// connection can carry the next request; a longer body closes the connection instead.
 const DISCARD_LIMIT: u64 = 256 * 1024;
-/// How long reading such a body may take.
+/// How long reading the rest of such a body may take.
 const DISCARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a client speaking HTTP/2 without TLS sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -87,7 +90,7 @@ impl Steps for Boxed {
 pub async fn serve<T, S: Steps>(
     io: T,
     state: &ProxyState,
-    info: ConnInfo,
+    info: &ConnInfo,
     new: bool,
     park_after: Option<Duration>,
     shutdown: &CancellationToken,
@@ -163,7 +166,7 @@ enum Next<T> {
 /// A connection's settings for its requests.
 struct Conversation<'a> {
     state: &'a ProxyState,
-    info: ConnInfo,
+    info: &'a ConnInfo,
     /// The client may still open with the HTTP/2 preface.
     h2: bool,
     shutdown: &'a CancellationToken,
@@ -219,7 +222,7 @@ impl Conversation<'_> {
             }
             // The body streams from the read half while the answer goes out on the write half.
             let (read, mut write) = tokio::io::split(io);
-            let (back, returned) = oneshot::channel();
+            let stall = self.state.limits.body_timeout;
             let reader = Reader {
                 io: read,
                 buf: std::mem::take(&mut buf),
@@ -227,22 +230,24 @@ impl Conversation<'_> {
                     Framing::Length(n) => Decode::Length(n),
                     _ => Decode::Chunked(Chunked::Size),
                 },
+                stall,
+                stalled: Box::pin(tokio::time::sleep(stall)),
             };
+            let reader = Arc::new(Mutex::new(Some(reader)));
             let body = RequestBody {
-                reader: Some(reader),
-                back: Some(back),
+                reader: reader.clone(),
             };
             let req = Request::from_parts(parts, body.boxed());
-            if exchange
+            let upgraded = exchange
                 .run(&mut write, req, &mut keep_alive, alarm)
-                .await?
-                .is_some()
-            {
-                // An upgrade of a request with a body: not one this connection can follow.
-                return Ok(Next::Closed);
-            }
-            // The body comes back when whoever read it is done with it (at once if nobody did).
-            let Ok(Ok(reader)) = tokio::time::timeout(DISCARD_TIMEOUT, returned).await else {
+                .await?;
+            // The answer is out: the body is this connection's again, whoever was reading it
+            // (they get an error from now on), so that no one holds the client's connection
+            // past its request.
+            let reader = reader.lock().unwrap_or_else(|p| p.into_inner()).take();
+            // An upgrade of a request with a body is not one this connection can follow.
+            let Some(reader) = reader.filter(|_| keep_alive && upgraded.is_none()) else {
+                let _ = write.shutdown().await;
                 return Ok(Next::Closed);
             };
             let Some(reader) = reader.discard_rest().await else {
@@ -262,7 +267,7 @@ impl Conversation<'_> {
 /// What answering one request needs besides the request.
 struct Exchange<'a> {
     state: &'a ProxyState,
-    info: ConnInfo,
+    info: &'a ConnInfo,
     head_only: bool,
     version: Version,
     shutdown: &'a CancellationToken,
@@ -592,11 +597,32 @@ struct Reader<T> {
     /// Read and not yet taken: the body's start, maybe more (a pipelined request).
     buf: BytesMut,
     decode: Decode,
+    /// How long the client may send nothing mid-body, and the timer for it.
+    stall: Duration,
+    stalled: Pin<Box<Sleep>>,
 }
 
 impl<T: AsyncRead> Reader<T> {
-    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BoxError>>> {
-        self.decode.poll_data(&mut self.io, &mut self.buf, cx)
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        match self.decode.poll_data(&mut self.io, &mut self.buf, cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                self.stalled.as_mut().reset(Instant::now() + self.stall);
+                Poll::Ready(Some(Ok(data)))
+            }
+            Poll::Ready(Some(Err(DecodeError::Framing(why)))) => {
+                Poll::Ready(Some(Err(BodyError::Framing(why))))
+            }
+            Poll::Ready(Some(Err(DecodeError::Closed | DecodeError::Io(_)))) => {
+                Poll::Ready(Some(Err(BodyError::Closed)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.stalled.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Some(Err(BodyError::Stalled(self.stall.as_millis() as u64))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 
     /// Reads the rest of a body nobody read, up to [`DISCARD_LIMIT`] within
@@ -620,11 +646,19 @@ impl<T: AsyncRead> Reader<T> {
     }
 }
 
-/// A request's body, read from the client connection as the upstream takes it. When dropped
-/// (read to its end or not) its reader goes back to the connection.
+/// A request's body, read from the client connection as the upstream takes it. The reader is
+/// shared with the connection, which takes it back once the answer is out; reading after that
+/// is an error (the body was cut short), never a silent end.
 struct RequestBody<T> {
-    reader: Option<Reader<T>>,
-    back: Option<oneshot::Sender<Reader<T>>>,
+    reader: Arc<Mutex<Option<Reader<T>>>>,
+}
+
+impl<T> RequestBody<T> {
+    // Taken by this body's reader and by the connection, one after the other, never across an
+    // await; a poisoned lock still holds a usable reader.
+    fn reader(&self) -> MutexGuard<'_, Option<Reader<T>>> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl<T: AsyncRead + Unpin> Body for RequestBody<T> {
@@ -635,29 +669,23 @@ impl<T: AsyncRead + Unpin> Body for RequestBody<T> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let Some(reader) = this.reader.as_mut() else {
-            return Poll::Ready(None);
+        let mut reader = self.reader();
+        let Some(reader) = reader.as_mut() else {
+            return Poll::Ready(Some(Err(BodyError::Closed.into())));
         };
-        reader.poll_data(cx).map(|d| d.map(|d| d.map(Frame::data)))
+        reader
+            .poll_data(cx)
+            .map(|d| d.map(|d| d.map(Frame::data).map_err(BoxError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.reader.as_ref().is_none_or(|r| r.decode.is_done())
+        self.reader().as_ref().is_some_and(|r| r.decode.is_done())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.reader
+        self.reader()
             .as_ref()
-            .map_or(SizeHint::with_exact(0), |r| r.decode.size_hint())
-    }
-}
-
-impl<T> Drop for RequestBody<T> {
-    fn drop(&mut self) {
-        if let (Some(reader), Some(back)) = (self.reader.take(), self.back.take()) {
-            let _ = back.send(reader);
-        }
+            .map_or(SizeHint::default(), |r| r.decode.size_hint())
     }
 }
 
@@ -839,14 +867,17 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         });
+        let stall = Duration::from_secs(5);
         let mut reader = Reader {
             io,
             buf: BytesMut::new(),
             decode,
+            stall,
+            stalled: Box::pin(tokio::time::sleep(stall)),
         };
         let mut data = Vec::new();
         while let Some(piece) = poll_fn(|cx| reader.poll_data(cx)).await {
-            data.extend_from_slice(&piece?);
+            data.extend_from_slice(&piece.map_err(BoxError::from)?);
         }
         // What came after the body (the next request) is kept for the connection.
         let mut rest = reader.buf;
@@ -879,6 +910,44 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((&data[..], &rest[..]), (&b"abcdefg"[..], &b"GET"[..]));
+    }
+
+    #[tokio::test]
+    async fn chunk_sizes_take_leading_zeros_and_nothing_looser() {
+        for (size, data) in [
+            ("00000000000000005", "hello"),
+            ("5;name=value", "hello"),
+            ("5 ;name", "hello"),
+            ("5\t;name", "hello"),
+            ("0000000000000000000000000000000000000000005", "hello"),
+        ] {
+            let body: &'static str =
+                Box::leak(format!("{size}\r\n{data}\r\n0\r\n\r\n").into_boxed_str());
+            let (got, _) = decode(Decode::Chunked(Chunked::Size), &[body])
+                .await
+                .unwrap_or_else(|e| panic!("{size:?}: {e}"));
+            assert_eq!(got, data.as_bytes(), "{size:?}");
+        }
+        for size in [
+            "+5",
+            " 5",
+            "5 ",
+            "5 x",
+            "-5",
+            "0x5",
+            "",
+            ";x",
+            "1000000000000000",
+        ] {
+            let body: &'static str =
+                Box::leak(format!("{size}\r\nhello\r\n0\r\n\r\n").into_boxed_str());
+            assert!(
+                decode(Decode::Chunked(Chunked::Size), &[body])
+                    .await
+                    .is_err(),
+                "{size:?} taken"
+            );
+        }
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use roo_acme::challenge::HTTP01_PATH;
 use tokio::time::Sleep;
@@ -18,7 +18,7 @@ use crate::routes::{split_host_port, valid_host, Scheme};
 pub async fn handle(
     state: &ProxyState,
     req: Request<ProxyBody>,
-    info: ConnInfo,
+    info: &ConnInfo,
     alarm: Pin<&mut Sleep>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -47,11 +47,31 @@ pub async fn handle(
     // `routed`: the host has a route (hosts without one are counted together in metrics, so
     // that request headers cannot grow the label set).
     let (resp, upstream, routed) = match (challenge, &host) {
+        // A proxy to anywhere is not what this is; HTTP/1.x refuses it as it parses.
+        _ if req.method() == Method::CONNECT => (
+            error_response(&ProxyError::MethodNotAllowed(Method::CONNECT)),
+            None,
+            false,
+        ),
         (Some(token), _) => (
             acme_challenge(state, &token).await,
             Some(Upstream::Acme),
             false,
         ),
+        // TLS: only the names the connection's certificate covers (RFC 9110 15.5.20): a client
+        // must not reach one host through another's certificate, nor a host without one.
+        (None, Ok(host))
+            if info
+                .presented
+                .as_ref()
+                .is_some_and(|p| !p.covers(host.name)) =>
+        {
+            (
+                error_response(&ProxyError::Misdirected(host.name.to_string())),
+                None,
+                false,
+            )
+        }
         (None, Ok(host)) => match route(state, req, info, host, started, alarm).await {
             Ok((resp, upstream)) => (resp, upstream, true),
             Err(e) => (
@@ -90,7 +110,7 @@ pub async fn handle(
 async fn route(
     state: &ProxyState,
     req: Request<ProxyBody>,
-    info: ConnInfo,
+    info: &ConnInfo,
     host: &Host<'_>,
     started: Instant,
     alarm: Pin<&mut Sleep>,
@@ -189,8 +209,12 @@ fn error_response(e: &ProxyError) -> Response<ProxyBody> {
         tracing::warn!(error = %e, %status, "proxy error");
     }
     let mut resp = text(status, format!("{e}\n"));
-    if status == StatusCode::BAD_REQUEST {
-        // The request's framing may be wrong too: do not read another one from this connection.
+    if matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT
+    ) {
+        // The request's framing may be wrong too, or its body unfinished: do not read another
+        // one from this connection.
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

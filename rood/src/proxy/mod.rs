@@ -39,9 +39,9 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use error::ProxyError;
+pub use error::{BodyError, ProxyError};
 
-use crate::certs::is_acme_tls;
+use crate::certs::{self, is_acme_tls};
 use crate::feed::Tables;
 use crate::routes::Scheme;
 
@@ -91,10 +91,12 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// How long a keep-alive connection may wait for its next request.
     pub idle_timeout: Duration,
+    /// How long a client may send nothing mid-body.
+    pub body_timeout: Duration,
 }
 
 /// Who a request came from and on which listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The peer's address as the forwarding headers give it.
@@ -102,6 +104,8 @@ pub struct ConnInfo {
     pub scheme: Scheme,
     /// The connection is over [`Limits::max_connections`]: answer 503 and close.
     pub over_limit: bool,
+    /// On TLS: the certificate the connection presented, for the names it may serve.
+    pub presented: Option<Arc<certs::Presented>>,
 }
 
 impl ConnInfo {
@@ -111,6 +115,7 @@ impl ConnInfo {
             client_ip: headers::IpText::new(peer.ip()),
             scheme,
             over_limit,
+            presented: None,
         }
     }
 }
@@ -408,7 +413,7 @@ impl Plain {
             shutdown,
         } = self;
         let park_after = lot.as_ref().map(|_| park::PARK_AFTER);
-        match h1::serve::<_, h1::Inline>(stream, &state, info, new, park_after, &shutdown).await {
+        match h1::serve::<_, h1::Inline>(stream, &state, &info, new, park_after, &shutdown).await {
             Ok(h1::Outcome::Closed) => {}
             Ok(h1::Outcome::Parked(stream)) => {
                 if let Some(lot) = lot.filter(|_| !shutdown.is_cancelled()) {
@@ -442,6 +447,13 @@ impl Tls {
             shutdown,
         } = self;
         if let Some(tls) = tls_accept(stream, config, &state, info.peer).await {
+            let info = ConnInfo {
+                presented: tls.get_ref().1.server_name().and_then(|sni| {
+                    let cert = state.tables.certs.load().lookup(sni).cloned()?;
+                    Some(Arc::new(certs::Presented::new(sni, cert)))
+                }),
+                ..info
+            };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                 Box::pin(serve_h2(tls, state, info, shutdown)).await;
             } else {
@@ -461,10 +473,10 @@ async fn serve_connection<T>(
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
-    match h1::serve::<_, h1::Boxed>(io, state, info, true, None, shutdown).await {
+    match h1::serve::<_, h1::Boxed>(io, state, &info, true, None, shutdown).await {
         Ok(h1::Outcome::Closed | h1::Outcome::Parked(_)) => {}
         Ok(h1::Outcome::Http2(io)) => {
-            Box::pin(serve_h2(io, state.clone(), info, shutdown.clone())).await
+            Box::pin(serve_h2(io, state.clone(), info.clone(), shutdown.clone())).await
         }
         Err(e) => tracing::debug!(peer = %info.peer, error = %e, "client connection"),
     }
@@ -475,13 +487,14 @@ async fn serve_h2<T>(io: T, state: Arc<ProxyState>, info: ConnInfo, shutdown: Ca
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = info.peer;
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let state = state.clone();
+        let (state, info) = (state.clone(), info.clone());
         Box::pin(async move {
             let req = req.map(|b| b.map_err(BoxError::from).boxed());
             // A stream's own timer: the connection's streams are answered at once.
             let alarm = std::pin::pin!(tokio::time::sleep(state.upstreams.timeout));
-            let mut resp = handler::handle(&state, req, info, alarm).await;
+            let mut resp = handler::handle(&state, req, &info, alarm).await;
             wire::Lines::move_to_map(&mut resp);
             Ok::<_, std::convert::Infallible>(resp)
         })
@@ -498,7 +511,7 @@ where
         }
     };
     if let Err(e) = done {
-        tracing::debug!(peer = %info.peer, error = %e, "client connection");
+        tracing::debug!(%peer, error = %e, "client connection");
     }
 }
 
@@ -556,9 +569,8 @@ async fn tls_handshake(
         }
         return start.into_stream(config).await;
     }
-    let waiting_for = hello
+    let uncertified = hello
         .server_name()
-        .filter(|_| !state.cert_wait.is_zero())
         .filter(|name| {
             state.tables.certs.load().lookup(name).is_none()
                 && state
@@ -569,13 +581,32 @@ async fn tls_handshake(
                     .is_some()
         })
         .map(str::to_string);
-    if let Some(name) = waiting_for {
-        state.acme_wake.notify_one();
-        let issued = state
-            .tables
-            .wait_for(state.cert_wait, |t| t.certs.load().lookup(&name).map(drop))
-            .await;
-        tracing::debug!(sni = %name, issued = issued.is_some(), "handshake waited for a certificate");
+    if let Some(name) = uncertified {
+        let acme = !state.cert_wait.is_zero();
+        let issued = if acme {
+            state.acme_wake.notify_one();
+            let issued = state
+                .tables
+                .wait_for(state.cert_wait, |t| t.certs.load().lookup(&name).map(drop))
+                .await;
+            tracing::debug!(sni = %name, issued = issued.is_some(), "handshake waited for a certificate");
+            issued.is_some()
+        } else {
+            false
+        };
+        // A routed host whose handshakes fail: its operator needs to hear of it, once in a while.
+        static NO_CERTIFICATE: roo_kv::throttle::Throttles =
+            roo_kv::throttle::Throttles::new(Duration::from_secs(60));
+        if !issued {
+            if let Some(held_back) = NO_CERTIFICATE.ready(&name) {
+                let why = if acme {
+                    "no certificate yet; ACME is on (`rooctl certs ls` shows its order and last error)"
+                } else {
+                    "no certificate under com.roo.cert: and ACME is off"
+                };
+                tracing::warn!(host = %name, why, held_back, "TLS handshake failed for a routed host");
+            }
+        }
     }
     start.into_stream(config).await
 }

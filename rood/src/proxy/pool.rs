@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use super::headers::{Forwarded, X_FORWARDED_FOR};
 use super::wire::{self, field_slots, read_some, Chunked, Decode, Lines};
-use super::{BoxError, ProxyBody};
+use super::{BodyError, BoxError, ProxyBody};
 
 /// The largest answer head taken from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
@@ -40,6 +40,9 @@ pub enum PoolError {
     /// The request failed on an open connection.
     #[error("{0}")]
     Request(String),
+    /// The client's request body broke off.
+    #[error(transparent)]
+    ClientBody(BodyError),
 }
 
 /// The pool's bounds.
@@ -129,20 +132,29 @@ impl Http1Pool {
             None => self.connect(addr).await?,
         };
         let (mut read, mut write) = conn.into_split();
-        let writer = tokio::spawn(async move {
+        let mut writer = Writer::new(tokio::spawn(async move {
             wire::write_body(&mut write, head, body, chunked)
                 .await
                 .map(|()| write)
-        });
+        }));
         let mut buf = BytesMut::new();
-        let answer = read_answer(&mut read, &mut buf, head_only).await;
-        let (parts, decode, keep) = match answer {
-            Ok(answer) => answer,
-            Err(e) => {
-                writer.abort();
-                return Err(e.into_error());
+        let answer = {
+            let reading = read_answer(&mut read, &mut buf, head_only);
+            tokio::pin!(reading);
+            loop {
+                tokio::select! {
+                    answer = &mut reading => break answer,
+                    // A body the client broke off ends the request at once: the upstream would
+                    // wait for the rest, and the fault is the client's.
+                    () = writer.finish(), if !writer.finished() => {
+                        if let Some(e) = writer.client_body_error() {
+                            return Err(PoolError::ClientBody(e));
+                        }
+                    }
+                }
             }
         };
+        let (parts, decode, keep) = answer.map_err(Failure::into_error)?;
         let give_back = keep.then(|| GiveBack {
             pool: self.clone(),
             addr,
@@ -409,7 +421,65 @@ struct GiveBack {
 enum Io {
     Whole(TcpStream),
     /// The request's body still going out on its own task.
-    Split(OwnedReadHalf, JoinHandle<std::io::Result<OwnedWriteHalf>>),
+    Split(OwnedReadHalf, Writer),
+}
+
+/// The task that streams a request's body upstream while its answer is read. Aborted when
+/// dropped: a request that ends, answered or not, leaves nothing running (it would hold on to
+/// the client's connection and the upstream's).
+struct Writer {
+    task: JoinHandle<std::io::Result<OwnedWriteHalf>>,
+    done: Option<std::io::Result<OwnedWriteHalf>>,
+}
+
+impl Writer {
+    fn new(task: JoinHandle<std::io::Result<OwnedWriteHalf>>) -> Self {
+        Writer { task, done: None }
+    }
+
+    fn finished(&self) -> bool {
+        self.done.is_some()
+    }
+
+    /// Waits for the body to be written (or to fail); its outcome is kept.
+    async fn finish(&mut self) {
+        if self.done.is_none() {
+            let ended = (&mut self.task).await;
+            self.done = Some(
+                ended.unwrap_or_else(|e| Err(std::io::Error::other(format!("body writer: {e}")))),
+            );
+        }
+    }
+
+    /// The client's own body error, if that is how the writing ended.
+    fn client_body_error(&self) -> Option<BodyError> {
+        match &self.done {
+            Some(Err(e)) => BodyError::within(e).cloned(),
+            _ => None,
+        }
+    }
+
+    /// The connection's write half, if the body went out in full by now.
+    fn written(&mut self) -> Option<OwnedWriteHalf> {
+        if self.done.is_none() && self.task.is_finished() {
+            let mut task = Pin::new(&mut self.task);
+            if let Poll::Ready(ended) = task.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+            {
+                self.done =
+                    Some(ended.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))));
+            }
+        }
+        match self.done.take() {
+            Some(Ok(write)) => Some(write),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// An upstream answer's body: its connection goes back to the pool at the body's end.
@@ -441,28 +511,12 @@ impl PooledBody {
         }
         let conn = match io {
             Io::Whole(conn) => conn,
-            Io::Split(read, writer) if writer.is_finished() => {
-                let waker = Waker::noop();
-                let mut writer = writer;
-                match Pin::new(&mut writer).poll(&mut Context::from_waker(waker)) {
-                    Poll::Ready(Ok(Ok(write))) => match read.reunite(write) {
-                        Ok(conn) => conn,
-                        Err(_) => return,
-                    },
-                    _ => return,
-                }
-            }
-            Io::Split(..) => return,
+            Io::Split(read, mut writer) => match writer.written().map(|w| read.reunite(w)) {
+                Some(Ok(conn)) => conn,
+                _ => return,
+            },
         };
         give_back.pool.give_back(give_back.addr, conn);
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        if let Some(Io::Split(_, writer)) = &self.io {
-            writer.abort();
-        }
     }
 }
 
@@ -480,7 +534,7 @@ impl Body for PooledBody {
             Some(Io::Split(read, _)) => this.decode.poll_data(read, &mut this.buf, cx),
             None => return Poll::Ready(None),
         };
-        let data = std::task::ready!(polled);
+        let data = std::task::ready!(polled).map(|d| d.map_err(BoxError::from));
         match &data {
             None | Some(Ok(_)) if this.decode.is_done() => this.release(),
             Some(Err(_)) => {

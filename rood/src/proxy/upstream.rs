@@ -24,7 +24,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::headers::Forwarded;
 use super::pool::{Http1Pool, PoolConfig, PoolError};
-use super::{BoxError, ProxyBody, ProxyError};
+use super::{BodyError, BoxError, ProxyBody, ProxyError};
 use crate::routes::{Destination, Route};
 
 /// How long an address that refused a connection is left out.
@@ -150,6 +150,8 @@ pub enum SendError {
     /// No connection could be opened: nothing was sent.
     Connect(String),
     Failed(String),
+    /// The client's request body broke off on the way.
+    ClientBody(BodyError),
 }
 
 fn tls_client(addrs: &Arc<Addresses>, config: rustls::ClientConfig) -> TlsClient {
@@ -302,6 +304,7 @@ impl Upstreams {
                     Ok(resp) => Ok(resp.map(|b| b.boxed())),
                     Err(PoolError::Connect(reason)) => Err(SendError::Connect(reason)),
                     Err(PoolError::Request(reason)) => Err(SendError::Failed(reason)),
+                    Err(PoolError::ClientBody(e)) => Err(SendError::ClientBody(e)),
                 };
             }
             (false, false, None) => return Err(SendError::Failed("no address".into())),
@@ -309,7 +312,10 @@ impl Upstreams {
         match legacy.await {
             Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed())),
             Err(e) if e.is_connect() => Err(SendError::Connect(roo_kv::error::with_causes(&e))),
-            Err(e) => Err(SendError::Failed(roo_kv::error::with_causes(&e))),
+            Err(e) => match BodyError::within(&e) {
+                Some(body) => Err(SendError::ClientBody(body.clone())),
+                None => Err(SendError::Failed(roo_kv::error::with_causes(&e))),
+            },
         }
     }
 

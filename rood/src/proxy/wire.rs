@@ -285,6 +285,18 @@ pub fn header_map(head: &Bytes, spans: &[Span]) -> Option<(HeaderMap, Fields)> {
     Some((headers, fields))
 }
 
+/// Why a body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Its framing is broken: the bytes after it cannot be told from the body.
+    #[error("{0}")]
+    Framing(&'static str),
+    #[error("the connection closed mid-body")]
+    Closed,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
 /// How a body is delimited, and how much of it is left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decode {
@@ -323,7 +335,7 @@ impl Decode {
         io: &mut T,
         buf: &mut BytesMut,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, BoxError>>> {
+    ) -> Poll<Option<Result<Bytes, DecodeError>>> {
         loop {
             match self.step(buf)? {
                 Step::Data(data) => return Poll::Ready(Some(Ok(data))),
@@ -342,7 +354,7 @@ impl Decode {
                     *self = Decode::Done;
                     return Poll::Ready(None);
                 }
-                return Poll::Ready(Some(Err("the connection closed mid-body".into())));
+                return Poll::Ready(Some(Err(DecodeError::Closed)));
             }
         }
     }
@@ -359,7 +371,7 @@ impl Decode {
         }
     }
 
-    fn step(&mut self, buf: &mut BytesMut) -> Result<Step, BoxError> {
+    fn step(&mut self, buf: &mut BytesMut) -> Result<Step, DecodeError> {
         loop {
             match *self {
                 Decode::Done => return Ok(Step::End),
@@ -384,7 +396,7 @@ impl Decode {
                         return Ok(Step::More);
                     }
                     if &buf[..2] != b"\r\n" {
-                        return Err("chunk data not followed by CRLF".into());
+                        return Err(DecodeError::Framing("chunk data not followed by CRLF"));
                     }
                     buf.advance(2);
                     *self = Decode::Chunked(Chunked::Size);
@@ -409,30 +421,44 @@ impl Decode {
 }
 
 /// The next CRLF-ended line of `buf`, taken out without its CRLF.
-fn line(buf: &mut BytesMut) -> Result<Option<Bytes>, BoxError> {
+fn line(buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
+    const TOO_LONG: DecodeError = DecodeError::Framing("chunk line too long");
     match buf.windows(2).position(|w| w == b"\r\n") {
         Some(end) if end <= MAX_CHUNK_LINE => {
             let line = buf.split_to(end).freeze();
             buf.advance(2);
             Ok(Some(line))
         }
-        Some(_) => Err("chunk line too long".into()),
-        None if buf.len() > MAX_CHUNK_LINE => Err("chunk line too long".into()),
+        Some(_) => Err(TOO_LONG),
+        None if buf.len() > MAX_CHUNK_LINE => Err(TOO_LONG),
         None => Ok(None),
     }
 }
 
-/// A chunk-size line's size (extensions after `;` ignored).
-fn chunk_size(line: &[u8]) -> Result<u64, BoxError> {
-    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
-    let digits = digits.trim_ascii();
-    if digits.is_empty() || digits.len() > 15 {
-        return Err("bad chunk size".into());
+/// A chunk-size line's size: hex digits, as many leading zeros as the line holds, then nothing
+/// or extensions after `;` (whitespace allowed before it); extensions are ignored. Anything
+/// looser (a sign, spaces around the size) is refused: a proxy that reads a size its upstream
+/// reads otherwise is how requests get smuggled.
+fn chunk_size(line: &[u8]) -> Result<u64, DecodeError> {
+    const BAD: DecodeError = DecodeError::Framing("bad chunk size");
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let (hex, rest) = line.split_at(digits);
+    let after = rest.iter().position(|b| !matches!(b, b' ' | b'\t'));
+    if hex.is_empty()
+        || after.is_some_and(|at| rest[at] != b';')
+        || (after.is_none() && !rest.is_empty())
+    {
+        return Err(BAD);
     }
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|d| u64::from_str_radix(d, 16).ok())
-        .ok_or_else(|| "bad chunk size".into())
+    let significant = &hex[hex.iter().take_while(|b| **b == b'0').count()..];
+    // Below 2^60: a chunk no client sends, and no overflow adding up lengths.
+    if significant.len() > 15 {
+        return Err(DecodeError::Framing("chunk size too large"));
+    }
+    significant.iter().try_fold(0u64, |n, b| {
+        let digit = (*b as char).to_digit(16).ok_or(BAD)?;
+        Ok(n << 4 | u64::from(digit))
+    })
 }
 
 /// Writes `out` (a message head, maybe more) and then `body` (chunked when `chunked`), batching

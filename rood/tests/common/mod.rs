@@ -193,6 +193,13 @@ impl TestCa {
         (cert.pem(), key.serialize_pem(), cert.der().clone())
     }
 
+    /// A `com.roo.cert:` value for `names` signed by this CA, and its certificate's DER.
+    pub fn stored(&self, names: &[&str]) -> (String, CertificateDer<'static>) {
+        let (cert, key, der) = self.leaf(names);
+        let json = serde_json::json!({"cert_pem": cert, "key_pem": key, "source": "manual"});
+        (json.to_string(), der)
+    }
+
     pub fn pem(&self) -> String {
         self.issuer.pem()
     }
@@ -200,6 +207,36 @@ impl TestCa {
     pub fn der(&self) -> CertificateDer<'static> {
         self.issuer.der().clone()
     }
+}
+
+/// A client's TLS connection.
+pub type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS handshake with the listener at `addr` for `sni`, trusting `ca` and offering `alpn`.
+pub async fn tls_handshake(
+    ca: &TestCa,
+    addr: std::net::SocketAddr,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> Result<TlsStream, String> {
+    let mut config = tls_client(Some(ca), None);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name =
+        rustls::pki_types::ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The certificate a TLS connection's server presented.
+pub fn leaf_of(tls: &TlsStream) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
 }
 
 /// Waits until `check` returns Some, polling every 50 ms, or panics with `what` after `limit`.
@@ -294,6 +331,32 @@ pub async fn node(dir: &Path, args: &[&str]) -> rood::node::Node {
     node
 }
 
+/// An HTTP/1.1 server on a free loopback port, each request answered by `answer` (an error
+/// closes the connection without an answer).
+pub async fn http_server<F, Fut, E>(answer: F) -> std::net::SocketAddr
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<http::Response<Full<Bytes>>, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(stream),
+                        hyper::service::service_fn(answer),
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// An upstream answering every request with `body`.
 pub async fn upstream(body: &'static str) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -378,7 +441,8 @@ impl Proc {
         Proc::start_with_env(addr, data_dir, args, &[])
     }
 
-    /// Like [`Proc::start`], with `env` added to its environment.
+    /// Like [`Proc::start`], with `env` added to its environment (an empty value: left out, even
+    /// where the harness would set it).
     pub fn start_with_env(
         addr: &str,
         data_dir: &Path,
@@ -411,7 +475,8 @@ impl Proc {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rood"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rood"));
+        command
             .arg("--api-addr")
             .arg(&self.addr)
             .arg("--data-dir")
@@ -429,12 +494,15 @@ impl Proc {
             .env("ROO_ACME", "false")
             // Nor the swarm watcher, except where a test asks for it.
             .env("ROO_SWARM", "off")
-            .env("ROO_LOG", "info,openraft=error,openraft::replication=off")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .env("ROO_LOG", "info,openraft=error,openraft::replication=off");
+        for (k, v) in &self.env {
+            // An empty value leaves the variable out altogether.
+            match v.is_empty() {
+                true => command.env_remove(k),
+                false => command.env(k, v),
+            };
+        }
+        let child = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         self.child = Some(child);
     }
 
