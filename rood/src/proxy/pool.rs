@@ -444,11 +444,14 @@ impl Writer {
     /// Waits for the body to be written (or to fail); its outcome is kept.
     async fn finish(&mut self) {
         if self.done.is_none() {
-            let ended = (&mut self.task).await;
-            self.done = Some(
-                ended.unwrap_or_else(|e| Err(std::io::Error::other(format!("body writer: {e}")))),
-            );
+            self.done = Some(Self::outcome((&mut self.task).await));
         }
+    }
+
+    fn outcome(
+        ended: Result<std::io::Result<OwnedWriteHalf>, tokio::task::JoinError>,
+    ) -> std::io::Result<OwnedWriteHalf> {
+        ended.unwrap_or_else(|e| Err(std::io::Error::other(format!("body writer: {e}"))))
     }
 
     /// The client's own body error, if that is how the writing ended.
@@ -465,8 +468,7 @@ impl Writer {
             let mut task = Pin::new(&mut self.task);
             if let Poll::Ready(ended) = task.as_mut().poll(&mut Context::from_waker(Waker::noop()))
             {
-                self.done =
-                    Some(ended.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))));
+                self.done = Some(Self::outcome(ended));
             }
         }
         match self.done.take() {
