@@ -1,8 +1,9 @@
 //! `rooctl`: the operator's command line over a node's API.
 //!
-//! `rooctl routes ls|add|rm`, `rooctl certs ls`, `rooctl cluster status|remove`,
-//! `rooctl kv get|put|ls`; `--server`/`ROO_SERVER`, `--token`/`ROO_TOKEN`; a table by default,
-//! `-o json` for scripts. An error from the API is one line on stderr and a non-zero exit.
+//! `rooctl routes ls|add|rm`, `rooctl certs ls|add|rm`, `rooctl cluster status|remove`,
+//! `rooctl kv get|put|rm|ls`; `--server`/`ROO_SERVER`, `--token`/`ROO_TOKEN` (or
+//! `--token-file`/`ROO_TOKEN_FILE`, a Docker secret); a table by default, `-o json` for scripts
+//! on every command. An error from the API is one line on stderr and a non-zero exit.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -41,6 +42,9 @@ pub struct Cli {
     /// Bearer token (admin for changes; read or admin for certificates).
     #[arg(long, env = "ROO_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// The token from a file (a Docker secret: `/run/secrets/roo_api_token`).
+    #[arg(long, env = "ROO_TOKEN_FILE", global = true, conflicts_with = "token")]
+    pub token_file: Option<std::path::PathBuf>,
     /// Output: `table` or `json`.
     #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"], global = true)]
     pub output: String,
@@ -67,23 +71,38 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum Routes {
     Ls,
-    /// Routes `host[:port]` (on `--scheme`) to `destination` (`http://tasks.app_web:80`).
+    /// Routes `host[:port]` (on `--scheme`, https by default: with ACME on, a certificate is
+    /// ordered for it) to `destination` (`http://127.0.0.1:8000`, `http://tasks.app_web:80`).
     Add {
         host: String,
         destination: String,
         #[arg(long, default_value = "https", value_parser = ["http", "https"])]
         scheme: String,
     },
+    /// Removes the routes of `host[:port]`: on `--scheme` only, or on every scheme it has.
     Rm {
         host: String,
-        #[arg(long, default_value = "https", value_parser = ["http", "https"])]
-        scheme: String,
+        #[arg(long, value_parser = ["http", "https"])]
+        scheme: Option<String>,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Certs {
     Ls,
+    /// Stores a certificate for `host` (`*.example.com` for a wildcard) from PEM files: the
+    /// chain (leaf first) and its private key.
+    Add {
+        host: String,
+        #[arg(long)]
+        cert: std::path::PathBuf,
+        #[arg(long)]
+        key: std::path::PathBuf,
+    },
+    /// Removes the certificate stored for `host`.
+    Rm {
+        host: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +122,9 @@ pub enum Kv {
     Put {
         key: String,
         value: String,
+    },
+    Rm {
+        key: String,
     },
     Ls {
         #[arg(default_value = "com.roo.")]
@@ -134,6 +156,18 @@ impl ApiClient {
         path: &str,
         body: Option<String>,
     ) -> Result<Bytes, CliError> {
+        self.exchange(method, path, body)
+            .await
+            .map(|(_, body)| body)
+    }
+
+    /// Like [`ApiClient::call`], with the answer's headers.
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(http::HeaderMap, Bytes), CliError> {
         let url = format!("{}{path}", self.server.trim_end_matches('/'));
         let mut req = http::Request::builder().method(method).uri(&url);
         if let Some(t) = &self.token {
@@ -151,6 +185,7 @@ impl ApiClient {
             .map_err(|_| unreachable("no answer in 15 s".into()))?
             .map_err(|e| unreachable(roo_kv::error::with_causes(&e)))?;
         let status = sent.status();
+        let headers = sent.headers().clone();
         let body = sent
             .into_body()
             .collect()
@@ -158,7 +193,7 @@ impl ApiClient {
             .map_err(|e| unreachable(e.to_string()))?
             .to_bytes();
         if status.is_success() {
-            return Ok(body);
+            return Ok((headers, body));
         }
         let message = serde_json::from_slice::<Value>(&body)
             .ok()
@@ -199,6 +234,27 @@ fn redacted(value: &[u8]) -> bool {
         .is_ok_and(|c| c.key_pem.starts_with("redacted"))
 }
 
+/// rooctl's `main`: parses the command line, runs the command, prints what it gave (a table or
+/// JSON) or its error as one line, and says how it went.
+pub async fn main() -> std::process::ExitCode {
+    use clap::Parser as _;
+    use std::io::Write as _;
+    match run(Cli::parse()).await {
+        // A reader that went away (`rooctl kv ls | head`) is no error of rooctl's.
+        Ok(out) => match writeln!(std::io::stdout().lock(), "{out}") {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("rooctl: writing the output: {e}");
+                std::process::ExitCode::FAILURE
+            }
+            _ => std::process::ExitCode::SUCCESS,
+        },
+        Err(e) => {
+            eprintln!("rooctl: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs one command; returns what to print.
 pub async fn run(cli: Cli) -> Result<String, CliError> {
     let roots = roo_acme::roots::system_and(cli.cacert.as_deref())
@@ -215,10 +271,18 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
         .https_or_http()
         .enable_http1()
         .build();
+    let token = match &cli.token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Usage(format!("--token-file {}: {e}", path.display())))?;
+            Some(text.trim().to_string())
+        }
+        None => cli.token.clone(),
+    };
     let api = ApiClient {
         http: Client::builder(TokioExecutor::new()).build(connector),
         server: cli.server.clone(),
-        token: cli.token.clone(),
+        token,
     };
     let json_out = cli.output == "json";
     match cli.command {
@@ -253,15 +317,46 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
             Ok(done(json_out, &key))
         }
         Command::Routes(Routes::Rm { host, scheme }) => {
-            let key = route_key(&host, &scheme)?;
-            let body = api
-                .call("DELETE", &format!("/roo/v1/kv/{key}"), None)
-                .await?;
-            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-            if v["deleted"] == 0 {
-                return Err(CliError::Api(format!("no route {key}")));
+            let schemes = match &scheme {
+                Some(s) => vec![s.as_str()],
+                None => vec!["http", "https"],
+            };
+            let mut removed = Vec::new();
+            for scheme in schemes {
+                let key = route_key(&host, scheme)?;
+                let body = api
+                    .call("DELETE", &format!("/roo/v1/kv/{key}"), None)
+                    .await?;
+                let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                if v["deleted"] == 1 {
+                    removed.push(key);
+                }
             }
+            if removed.is_empty() {
+                let on = scheme.map_or("any scheme".to_string(), |s| s.to_string());
+                return Err(CliError::Api(format!("no route for {host} on {on}")));
+            }
+            Ok(done(json_out, &removed.join(", ")))
+        }
+        Command::Certs(Certs::Add { host, cert, key }) => {
+            let read = |path: &std::path::Path| {
+                std::fs::read_to_string(path)
+                    .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
+            };
+            let record =
+                json!({"cert_pem": read(&cert)?, "key_pem": read(&key)?, "source": "manual"});
+            let key = format!("{}{host}", roo_acme::store::CERT_PREFIX);
+            api.call(
+                "PUT",
+                &format!("/roo/v1/kv/{key}"),
+                Some(record.to_string()),
+            )
+            .await?;
             Ok(done(json_out, &key))
+        }
+        Command::Certs(Certs::Rm { host }) => {
+            let key = format!("{}{host}", roo_acme::store::CERT_PREFIX);
+            removed_one(&api, json_out, &key, "certificate").await
         }
         Command::Certs(Certs::Ls) => {
             let certs = api.scan(roo_acme::store::CERT_PREFIX).await?;
@@ -365,9 +460,27 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
             Ok(done(json_out, &format!("member {id}")))
         }
         Command::Kv(Kv::Get { key }) => {
-            let body = api.call("GET", &format!("/roo/v1/kv/{key}"), None).await?;
-            Ok(String::from_utf8_lossy(&body).into_owned())
+            let (headers, body) = api
+                .exchange("GET", &format!("/roo/v1/kv/{key}"), None)
+                .await?;
+            if !json_out {
+                return Ok(String::from_utf8_lossy(&body).into_owned());
+            }
+            let rev = headers
+                .get("x-roo-revision")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            // Text as it is; other bytes as base64, as the API's scans give them.
+            let value = match std::str::from_utf8(&body) {
+                Ok(text) => json!({"value": text}),
+                Err(_) => json!({"value_base64": STANDARD.encode(&body)}),
+            };
+            let mut out = json!({"key": key, "rev": rev});
+            if let (Some(out), Value::Object(v)) = (out.as_object_mut(), value) {
+                out.extend(v);
+            }
+            Ok(out.to_string())
         }
+        Command::Kv(Kv::Rm { key }) => removed_one(&api, json_out, &key, "key").await,
         Command::Kv(Kv::Put { key, value }) => {
             api.call("PUT", &format!("/roo/v1/kv/{key}"), Some(value))
                 .await?;
@@ -383,6 +496,23 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
             Ok(render(json_out, &["key", "value"], rows))
         }
     }
+}
+
+/// Deletes `key`; an error naming `what` when there was none.
+async fn removed_one(
+    api: &ApiClient,
+    json_out: bool,
+    key: &str,
+    what: &str,
+) -> Result<String, CliError> {
+    let body = api
+        .call("DELETE", &format!("/roo/v1/kv/{key}"), None)
+        .await?;
+    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+    if v["deleted"] == 0 {
+        return Err(CliError::Api(format!("no {what} {key}")));
+    }
+    Ok(done(json_out, key))
 }
 
 fn route_key(host: &str, scheme: &str) -> Result<String, CliError> {

@@ -18,6 +18,15 @@ background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // One binary, two commands: called as `rooctl` (the image's /rooctl links here), it is the
+    // operator's command line.
+    let called = std::env::args_os().next().map(std::path::PathBuf::from);
+    if called.as_deref().and_then(|p| p.file_stem()) == Some("rooctl".as_ref()) {
+        std::process::exit(match rood::cli::main().await {
+            code if code == std::process::ExitCode::SUCCESS => 0,
+            _ => 1,
+        });
+    }
     let config = match Config::load(std::env::args_os()) {
         Ok(c) => c,
         Err(ConfigError::Invalid(e)) => e.exit(),

@@ -86,6 +86,42 @@ async fn every_command_against_a_live_node() {
         &["routes", "rm", "plain.test", "--scheme", "http"],
     );
     assert!(!ok && err.contains("no route"), "{err}");
+    // Without --scheme, rm finds the route whatever its scheme.
+    assert!(
+        rooctl(
+            &server,
+            admin,
+            &[
+                "routes",
+                "add",
+                "both.test",
+                "http://web:80",
+                "--scheme",
+                "http"
+            ]
+        )
+        .0
+    );
+    assert!(
+        rooctl(
+            &server,
+            admin,
+            &["routes", "add", "both.test", "http://web:80"]
+        )
+        .0
+    );
+    let (ok, out, err) = rooctl(&server, admin, &["routes", "rm", "both.test", "-o", "json"]);
+    assert!(ok, "{err}");
+    let removed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        removed["key"], "com.roo.host:both.test:http, com.roo.host:both.test:https",
+        "{out}"
+    );
+    let (ok, _, err) = rooctl(&server, admin, &["routes", "rm", "both.test"]);
+    assert!(
+        !ok && err.contains("no route for both.test on any scheme"),
+        "{err}"
+    );
 
     // kv put / get / ls.
     assert!(rooctl(&server, admin, &["kv", "put", "custom.key", "v1"]).0);
@@ -95,6 +131,56 @@ async fn every_command_against_a_live_node() {
     );
     let (_, out, _) = rooctl(&server, None, &["kv", "ls", "custom."]);
     assert!(out.contains("custom.key") && out.contains("v1"), "{out}");
+    // JSON for scripts: the value and its revision, not the raw value.
+    let (ok, out, _) = rooctl(&server, None, &["kv", "get", "custom.key", "-o", "json"]);
+    let got: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(
+        ok && got["key"] == "custom.key" && got["value"] == "v1" && got["rev"].is_u64(),
+        "{out}"
+    );
+    // kv rm, and rm of what is not there.
+    assert!(rooctl(&server, admin, &["kv", "rm", "custom.key"]).0);
+    let (ok, _, err) = rooctl(&server, admin, &["kv", "rm", "custom.key"]);
+    assert!(!ok && err.contains("no key custom.key"), "{err}");
+    // The token from a file, as from a Docker secret.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{ADMIN}\n")).unwrap();
+    let (ok, _, err) = rooctl(
+        &server,
+        None,
+        &[
+            "kv",
+            "put",
+            "from.file",
+            "x",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    // A reader that goes away early: no panic, no error.
+    for i in 0..2000 {
+        node.kv
+            .put(&format!("many.{i:04}"), vec![b'v'; 64], None)
+            .await
+            .unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rooctl"))
+        .env("ROO_SERVER", &server)
+        .args(["kv", "ls", "many."])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("panic"),
+        "{:?} {err}",
+        out.status
+    );
 
     // certs ls: a manual certificate and an ACME status with its last error.
     let key = rcgen::KeyPair::generate().unwrap();
@@ -103,14 +189,41 @@ async fn every_command_against_a_live_node() {
         .distinguished_name
         .push(rcgen::DnType::CommonName, "rooctl test issuer");
     let cert = params.self_signed(&key).unwrap();
-    let stored = serde_json::json!({"cert_pem": cert.pem(), "key_pem": key.serialize_pem(), "source": "manual"});
+    // certs add from PEM files.
+    let (cert_file, key_file) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (ok, out, err) = rooctl(
+        &server,
+        admin,
+        &[
+            "certs",
+            "add",
+            "app.test",
+            "--cert",
+            cert_file.to_str().unwrap(),
+            "--key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && out.contains("com.roo.cert:app.test"), "{out}{err}");
+    // Another host's certificate is refused, with the API's reason.
+    let (ok, _, err) = rooctl(
+        &server,
+        admin,
+        &[
+            "certs",
+            "add",
+            "other.test",
+            "--cert",
+            cert_file.to_str().unwrap(),
+            "--key",
+            key_file.to_str().unwrap(),
+        ],
+    );
     assert!(
-        rooctl(
-            &server,
-            admin,
-            &["kv", "put", "com.roo.cert:app.test", &stored.to_string()]
-        )
-        .0
+        !ok && err.contains("does not name other.test") && err.contains("400"),
+        "{err}"
     );
     let status = serde_json::json!({"failures": 2, "last_error": "connection refused", "last_attempt": 1, "next_attempt": 2});
     assert!(
@@ -144,6 +257,13 @@ async fn every_command_against_a_live_node() {
             .any(|l| l.contains("down.test") && l.contains("connection refused")),
         "{out}"
     );
+
+    // certs rm, and rm of one that is not there.
+    assert!(rooctl(&server, admin, &["certs", "rm", "app.test"]).0);
+    let (_, out, _) = rooctl(&server, admin, &["certs", "ls"]);
+    assert!(!out.contains("app.test"), "{out}");
+    let (ok, _, err) = rooctl(&server, admin, &["certs", "rm", "app.test"]);
+    assert!(!ok && err.contains("no certificate"), "{err}");
 
     // cluster status / remove.
     let (ok, out, _) = rooctl(&server, None, &["cluster", "status"]);
