@@ -213,7 +213,7 @@ impl Kv {
         let raft = Raft::new(id, raft_config(&config)?, network, log, sm)
             .await
             .map_err(|e| KvError::Storage(format!("starting raft: {e}")))?;
-        tracing::info!(node_id = id, advertise = %config.advertise, "store opened");
+        tracing::debug!(node_id = id, advertise = %config.advertise, "store opened");
         let batcher = Batcher::start(
             id,
             raft.clone(),
@@ -286,7 +286,7 @@ impl Kv {
             BTreeMap::from([(self.inner.id, BasicNode::new(&self.inner.config.advertise))]);
         match self.inner.raft.initialize(members).await {
             Ok(()) => {
-                tracing::info!(node_id = self.inner.id, "bootstrapped a new cluster");
+                tracing::debug!(node_id = self.inner.id, "bootstrapped a new cluster");
                 Ok(())
             }
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),

@@ -41,21 +41,36 @@ const TRACK_EVERY: Duration = Duration::from_secs(3);
 
 /// Brings `kv` into a cluster; with `--dns`, then follows the peers' addresses until shutdown.
 pub async fn form(kv: &Kv, formation: Formation, shutdown: &CancellationToken) {
-    if kv.is_initialized().await {
-        tracing::info!(
-            node_id = kv.node_id(),
-            "restarting as a member of the cluster in the data dir"
-        );
+    let how = if kv.is_initialized().await {
+        "restarted as a member of the cluster in the data dir"
     } else {
+        let how = match &formation {
+            Formation::Bootstrap => "started a cluster of one",
+            Formation::Join(_) => "joined the cluster",
+            Formation::Dns { .. } => "formed or joined the cluster its peers' DNS name gives",
+        };
         let result = tokio::select! {
             r = run(kv, formation.clone()) => r,
             _ = shutdown.cancelled() => return,
         };
-        match result {
-            Ok(()) => tracing::info!(node_id = kv.node_id(), "member of the cluster"),
-            Err(e) => tracing::error!(error = %e, "cluster formation failed"),
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cluster formation failed");
+            return;
         }
-    }
+        how
+    };
+    // The membership shows once its entry applies, a moment after bootstrapping or joining.
+    let id = kv.node_id();
+    let _ = kv
+        .raft()
+        .wait(Some(Duration::from_secs(5)))
+        .metrics(
+            |m| m.membership_config.membership().get_node(&id).is_some(),
+            "this node in the membership",
+        )
+        .await;
+    let members = kv.status().await.members;
+    tracing::info!(node_id = id, ?members, "{how}");
     if let Formation::Dns {
         name,
         resolver,

@@ -73,6 +73,11 @@ pub struct Config {
     #[arg(long, env = "ROO_IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub idle_timeout_ms: u64,
 
+    /// The port clients reach the HTTPS listener on, for the redirects of http requests to
+    /// https routes (default: the listener's own port; a container's published port differs).
+    #[arg(long, env = "ROO_HTTPS_PUBLIC_PORT")]
+    pub https_public_port: Option<u16>,
+
     /// How long a client may send nothing in the middle of a request body, in ms; then 408 and
     /// the connection closes (nginx's client_body_timeout). At most a day.
     #[arg(long, env = "ROO_BODY_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]

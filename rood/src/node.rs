@@ -144,7 +144,7 @@ impl Node {
         let acme = config.acme_config();
         let issuer = match acme {
             Some(acme) => {
-                tracing::info!(directory = %acme.directory, challenge = ?acme.challenge, "ACME on: the raft leader gets certificates for https routes");
+                tracing::info!(directory = %acme.directory, challenge = ?acme.challenge, "ACME on: https routes get certificates from this CA, ordered by the raft leader (--acme false turns it off)");
                 Some(Issuer::new(KvStore(kv.clone()), acme)?)
             }
             None => None,
@@ -169,6 +169,8 @@ impl Node {
                     idle_timeout: Duration::from_millis(config.idle_timeout_ms),
                     body_timeout: Duration::from_millis(config.body_timeout_ms),
                 },
+                https_port: Some(config.https_public_port.unwrap_or(https_addr.port()))
+                    .filter(|p| *p != 443),
                 cert_wait: match issuer {
                     Some(_) => Duration::from_millis(config.acme_handshake_wait_ms),
                     None => Duration::ZERO,
@@ -231,7 +233,7 @@ impl Node {
                 shutdown.clone(),
             )));
         }
-        tracing::info!(api = %api_addr, http = %http_addr, https = %https_addr, node_id = kv.node_id(), "rood started");
+        tracing::info!(api = %api_addr, http = %http_addr, https = %https_addr, data_dir = %config.data_dir.display(), node_id = kv.node_id(), "rood started");
         Ok(Node {
             kv,
             api_addr,

@@ -90,4 +90,12 @@ async fn profiles_decode_as_pprof() {
 
     assert_eq!(svg.status, 200, "{}", svg.text());
     assert!(svg.text().contains("<svg"), "an SVG");
+    // Idle, it still says something: a flame graph of what little ran, or that nothing did.
+    let idle = get("/debug/pprof/flamegraph?seconds=1", true).await;
+    assert_eq!(idle.status, 200);
+    let text = idle.text();
+    assert!(
+        text.contains("No CPU samples") || text.contains("<svg") && text.len() > 1000,
+        "{text}"
+    );
 }

@@ -219,9 +219,28 @@ async fn https_only_hosts_redirect_and_headers_are_forwarded() {
     .await;
     wait_routed(&http, &node, "plain.test").await;
 
+    // To the port the HTTPS listener is on (not 443 here), path and query kept.
     let r = get(&http, &node, "secure.test", "/a/b?c=d").await;
     assert_eq!(r.status, 308);
-    assert_eq!(r.headers["location"], "https://secure.test/a/b?c=d");
+    let port = node.https_addr.port();
+    assert_eq!(
+        r.headers["location"],
+        format!("https://secure.test:{port}/a/b?c=d").as_str()
+    );
+    // Published on 443 (a container's port mapping): no port in the location.
+    let (public, _public_dir) = node_with(&["--https-public-port", "443"]).await;
+    put(
+        &public,
+        "com.roo.host:secure.test:https",
+        &format!("http://{a}"),
+    )
+    .await;
+    let location = wait_for("the redirect", Duration::from_secs(5), || async {
+        let r = get(&http, &public, "secure.test", "/a").await;
+        (r.status == 308).then(|| r.headers["location"].clone())
+    })
+    .await;
+    assert_eq!(location, "https://secure.test/a");
 
     let r = http
         .send(

@@ -73,7 +73,14 @@ fn cpu(length: Duration, svg: bool) -> Result<Vec<u8>, ApiError> {
         .build()
         .map_err(|e| ApiError::Internal(format!("CPU profile: {e}")))?;
     let mut body = Vec::new();
-    if svg {
+    if svg && report.data.is_empty() {
+        // inferno draws nothing for no samples: say why instead of an empty picture.
+        let seconds = length.as_secs();
+        body = format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="640" height="40"><text x="10" y="25">No CPU samples in {seconds} s: the node was idle.</text></svg>"#
+        )
+        .into_bytes();
+    } else if svg {
         report
             .flamegraph(&mut body)
             .map_err(|e| ApiError::Internal(format!("flame graph: {e}")))?;

@@ -119,7 +119,7 @@ async fn route(
     let Some(route) = routes.find(host.name, host.port, info.scheme).cloned() else {
         if info.scheme == Scheme::Http && routes.find(host.name, host.port, Scheme::Https).is_some()
         {
-            return Ok((redirect_to_https(host.name, &req), None));
+            return Ok((redirect_to_https(host.name, state.https_port, &req), None));
         }
         return Err(ProxyError::NoRoute(host.text.to_string()));
     };
@@ -189,10 +189,13 @@ impl Host<'_> {
     }
 }
 
-/// 308 to the same host (`name`) and path over https (the default port).
-fn redirect_to_https<B>(name: &str, req: &Request<B>) -> Response<ProxyBody> {
+/// 308 to the same host (`name`) and path over https, on `port` (None: the default one).
+fn redirect_to_https<B>(name: &str, port: Option<u16>, req: &Request<B>) -> Response<ProxyBody> {
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let location = format!("https://{name}{path}");
+    let location = match port {
+        Some(port) => format!("https://{name}:{port}{path}"),
+        None => format!("https://{name}{path}"),
+    };
     let mut resp = text(
         StatusCode::PERMANENT_REDIRECT,
         format!("redirecting to {location}\n"),

@@ -70,6 +70,8 @@ pub struct ProxyState {
     pub tables: Arc<Tables>,
     pub upstreams: upstream::Upstreams,
     pub limits: Limits,
+    /// The HTTPS port clients use, when it is not 443: redirects to https name it.
+    pub https_port: Option<u16>,
     /// How long a TLS handshake for a routed https host without a certificate waits for one to
     /// be issued; zero without ACME.
     pub cert_wait: Duration,

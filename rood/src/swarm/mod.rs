@@ -250,6 +250,11 @@ async fn run_reconcile(kv: &Kv, docker: &Docker, metrics: &Metrics) {
         metrics.swarm_reconcile_errors.inc();
     }
     match result {
+        // The periodic look that finds nothing to do is no news.
+        Ok(0) => tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "swarm routes reconciled"
+        ),
         Ok(changes) => tracing::info!(
             changes,
             ms = started.elapsed().as_millis() as u64,
