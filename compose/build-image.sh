@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Builds the rood image without pulling anything: FROM scratch with the rood binary, the shared
-# libraries `ldd` lists for it, and the CA roots (for Let's Encrypt and TLS upstreams).
+# Builds the rood image without pulling anything: FROM scratch with the rood binary (debug info
+# stripped: what ships needs none, profiles still name functions), /rooctl linking to it (the
+# operator's command line: `docker exec <task> /rooctl routes ls`), the shared libraries `ldd`
+# lists for it, and the CA roots (for Let's Encrypt and TLS upstreams).
 #
-#   compose/build-image.sh [binary] [tag]     (defaults: target/dist/rood, roo:local)
+#   cargo build --profile dist -p rood && compose/build-image.sh [binary] [tag]
+#   (defaults: target/dist/rood, roo:local)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 binary=${1:-$here/../target/dist/rood}
@@ -11,7 +14,8 @@ tag=${2:-roo:local}
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/rootfs/etc/ssl/certs" "$ctx/rootfs/tmp" "$ctx/rootfs/data"
-cp "$binary" "$ctx/rootfs/rood"
+strip --strip-debug -o "$ctx/rootfs/rood" "$binary" 2>/dev/null || cp "$binary" "$ctx/rootfs/rood"
+ln -s rood "$ctx/rootfs/rooctl"
 # Every library the binary loads, at the path the loader looks for it.
 for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
   mkdir -p "$ctx/rootfs$(dirname "$lib")"

@@ -416,8 +416,19 @@ async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploy
         labelled_node: (!had_label).then(|| node.clone()),
     };
     let compose_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../compose");
+    // The image as README builds it (the dist binary) where CI gives it, else this test build's.
+    let shipped = std::env::var("ROO_IMAGE_BINARY").ok();
+    if std::env::var_os("CI").is_some() {
+        assert!(
+            shipped.is_some(),
+            "CI builds the image from ROO_IMAGE_BINARY (.ci/run sets it)"
+        );
+    }
+    let binary = shipped
+        .clone()
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_rood").to_string());
     let built = Command::new(format!("{compose_dir}/build-image.sh"))
-        .args([env!("CARGO_BIN_EXE_rood"), stack.image.as_str()])
+        .args([binary.as_str(), stack.image.as_str()])
         .output()
         .unwrap();
     assert!(
@@ -425,6 +436,18 @@ async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploy
         "build-image.sh: {}",
         String::from_utf8_lossy(&built.stderr)
     );
+    let size: u64 = docker(&["image", "inspect", "--format", "{{.Size}}", &stack.image])
+        .unwrap()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "image {} from {binary}: {:.1} MB",
+        stack.image,
+        size as f64 / 1e6
+    );
+    if shipped.is_some() {
+        assert!(size <= 30_000_000, "the image is {size} bytes");
+    }
     docker(&[
         "network",
         "create",
@@ -555,6 +578,34 @@ async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploy
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
+
+    // An operator gets in with the image's rooctl, the token read from the Docker secret.
+    let manager = wait_for(
+        "the manager task's container",
+        Duration::from_secs(30),
+        || async {
+            let id = docker(&[
+                "ps",
+                "-q",
+                "--filter",
+                &format!("name={}_manager", stack.name),
+            ])
+            .ok()?;
+            let id = id.lines().next()?.trim().to_string();
+            (!id.is_empty()).then_some(id)
+        },
+    )
+    .await;
+    let listed = docker(&["exec", &manager, "/rooctl", "routes", "ls"]).unwrap();
+    assert!(
+        listed.contains(&format!("hand-{tag}.test")) && listed.contains(&format!("web-{tag}.test")),
+        "{listed}"
+    );
+    let added = docker(&["exec", &manager, "/rooctl", "kv", "put", "from.rooctl", "x"]).unwrap();
+    assert!(
+        added.contains("ok"),
+        "written with the admin token: {added}"
+    );
 
     // The label moves the route.
     docker(&[
