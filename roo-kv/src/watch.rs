@@ -54,22 +54,44 @@ impl Watch {
     /// scan's revision.
     pub async fn next(&mut self) -> Result<Event, KvError> {
         loop {
+            self.applied.borrow_and_update();
+            if let Some(ev) = self.ready()? {
+                return Ok(ev);
+            }
+            self.applied
+                .changed()
+                .await
+                .map_err(|_| KvError::Shutdown)?;
+        }
+    }
+
+    /// The next change, then every other one already applied, `max` in all at most: a burst of
+    /// writes is taken in one go.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Event>, KvError> {
+        let mut batch = vec![self.next().await?];
+        while batch.len() < max {
+            match self.ready()? {
+                Some(ev) => batch.push(ev),
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// The next change already applied, if any.
+    fn ready(&mut self) -> Result<Option<Event>, KvError> {
+        loop {
             while let Some(ev) = self.backlog.pop_front() {
                 self.pos = ev.position();
                 if ev.key.starts_with(&self.prefix) {
-                    return Ok((*ev).clone());
+                    return Ok(Some((*ev).clone()));
                 }
             }
-            self.applied.borrow_and_update();
             let chunk = self.sm.history().after(self.pos, CHUNK)?;
             if chunk.is_empty() {
-                self.applied
-                    .changed()
-                    .await
-                    .map_err(|_| KvError::Shutdown)?;
-            } else {
-                self.backlog.extend(chunk);
+                return Ok(None);
             }
+            self.backlog.extend(chunk);
         }
     }
 }

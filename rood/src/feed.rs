@@ -25,7 +25,7 @@ use crate::routes::{Route, RouteKey, RouteTable, ROUTE_PREFIX};
 /// watcher and config files, through the KV.
 #[derive(Debug, Clone)]
 pub enum Change {
-    SetRoute(RouteKey, Route),
+    SetRoute(RouteKey, Arc<Route>),
     RemoveRoute(RouteKey),
     SetCert(String, Arc<CertifiedKey>),
     RemoveCert(String),
@@ -73,7 +73,7 @@ pub fn change_from_kv(key: &str, value: Option<&[u8]>) -> Option<Result<Change, 
         return Some(match value {
             None => Ok(Change::RemoveRoute(route_key)),
             Some(v) => Route::parse(v)
-                .map(|r| Change::SetRoute(route_key, r))
+                .map(|r| Change::SetRoute(route_key, Arc::new(r)))
                 .map_err(|e| e.to_string()),
         });
     }
@@ -189,6 +189,8 @@ impl Tables {
 }
 
 const PREFIX: &str = "com.roo.";
+/// The most changes applied at once.
+const BATCH: usize = 4096;
 
 /// Keeps `tables` equal to the KV until `shutdown`.
 pub async fn run(kv: Kv, tables: Arc<Tables>, shutdown: CancellationToken) {
@@ -216,14 +218,21 @@ async fn follow(kv: &Kv, tables: &Tables) {
             }
         };
         loop {
-            match watch.next().await {
-                Ok(ev) => {
-                    let value = match ev.kind {
-                        EventKind::Put => ev.value.as_deref(),
-                        EventKind::Delete => None,
-                    };
-                    if let Some(change) = checked(&ev.key, value) {
-                        tables.apply(vec![change]);
+            // A burst of writes becomes one new snapshot, not one for each.
+            match watch.next_batch(BATCH).await {
+                Ok(events) => {
+                    let changes: Vec<Change> = events
+                        .iter()
+                        .filter_map(|ev| {
+                            let value = match ev.kind {
+                                EventKind::Put => ev.value.as_deref(),
+                                EventKind::Delete => None,
+                            };
+                            checked(&ev.key, value)
+                        })
+                        .collect();
+                    if !changes.is_empty() {
+                        tables.apply(changes);
                     }
                 }
                 Err(KvError::Shutdown) => return,

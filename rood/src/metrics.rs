@@ -281,11 +281,14 @@ pub struct RequestCounts(Mutex<Counts>);
 
 #[derive(Debug, Default)]
 struct Counts {
-    /// Host, then upstream (none when none was reached), then status class (1xx to 5xx).
-    requests: HashMap<Box<str>, HashMap<Option<Upstream>, [u64; 5]>, ahash::RandomState>,
+    /// Host, then backend (`-` when none was chosen), then upstream (none when none was
+    /// reached), then status class (1xx to 5xx).
+    requests: HashMap<Box<str>, ByBackend, ahash::RandomState>,
     /// Durations, by listener ([`scheme_index`]).
     seconds: [Durations; 2],
 }
+
+type ByBackend = HashMap<Box<str>, HashMap<Option<Upstream>, [u64; 5]>, ahash::RandomState>;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Durations {
@@ -308,6 +311,7 @@ impl RequestCounts {
         &self,
         host: &str,
         status: u16,
+        backend: Option<&str>,
         upstream: Option<&Upstream>,
         scheme: Scheme,
         seconds: f64,
@@ -325,9 +329,14 @@ impl RequestCounts {
             .position(|bound| seconds <= *bound)
             .unwrap_or(DURATION_BUCKETS - 1);
         let mut counts = lock(&self.0);
-        let by_upstream = match counts.requests.get_mut(&*host) {
-            Some(by_upstream) => by_upstream,
+        let by_backend = match counts.requests.get_mut(&*host) {
+            Some(by_backend) => by_backend,
             None => counts.requests.entry(host.into()).or_default(),
+        };
+        let backend = backend.unwrap_or("-");
+        let by_upstream = match by_backend.get_mut(backend) {
+            Some(by_upstream) => by_upstream,
+            None => by_backend.entry(backend.into()).or_default(),
         };
         let upstream = upstream.cloned();
         let classes = by_upstream.entry(upstream).or_default();
@@ -349,18 +358,21 @@ struct Requests {
 impl Collector for Requests {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-        let mut requests: HashMap<(Box<str>, String), [u64; 5]> = HashMap::new();
+        let mut requests: HashMap<(Box<str>, Box<str>, String), [u64; 5]> = HashMap::new();
         let mut seconds = [Durations::default(); 2];
         for worker in lock(&self.workers).iter() {
             let counts = lock(&worker.0);
-            for (host, by_upstream) in &counts.requests {
-                for (upstream, classes) in by_upstream {
-                    let upstream = upstream
-                        .as_ref()
-                        .map_or_else(|| "-".to_string(), Upstream::to_string);
-                    let sum = requests.entry((host.clone(), upstream)).or_default();
-                    for (sum, n) in sum.iter_mut().zip(classes) {
-                        *sum += n;
+            for (host, by_backend) in &counts.requests {
+                for (backend, by_upstream) in by_backend {
+                    for (upstream, classes) in by_upstream {
+                        let upstream = upstream
+                            .as_ref()
+                            .map_or_else(|| "-".to_string(), Upstream::to_string);
+                        let key = (host.clone(), backend.clone(), upstream);
+                        let sum = requests.entry(key).or_default();
+                        for (sum, n) in sum.iter_mut().zip(classes) {
+                            *sum += n;
+                        }
                     }
                 }
             }
@@ -376,19 +388,21 @@ impl Collector for Requests {
         rows.sort();
         let mut family = encoder.encode_descriptor(
             "requests",
-            "Proxied requests by host, status class and upstream",
+            "Proxied requests by host, status class, backend and upstream",
             None,
             MetricType::Counter,
         )?;
-        for ((host, upstream), classes) in &rows {
+        for ((host, backend, upstream), classes) in &rows {
             for (status, n) in CLASSES.into_iter().zip(classes) {
                 if *n == 0 {
                     continue;
                 }
-                // The upstream address, `acme` for challenges, `-` when none was reached.
+                // The route's backend (`-`: none chosen); the upstream address, `acme` for
+                // challenges, `-` when none was reached.
                 let labels = [
                     ("host", &**host),
                     ("status", status),
+                    ("backend", &**backend),
                     ("upstream", &**upstream),
                 ];
                 family
@@ -439,14 +453,28 @@ mod tests {
         let metrics = Metrics::new();
         let (one, two) = (metrics.request_counts(), metrics.request_counts());
         let upstream = Upstream::Addr(([10, 0, 0, 1], 80).into());
-        one.request("Example.COM", 200, Some(&upstream), Scheme::Http, 0.0007);
-        two.request("example.com", 204, Some(&upstream), Scheme::Http, 100.0);
-        two.request("example.com", 503, None, Scheme::Https, 0.0001);
+        one.request(
+            "Example.COM",
+            200,
+            Some("v1"),
+            Some(&upstream),
+            Scheme::Http,
+            0.0007,
+        );
+        two.request(
+            "example.com",
+            204,
+            Some("v1"),
+            Some(&upstream),
+            Scheme::Http,
+            100.0,
+        );
+        two.request("example.com", 503, None, None, Scheme::Https, 0.0001);
         let mut page = String::new();
         prometheus_client::encoding::text::encode(&mut page, &metrics.registry).unwrap();
         for line in [
-            r#"roo_requests_total{host="example.com",status="2xx",upstream="http://10.0.0.1:80"} 2"#,
-            r#"roo_requests_total{host="example.com",status="5xx",upstream="-"} 1"#,
+            r#"roo_requests_total{host="example.com",status="2xx",backend="v1",upstream="http://10.0.0.1:80"} 2"#,
+            r#"roo_requests_total{host="example.com",status="5xx",backend="-",upstream="-"} 1"#,
             r#"roo_request_duration_seconds_count{scheme="http"} 2"#,
             r#"roo_request_duration_seconds_bucket{le="0.0005",scheme="http"} 0"#,
             r#"roo_request_duration_seconds_bucket{le="0.001",scheme="http"} 1"#,

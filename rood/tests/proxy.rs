@@ -3,43 +3,18 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{wait_for, Http, TestCa};
+use common::{echo, wait_for, Http, TestCa};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rood::node::Node;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-
-/// The answer of the test upstreams: JSON naming the upstream and what it received.
-async fn echo(
-    name: &'static str,
-    req: http::Request<hyper::body::Incoming>,
-) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
-    let headers: BTreeMap<String, String> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    let method = req.method().to_string();
-    let uri = req.uri().to_string();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or(0);
-    let json = serde_json::json!({"name": name, "method": method, "uri": uri, "headers": headers, "body_len": body});
-    Ok(http::Response::new(Full::new(Bytes::from(
-        json.to_string(),
-    ))))
-}
 
 /// An upstream that answers every request with [`echo`], over TLS when `tls` is given.
 async fn serve_upstream(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> SocketAddr {
@@ -1366,25 +1341,28 @@ async fn slow_heads_and_idle_connections_are_closed_in_time() {
     .await;
     let https = node.https_addr;
     let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: wire.test\r\n\r\n");
-    let mut tls = wait_for(
+    let (mut tls, sent) = wait_for(
         "the certificate and route",
         Duration::from_secs(5),
         || async {
             let mut tls = common::tls_handshake(&ca, https, "wire.test", &[b"http/1.1"])
                 .await
                 .ok()?;
+            // The idle time starts after the answer, so after this.
+            let sent = Instant::now();
             tls.write_all(request("/tls").as_bytes()).await.ok()?;
             let (head, _) = read_answer(&mut tls, &mut Vec::new(), false).await;
-            head.starts_with("HTTP/1.1 200").then_some(tls)
+            head.starts_with("HTTP/1.1 200").then_some((tls, sent))
         },
     )
     .await;
-    assert!(closed_after(&mut tls, Instant::now()).await >= idle);
+    assert!(closed_after(&mut tls, sent).await >= idle);
     let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let sent = Instant::now();
     plain.write_all(request("/plain").as_bytes()).await.unwrap();
     let (head, _) = read_answer(&mut plain, &mut Vec::new(), false).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(closed_after(&mut plain, Instant::now()).await >= idle);
+    assert!(closed_after(&mut plain, sent).await >= idle);
 }
 
 /// The CPUs each thread of this process whose name starts with `prefix` may run on (Linux's

@@ -11,7 +11,7 @@ use super::headers;
 use super::upstream::{Addrs, SendError, Upstream};
 use super::{ConnInfo, ProxyBody, ProxyError, ProxyState};
 use crate::metrics::UpstreamLabels;
-use crate::routes::Route;
+use crate::routes::Backend;
 
 /// Whether a request asks to switch protocols (WebSocket and the like).
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -26,14 +26,14 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Sends `req` (come at `started`) to one of the route's addresses; on a refused connection of
+/// Sends `req` (come at `started`) to one of the backend's addresses; on a refused connection of
 /// a request that is safe to send again (idempotent, no body), once more to another address,
 /// each try within the upstream timeout (kept on `alarm`, see [`within`]). An upgrade that the
 /// upstream accepts (101) comes back with the upstream's side of it for the client connection to
 /// tunnel to. `host`: the request's, as the client sent it.
 pub async fn forward(
     state: &ProxyState,
-    route: &Route,
+    backend: &Backend,
     host: &str,
     req: Request<ProxyBody>,
     info: &ConnInfo,
@@ -42,14 +42,14 @@ pub async fn forward(
 ) -> Result<(Response<ProxyBody>, Upstream), ProxyError> {
     // TLS destinations are named by host (for SNI and the certificate check); their addresses
     // rotate inside the TLS connector. Plain ones are resolved here, address by address.
-    let addrs = if route.tls() {
+    let addrs = if backend.tls() {
         Addrs::new()
     } else {
-        state.upstreams.resolve(&route.destinations).await?
+        state.upstreams.resolve(&backend.destinations).await?
     };
-    let upgrade = is_upgrade(&req) && !route.h2c;
+    let upgrade = is_upgrade(&req) && !backend.h2c;
     // gRPC needs `te: trailers`, which is hop-by-hop but allowed on HTTP/2.
-    let wants_trailers = route.h2c
+    let wants_trailers = backend.h2c
         && req
             .headers()
             .get(http::header::TE)
@@ -57,7 +57,7 @@ pub async fn forward(
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     let forwarded = headers::Forwarded::new(&info.client_ip, info.scheme, host);
-    parts.version = if route.h2c {
+    parts.version = if backend.h2c {
         Version::HTTP_2
     } else {
         Version::HTTP_11
@@ -69,7 +69,7 @@ pub async fn forward(
     }
     let upstreams = &state.upstreams;
     let resendable = parts.method.is_idempotent() && hyper::body::Body::is_end_stream(&body);
-    // Only a plain route with another address to try can send the request twice: copy the
+    // Only a plain backend with another address to try can send the request twice: copy the
     // head for that case alone.
     let may_retry = resendable && addrs.len() > 1;
     let mut body = Some(body);
@@ -81,9 +81,9 @@ pub async fn forward(
             addr: host.to_string(),
             reason: "no address left to try".into(),
         };
-        let (upstream, addr) = if route.tls() {
+        let (upstream, addr) = if backend.tls() {
             let d = upstreams
-                .pick_destination(&route.destinations)
+                .pick_destination(&backend.destinations)
                 .ok_or_else(no_target)?;
             (
                 Upstream::Tls(format!("https://{}:{}", d.host, d.port).into()),
@@ -103,7 +103,7 @@ pub async fn forward(
         };
         // Plain HTTP/1.1 goes on a connection to `addr` with the request's own target (the pool
         // writes its path); hyper's clients (TLS, h2c) are given the upstream in the URI.
-        if route.tls() || route.h2c {
+        if backend.tls() || backend.h2c {
             head.uri = absolute(&upstream.to_string(), &head.uri)?;
         }
         let upstream_req = Request::from_parts(head, upstream_body);
@@ -113,7 +113,7 @@ pub async fn forward(
             Some(_) => Instant::now(),
         };
         // Pinned where it is made: the sending's future is large, and not moved again.
-        let send = std::pin::pin!(upstreams.send(route, addr, upstream_req, &forwarded, sent_at));
+        let send = std::pin::pin!(upstreams.send(backend, addr, upstream_req, &forwarded, sent_at));
         let sent = within(alarm.as_mut(), sent_at + upstreams.timeout, send).await;
         let error = match sent {
             Some(Ok(resp)) => return Ok((resp, upstream)),

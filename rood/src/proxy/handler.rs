@@ -1,17 +1,19 @@
-//! One request: find the host's route, then forward, redirect or refuse.
+//! One request: find the host's route and choose its backend, then forward, redirect or refuse.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use roo_acme::challenge::HTTP01_PATH;
 use tokio::time::Sleep;
 
 use super::upstream::Upstream;
 use super::{forward, headers, ConnInfo, ProxyBody, ProxyError, ProxyState, CHALLENGE_WAIT};
-use crate::routes::{split_host_port, valid_host, Scheme};
+use crate::routes::model::Choice;
+use crate::routes::{split_host_port, valid_host, PathRoute, Route, Scheme};
 
 /// Answers one request. `alarm`: a timer of the client connection's for the wait for the
 /// upstream's answer ([`forward::within`]).
@@ -46,7 +48,7 @@ pub async fn handle(
     let host = value.as_ref().map_err(Clone::clone).and_then(Host::parse);
     // `routed`: the host has a route (hosts without one are counted together in metrics, so
     // that request headers cannot grow the label set).
-    let (resp, upstream, routed) = match (challenge, &host) {
+    let (resp, reached, routed) = match (challenge, &host) {
         // A proxy to anywhere is not what this is; HTTP/1.x refuses it as it parses.
         _ if req.method() == Method::CONNECT => (
             error_response(&ProxyError::MethodNotAllowed(Method::CONNECT)),
@@ -55,7 +57,10 @@ pub async fn handle(
         ),
         (Some(token), _) => (
             acme_challenge(state, &token).await,
-            Some(Upstream::Acme),
+            Some(Reached {
+                backend: None,
+                upstream: Upstream::Acme,
+            }),
             false,
         ),
         // TLS: only the names the connection's certificate covers (RFC 9110 15.5.20): a client
@@ -73,7 +78,7 @@ pub async fn handle(
             )
         }
         (None, Ok(host)) => match route(state, req, info, host, started, alarm).await {
-            Ok((resp, upstream)) => (resp, upstream, true),
+            Ok((resp, reached)) => (resp, reached, true),
             Err(e) => (
                 error_response(&e),
                 None,
@@ -88,9 +93,11 @@ pub async fn handle(
     };
     let seconds = started.elapsed().as_secs_f64();
     let status = resp.status().as_u16();
+    let backend = reached.as_ref().and_then(Reached::backend_name);
+    let upstream = reached.as_ref().map(|r| &r.upstream);
     state
         .counts
-        .request(label_host, status, upstream.as_ref(), info.scheme, seconds);
+        .request(label_host, status, backend, upstream, info.scheme, seconds);
     if let Some((method, uri)) = logged {
         tracing::info!(
             target: "rood::access",
@@ -100,21 +107,36 @@ pub async fn handle(
             %method,
             path = uri.path(),
             status,
-            upstream = %upstream.as_ref().map_or_else(|| "-".to_string(), Upstream::to_string),
+            backend = backend.unwrap_or("-"),
+            upstream = %upstream.map_or_else(|| "-".to_string(), Upstream::to_string),
             ms = seconds * 1000.0,
         );
     }
     resp
 }
 
+/// Where a request went: the route's backend (none for this node's own answers) and upstream.
+struct Reached {
+    backend: Option<(Arc<Route>, Choice)>,
+    upstream: Upstream,
+}
+
+impl Reached {
+    fn backend_name(&self) -> Option<&str> {
+        let (route, choice) = self.backend.as_ref()?;
+        Some(&route.backend(*choice).name)
+    }
+}
+
+/// The routed request's phases: match the route, choose its backend, forward.
 async fn route(
     state: &ProxyState,
-    req: Request<ProxyBody>,
+    mut req: Request<ProxyBody>,
     info: &ConnInfo,
     host: &Host<'_>,
     started: Instant,
     alarm: Pin<&mut Sleep>,
-) -> Result<(Response<ProxyBody>, Option<Upstream>), ProxyError> {
+) -> Result<(Response<ProxyBody>, Option<Reached>), ProxyError> {
     let routes = state.tables.routes.load();
     let Some(route) = routes.find(host.name, host.port, info.scheme).cloned() else {
         if info.scheme == Scheme::Http && routes.find(host.name, host.port, Scheme::Https).is_some()
@@ -124,15 +146,39 @@ async fn route(
         return Err(ProxyError::NoRoute(host.text.to_string()));
     };
     drop(routes);
+    let choice = route.choose(req.uri().path(), req.headers());
+    if let Some(path) = route.path(choice).filter(|p| p.strip_prefix) {
+        strip_prefix(&mut req, path)?;
+    }
+    let backend = route.backend(choice);
     let (resp, upstream) =
-        forward::forward(state, &route, host.text, req, info, started, alarm).await?;
+        forward::forward(state, backend, host.text, req, info, started, alarm).await?;
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(
         &mut parts.headers,
         parts.status == StatusCode::SWITCHING_PROTOCOLS,
     );
-    Ok((Response::from_parts(parts, body), Some(upstream)))
+    let reached = Reached {
+        backend: Some((route, choice)),
+        upstream,
+    };
+    Ok((Response::from_parts(parts, body), Some(reached)))
 }
+
+/// The request as its path route's upstream takes it: the prefix left out of its path, and
+/// named in `X-Forwarded-Prefix`.
+fn strip_prefix(req: &mut Request<ProxyBody>, path: &PathRoute) -> Result<(), ProxyError> {
+    let bad = |e: &dyn std::fmt::Display| ProxyError::BadRequest(format!("request target: {e}"));
+    let mut uri = std::mem::take(req.uri_mut()).into_parts();
+    let sent = uri.path_and_query.as_ref().map_or("/", |p| p.as_str());
+    uri.path_and_query = Some(path.upstream_path(sent).parse().map_err(|e| bad(&e))?);
+    *req.uri_mut() = Uri::from_parts(uri).map_err(|e| bad(&e))?;
+    let prefix = HeaderValue::from_str(path.prefix.trim_end_matches('/')).map_err(|e| bad(&e))?;
+    req.headers_mut().insert(X_FORWARDED_PREFIX, prefix);
+    Ok(())
+}
+
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
 /// The key authorization of an HTTP-01 token, from the replicated challenge table, for any
 /// host: the CA reaches whichever node the name points at.

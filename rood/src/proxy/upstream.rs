@@ -1,4 +1,4 @@
-//! Upstream addresses and connections: a route's destinations resolved to socket addresses
+//! Upstream addresses and connections: a backend's destinations resolved to socket addresses
 //! (every address DNS returns: `tasks.<service>` gives one per task), taken round robin, with an
 //! address that refused a connection left out for a while; pooled keep-alive connections for
 //! plain HTTP/1.1 ([`super::pool`]), h2c, and TLS (verified by default).
@@ -25,7 +25,7 @@ use hyper_util::rt::TokioExecutor;
 use super::headers::Forwarded;
 use super::pool::{Http1Pool, PoolConfig, PoolError};
 use super::{BodyError, BoxError, ProxyBody, ProxyError};
-use crate::routes::{Destination, Route};
+use crate::routes::{Backend, Destination};
 
 /// How long an address that refused a connection is left out.
 const EJECT_FOR: Duration = Duration::from_secs(10);
@@ -58,7 +58,7 @@ struct Addresses {
 
 impl Addresses {
     async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, crate::dns::DnsError> {
-        // An address is taken as it is by `dns::lookup` (a plain route's does not come here:
+        // An address is taken as it is by `dns::lookup` (a plain backend's does not come here:
         // `Destination::ip`). hickory caches answers for their TTL, so this is a lookup in
         // memory most times. Boxed: hickory's future is large, and every request's future would
         // otherwise carry its size.
@@ -107,19 +107,19 @@ pub struct Upstreams {
     addrs: Arc<Addresses>,
     /// Keep-alive HTTP/1.1 connections to plain addresses.
     http1: Arc<Http1Pool>,
-    /// HTTP/2 over plain TCP (prior knowledge), for `h2c` routes: one multiplexed connection
+    /// HTTP/2 over plain TCP (prior knowledge), for `h2c` backends: one multiplexed connection
     /// per address.
     h2c: Client<HttpConnector, ProxyBody>,
     /// HTTP/1.1 over TLS, the upstream's certificate verified against the system's roots and
     /// `--upstream-ca-file`; pooled per destination host.
     https: TlsClient,
-    /// The same without certificate verification, for routes that opt out.
+    /// The same without certificate verification, for backends that opt out.
     https_unverified: TlsClient,
     /// How long an upstream may take to answer with headers.
     pub(super) timeout: Duration,
 }
 
-/// The addresses of a route's destinations (on the stack for the usual one or two).
+/// The addresses of a backend's destinations (on the stack for the usual one or two).
 pub type Addrs = smallvec::SmallVec<[SocketAddr; 2]>;
 
 /// Where a request went, as its counts and its log line name it; a plain address's text is made
@@ -247,14 +247,14 @@ impl Upstreams {
         Ok(addrs)
     }
 
-    /// The next destination of a TLS route, round robin (its addresses rotate in the connector).
+    /// The next destination of a TLS backend, round robin (its addresses rotate in the connector).
     pub fn pick_destination<'a>(&self, destinations: &'a [Destination]) -> Option<&'a Destination> {
         (!destinations.is_empty()).then(|| &destinations[self.addrs.turn() % destinations.len()])
     }
 
     /// The next address round robin, skipping ejected ones and `not` (when others remain).
     pub fn pick(&self, addrs: &[SocketAddr], not: Option<SocketAddr>) -> Option<SocketAddr> {
-        // Most times nothing is left out and a route has one address: no lock, no turn.
+        // Most times nothing is left out and a backend has one address: no lock, no turn.
         if not.is_none() && !self.addrs.any_ejected.load(Ordering::Relaxed) {
             return match addrs {
                 [] => None,
@@ -281,22 +281,22 @@ impl Upstreams {
         }
     }
 
-    /// Sends `req` for `route` with the `forwarded` fields: to `addr` for a plain route (its URI
-    /// in origin form), else to the host its absolute URI names. `started`: when it came.
+    /// Sends `req` to `backend` with the `forwarded` fields: to `addr` for a plain backend (its
+    /// URI in origin form), else to the host its absolute URI names. `started`: when it came.
     pub async fn send(
         &self,
-        route: &Route,
+        backend: &Backend,
         addr: Option<SocketAddr>,
         mut req: Request<ProxyBody>,
         forwarded: &Forwarded<'_>,
         started: Instant,
     ) -> Result<Response<ProxyBody>, SendError> {
         use http_body_util::BodyExt;
-        if route.tls() || route.h2c {
+        if backend.tls() || backend.h2c {
             forwarded.apply(req.headers_mut());
         }
-        let legacy = match (route.tls(), route.h2c, addr) {
-            (true, _, _) if route.tls_verify => self.https.request(req),
+        let legacy = match (backend.tls(), backend.h2c, addr) {
+            (true, _, _) if backend.tls_verify => self.https.request(req),
             (true, _, _) => self.https_unverified.request(req),
             (false, true, _) => self.h2c.request(req),
             (false, false, Some(addr)) => {
@@ -330,7 +330,7 @@ impl Upstreams {
     }
 }
 
-/// Certificate checks turned off, for routes that ask for it (`"tls_verify": false`).
+/// Certificate checks turned off, for backends that ask for it (`"tls_verify": false`).
 mod danger {
     use std::sync::Arc;
 

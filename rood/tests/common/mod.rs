@@ -357,6 +357,30 @@ where
     addr
 }
 
+/// The answer of the test upstreams: JSON naming the upstream and what it received.
+pub async fn echo(
+    name: &'static str,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
+    let headers: std::collections::BTreeMap<String, String> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    let json = serde_json::json!({"name": name, "method": method, "uri": uri, "headers": headers, "body_len": body});
+    Ok(http::Response::new(Full::new(Bytes::from(
+        json.to_string(),
+    ))))
+}
+
 /// An upstream answering every request with `body`.
 pub async fn upstream(body: &'static str) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

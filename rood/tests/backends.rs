@@ -1,0 +1,349 @@
+//! Routes with several backends over real sockets: weighted choice, drains, path prefixes,
+//! cohorts, and the API refusing a bad JSON route.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{wait_for, Http, Reply};
+use rood::node::Node;
+
+async fn upstream(name: &'static str) -> SocketAddr {
+    common::http_server(move |req| common::echo(name, req)).await
+}
+
+/// PUT through the API, as every writer does.
+async fn put_route(http: &Http, node: &Node, route: &str, value: &str) -> Reply {
+    http.put(
+        &format!("http://{}/roo/v1/kv/com.roo.host:{route}", node.api_addr),
+        value.to_string(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn get(http: &Http, node: &Node, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut all = vec![("host", host)];
+    all.extend_from_slice(headers);
+    http.send(
+        "GET",
+        &format!("http://{}{path}", node.http_addr),
+        &all,
+        Bytes::new(),
+    )
+    .await
+    .unwrap()
+}
+
+fn served_by(r: &Reply) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["name"].as_str().unwrap().to_string()
+}
+
+/// Waits until requests to `host` reach `backend` (an upstream of that name).
+async fn wait_served(http: &Http, node: &Node, host: &str, backend: &str) {
+    wait_for(
+        &format!("{host} served by {backend}"),
+        Duration::from_secs(5),
+        || async {
+            let r = get(http, node, host, "/", &[]).await;
+            (r.status == 200 && served_by(&r) == backend).then_some(())
+        },
+    )
+    .await;
+}
+
+fn two_backends(a: SocketAddr, wa: u32, b: SocketAddr, wb: u32) -> String {
+    serde_json::json!({"backends": [
+        {"name": "v1", "url": format!("http://{a}"), "weight": wa},
+        {"name": "v2", "url": format!("http://{b}"), "weight": wb},
+    ]})
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_90_10_split_holds_over_4000_requests_and_is_counted_per_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), &[]).await;
+    let http = Http::default();
+    let (v1, v2) = (upstream("v1").await, upstream("v2").await);
+    let r = put_route(
+        &http,
+        &node,
+        "split.test:http",
+        &two_backends(v1, 90, v2, 10),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for("the split route", Duration::from_secs(5), || async {
+        (get(&http, &node, "split.test", "/", &[]).await.status == 200).then_some(())
+    })
+    .await;
+
+    // 8 clients, 500 requests each.
+    let counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>> = Arc::default();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, counts) = (http.clone(), counts.clone());
+            let addr = node.http_addr;
+            tokio::spawn(async move {
+                for _ in 0..500 {
+                    let r = http
+                        .send(
+                            "GET",
+                            &format!("http://{addr}/"),
+                            &[("host", "split.test")],
+                            Bytes::new(),
+                        )
+                        .await
+                        .unwrap();
+                    *counts.lock().unwrap().entry(served_by(&r)).or_default() += 1;
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let counts = counts.lock().unwrap().clone();
+    let (n1, n2) = (counts["v1"], counts["v2"]);
+    assert_eq!(n1 + n2, 4000, "{counts:?}");
+    let share = n2 as f64 / 4000.0;
+    assert!((share - 0.10).abs() <= 0.03, "v2 took {share}: {counts:?}");
+    eprintln!("90/10 split over 4000 requests: {counts:?}");
+
+    let page = http
+        .get(&format!("http://{}/metrics", node.api_addr))
+        .await
+        .unwrap()
+        .text();
+    let counted = |backend: &str| -> u64 {
+        page.lines()
+            .filter(|l| {
+                l.starts_with("roo_requests_total{")
+                    && l.contains("host=\"split.test\"")
+                    && l.contains(&format!("backend=\"{backend}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    // The node counted them too, and the readiness check's request.
+    assert_eq!(counted("v1") + counted("v2"), 4001, "{page}");
+    assert!(counted("v2") as usize >= n2, "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn weight_zero_drains_a_backend_with_no_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), &[]).await;
+    let http = Http::default();
+    // v2 answers slowly: requests are in flight on it when its weight goes to 0.
+    let v1 = upstream("v1").await;
+    let v2 = common::http_server(|req| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        common::echo("v2", req).await
+    })
+    .await;
+    put_route(
+        &http,
+        &node,
+        "drain.test:http",
+        &two_backends(v1, 50, v2, 50),
+    )
+    .await;
+    wait_served(&http, &node, "drain.test", "v2").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let served: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (http, stop, failures, served) =
+                (http.clone(), stop.clone(), failures.clone(), served.clone());
+            let addr = node.http_addr;
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = http
+                        .send(
+                            "GET",
+                            &format!("http://{addr}/"),
+                            &[("host", "drain.test")],
+                            Bytes::new(),
+                        )
+                        .await;
+                    match r {
+                        Ok(r) if r.status == 200 => {
+                            served.lock().unwrap().push(served_by(&r));
+                        }
+                        _ => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Traffic on both, then v2 drained.
+    wait_for("requests on v2", Duration::from_secs(5), || async {
+        served
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s == "v2")
+            .then_some(())
+    })
+    .await;
+    let r = put_route(
+        &http,
+        &node,
+        "drain.test:http",
+        &two_backends(v1, 50, v2, 0),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Once the change is live, no new request goes to v2: a run of 200 answers in a row from
+    // v1 (requests sent before the change may still come back from v2 meanwhile).
+    wait_for("v2 drained", Duration::from_secs(5), || async {
+        let served = served.lock().unwrap();
+        let tail = served.iter().rev().take(200).collect::<Vec<_>>();
+        (tail.len() == 200 && tail.iter().all(|s| *s == "v1")).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    let served = served.lock().unwrap();
+    eprintln!(
+        "{} requests during the drain, {} on v2",
+        served.len(),
+        served.iter().filter(|s| *s == "v2").count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paths_cohorts_and_the_hosts_own_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), &[]).await;
+    let http = Http::default();
+    let (site, canary, api, files) = (
+        upstream("site").await,
+        upstream("canary").await,
+        upstream("api").await,
+        upstream("files").await,
+    );
+    let route = serde_json::json!({
+        "backends": [
+            {"name": "site", "url": format!("http://{site}")},
+            {"name": "canary", "url": format!("http://{canary}"), "weight": 0},
+        ],
+        "match": [
+            {"header": "X-Canary", "value": "always", "backend": "canary"},
+            {"cookie": "canary", "value": "1", "backend": "canary"},
+        ],
+        "paths": [
+            {"prefix": "/api", "strip_prefix": true, "backends": [{"name": "api", "url": format!("http://{api}")}]},
+            {"prefix": "/static", "backends": [{"name": "files", "url": format!("http://{files}")}]},
+        ],
+    });
+    let r = put_route(&http, &node, "app.test:http", &route.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_served(&http, &node, "app.test", "site").await;
+
+    for (path, backend, seen) in [
+        ("/", "site", "/"),
+        ("/apix", "site", "/apix"),
+        ("/api", "api", "/"),
+        ("/api/users?page=2", "api", "/users?page=2"),
+        ("/static/app.css", "files", "/static/app.css"),
+    ] {
+        let r = get(&http, &node, "app.test", path, &[]).await;
+        assert_eq!(served_by(&r), backend, "{path}");
+        assert_eq!(r.json()["uri"], seen, "{path}");
+        let prefix = &r.json()["headers"]["x-forwarded-prefix"];
+        match backend {
+            "api" => assert_eq!(prefix, "/api", "{path}"),
+            _ => assert!(prefix.is_null(), "{path}: {prefix}"),
+        }
+    }
+    // Cohorts: a drained backend still takes its cohort; other values do not count.
+    for (headers, backend) in [
+        (vec![("x-canary", "always")], "canary"),
+        (vec![("x-canary", "sometimes")], "site"),
+        (vec![("cookie", "theme=dark; canary=1")], "canary"),
+        (vec![("cookie", "canary=0")], "site"),
+    ] {
+        let r = get(&http, &node, "app.test", "/", &headers).await;
+        assert_eq!(served_by(&r), backend, "{headers:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_json_route_is_refused_naming_the_field_and_the_old_one_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), &[]).await;
+    let http = Http::default();
+    let v1 = upstream("v1").await;
+    let good = two_backends(v1, 1, v1, 1).replace("\"v2\"", "\"v1b\"");
+    assert_eq!(
+        put_route(&http, &node, "keep.test:http", &good)
+            .await
+            .status,
+        200
+    );
+    for (value, field) in [
+        (
+            two_backends(v1, 0, v1, 0).replace("\"v2\"", "\"v1b\""),
+            "backends: the weights sum to 0",
+        ),
+        (
+            good.replace("\"v1b\"", "\"v1\""),
+            "backends[1].name: \"v1\" given twice",
+        ),
+        (
+            good.replace("\"weight\":1", "\"weight\":-1"),
+            "backends[0].weight",
+        ),
+        (
+            good.replace("\"url\"", "\"uri\""),
+            "backends[0].uri: unknown field",
+        ),
+        (
+            good.replace(
+                "]}",
+                "],\"match\":[{\"header\":\"x\",\"value\":\"1\",\"backend\":\"nope\"}]}",
+            ),
+            "match[0].backend: no backend named \"nope\"",
+        ),
+        (
+            good.replace("]}", "],\"sticky\":{}}"),
+            "sticky: unknown field",
+        ),
+    ] {
+        let r = put_route(&http, &node, "keep.test:http", &value).await;
+        assert_eq!(r.status, 400, "{value}: {}", r.text());
+        let body = r.json();
+        assert_eq!(body["ok"], false);
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(field), "{value}: {error}");
+        assert_eq!(r.text().lines().count(), 1);
+    }
+    let stored = http
+        .get(&format!(
+            "http://{}/roo/v1/kv/com.roo.host:keep.test:http",
+            node.api_addr
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stored.text(), good);
+    assert_eq!(
+        served_by(&get(&http, &node, "keep.test", "/", &[]).await),
+        "v1"
+    );
+}
