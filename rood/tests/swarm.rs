@@ -296,6 +296,109 @@ async fn labels_become_routes_and_only_the_watchers_routes_change() {
     }
 }
 
+/// Waits until `key` holds a JSON route equal to `want`.
+async fn until_json(http: &Http, node: &Proc, key: &str, want: &serde_json::Value) {
+    wait_for(
+        &format!("{key} to be {want}"),
+        Duration::from_secs(20),
+        || async {
+            let v = value(http, node, key).await?;
+            (serde_json::from_str::<serde_json::Value>(&v).ok()? == *want).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn services_of_one_host_are_its_weighted_backends_each_owning_its_own() {
+    let Some(image) = engine() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let node = Proc::start(&api, &dir.path().join("n1"), &["--swarm", "on"]);
+    let http = Http::default();
+    wait_for_cluster(&http, std::slice::from_ref(&api), 1).await;
+    let tag = format!("{:x}", rand::random::<u32>());
+    let (v1, v2, bad) = (
+        format!("roo-t-v1-{tag}"),
+        format!("roo-t-v2-{tag}"),
+        format!("roo-t-vbad-{tag}"),
+    );
+    let host = format!("w-{tag}.test");
+    let key = format!("com.roo.host:{host}:https");
+    let mut services = Services {
+        image: image.0.clone(),
+        names: Vec::new(),
+    };
+    let origin = format!("OriginHosts={host}");
+    services.create(
+        &v1,
+        &[
+            "--label",
+            &origin,
+            "--label",
+            "DestinationPort=80",
+            "--label",
+            "roo.weight=90",
+            "--label",
+            "roo.backend=stable",
+        ],
+    );
+    services.create(
+        &v2,
+        &[
+            "--label",
+            &origin,
+            "--label",
+            "DestinationPort=80",
+            "--label",
+            "roo.weight=10",
+            "--label",
+            "roo.backend=canary",
+            "--label",
+            "roo.match.header=X-Canary=always",
+        ],
+    );
+    let both = serde_json::json!({
+        "backends": [
+            {"name": "stable", "url": format!("http://{v1}:80"), "weight": 90},
+            {"name": "canary", "url": format!("http://{v2}:80"), "weight": 10},
+        ],
+        "match": [{"header": "X-Canary", "value": "always", "backend": "canary"}],
+    });
+    until_json(&http, &node, &key, &both).await;
+
+    // A third service with a bad label: a line names it and the label; the route stays.
+    services.create(
+        &bad,
+        &[
+            "--label",
+            &origin,
+            "--label",
+            "DestinationPort=80",
+            "--label",
+            "roo.weight=ten",
+        ],
+    );
+    wait_for("the bad label logged", Duration::from_secs(20), || async {
+        node.log_lines("invalid roo labels")
+            .iter()
+            .any(|l| l.contains(&bad) && l.contains("roo.weight"))
+            .then_some(())
+    })
+    .await;
+    until_json(&http, &node, &key, &both).await;
+
+    // The canary's service goes: only its backend (and its cohort) leaves the route.
+    docker(&["service", "rm", &v2]).unwrap();
+    let stable = serde_json::json!({
+        "backends": [{"name": "stable", "url": format!("http://{v1}:80"), "weight": 90}],
+    });
+    until_json(&http, &node, &key, &stable).await;
+    // The last one takes the route with it.
+    docker(&["service", "rm", &v1]).unwrap();
+    until(&http, &node, &key, None).await;
+}
+
 /// Runs `f`, ignoring errors: cleanup.
 fn quietly(args: &[&str]) {
     let _ = docker(args);

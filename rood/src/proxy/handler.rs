@@ -146,7 +146,13 @@ async fn route(
         return Err(ProxyError::NoRoute(host.text.to_string()));
     };
     drop(routes);
-    let choice = route.choose(req.uri().path(), req.headers());
+    let Some(choice) = route.choose(req.uri().path(), req.headers()) else {
+        return Err(ProxyError::NoRoute(format!(
+            "{}{}",
+            host.text,
+            req.uri().path()
+        )));
+    };
     if let Some(path) = route.path(choice).filter(|p| p.strip_prefix) {
         strip_prefix(&mut req, path)?;
     }

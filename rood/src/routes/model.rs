@@ -30,7 +30,8 @@ const MAX_ORDER: u32 = 1000;
 /// Where a host's requests go.
 #[derive(Debug)]
 pub struct Route {
-    /// The host's own backends: every request that no path takes.
+    /// The host's own backends: every request that no path takes. Empty when only paths are
+    /// routed: other requests get 404.
     pub target: Target,
     /// Path prefixes, longest first.
     pub paths: Vec<PathRoute>,
@@ -122,13 +123,13 @@ impl Route {
     /// The backend for a request for `path` with `headers`: the path route that takes the path,
     /// if any, then the first of its cohorts the request belongs to, else the next backend of
     /// its weighted order.
-    pub fn choose(&self, path: &str, headers: &HeaderMap) -> Choice {
+    pub fn choose(&self, path: &str, headers: &HeaderMap) -> Option<Choice> {
         let at = self.paths.iter().position(|p| p.covers(path));
         let target = at.map_or(&self.target, |i| &self.paths[i].target);
-        Choice {
+        Some(Choice {
             path: at,
-            backend: target.pick(headers),
-        }
+            backend: target.pick(headers)?,
+        })
     }
 
     /// The backend a [`Choice`] of this route names.
@@ -175,10 +176,10 @@ impl PathRoute {
 
 impl Target {
     /// The backend (index) for a request with these headers: the first cohort it belongs to,
-    /// else the next in the weighted order.
-    fn pick(&self, headers: &HeaderMap) -> usize {
+    /// else the next in the weighted order; None when there are no backends.
+    fn pick(&self, headers: &HeaderMap) -> Option<usize> {
         match self.cohorts.iter().find(|c| c.matches(headers)) {
-            Some(c) => c.backend,
+            Some(c) => Some(c.backend),
             None => self.order.next(),
         }
     }
@@ -194,7 +195,7 @@ struct WeightedOrder {
 }
 
 impl WeightedOrder {
-    /// `weights`, at least one not 0, at most [`MAX_BACKENDS`].
+    /// `weights`, at most [`MAX_BACKENDS`]; all 0 (or none) make an empty order.
     fn new(weights: &[u32]) -> WeightedOrder {
         let gcd = weights
             .iter()
@@ -229,7 +230,7 @@ impl WeightedOrder {
             order.push(best as u8);
         }
         // One backend in rotation: one entry, no turn taken.
-        if order.iter().all(|b| *b == order[0]) {
+        if order.iter().all(|b| order.first() == Some(b)) {
             order.truncate(1);
         }
         WeightedOrder {
@@ -238,10 +239,13 @@ impl WeightedOrder {
         }
     }
 
-    fn next(&self) -> usize {
+    fn next(&self) -> Option<usize> {
         match &*self.order {
-            [only] => usize::from(*only),
-            order => usize::from(order[self.turn.fetch_add(1, Ordering::Relaxed) % order.len()]),
+            [] => None,
+            [only] => Some(usize::from(*only)),
+            order => Some(usize::from(
+                order[self.turn.fetch_add(1, Ordering::Relaxed) % order.len()],
+            )),
         }
     }
 }
@@ -321,6 +325,7 @@ impl Destination {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RouteJson {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     backends: Vec<BackendJson>,
     #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
     cohorts: Vec<CohortJson>,
@@ -448,7 +453,8 @@ impl Route {
             return Ok(Route::single(backend));
         }
         let json: RouteJson = parse_json(text)?;
-        let own = target("", &json.backends, &json.cohorts)?;
+        // The host's own backends may be left out when paths are given.
+        let own = target("", &json.backends, &json.cohorts, !json.paths.is_empty())?;
         if json.paths.len() > MAX_PATHS {
             return Err(invalid("paths", format!("more than {MAX_PATHS}")));
         }
@@ -473,7 +479,7 @@ impl Route {
             paths.push(PathRoute {
                 prefix: prefix.into(),
                 strip_prefix: p.strip_prefix,
-                target: target(&format!("{field}."), &p.backends, &p.cohorts)?,
+                target: target(&format!("{field}."), &p.backends, &p.cohorts, false)?,
             });
         }
         // Longest first: the most precise prefix wins.
@@ -548,8 +554,9 @@ fn target(
     field: &str,
     backends: &[BackendJson],
     cohorts: &[CohortJson],
+    may_be_empty: bool,
 ) -> Result<Target, RouteError> {
-    if backends.is_empty() {
+    if backends.is_empty() && !may_be_empty {
         return Err(invalid(format!("{field}backends"), "no backends"));
     }
     if backends.len() > MAX_BACKENDS {
@@ -601,7 +608,7 @@ fn target(
         )?);
     }
     let weights: Vec<u32> = checked.iter().map(|b| b.weight).collect();
-    if weights.iter().all(|w| *w == 0) {
+    if !weights.is_empty() && weights.iter().all(|w| *w == 0) {
         return Err(invalid(format!("{field}backends"), "the weights sum to 0"));
     }
     let mut rules = Vec::with_capacity(cohorts.len());
@@ -873,7 +880,10 @@ mod tests {
     }
 
     fn picked(r: &Route, path: &str, headers: &HeaderMap) -> String {
-        r.backend(r.choose(path, headers)).name.to_string()
+        match r.choose(path, headers) {
+            Some(c) => r.backend(c).name.to_string(),
+            None => "-".to_string(),
+        }
     }
 
     fn counts(r: &Route, headers: &HeaderMap, n: usize) -> Vec<(String, usize)> {
@@ -949,11 +959,21 @@ mod tests {
         ] {
             assert_eq!(name(path), backend, "{path}");
         }
-        let api = r.path(r.choose("/api", &HeaderMap::new())).unwrap();
+        let api = r
+            .path(r.choose("/api", &HeaderMap::new()).unwrap())
+            .unwrap();
         assert_eq!(api.upstream_path("/api/users?x=1"), "/users?x=1");
         assert_eq!(api.upstream_path("/api"), "/");
         assert_eq!(api.upstream_path("/api?x=1"), "/?x=1");
-        let files = r.path(r.choose("/static/a", &HeaderMap::new())).unwrap();
+        let files = r
+            .path(r.choose("/static/a", &HeaderMap::new()).unwrap())
+            .unwrap();
         assert_eq!(files.upstream_path("/static/a.css"), "/a.css");
+        // Paths alone: the rest of the host is not routed.
+        let r =
+            route(r#"{"paths":[{"prefix":"/api","backends":[{"name":"api","url":"http://b"}]}]}"#);
+        assert_eq!(picked(&r, "/api/x", &HeaderMap::new()), "api");
+        assert_eq!(picked(&r, "/", &HeaderMap::new()), "-");
+        assert_eq!(route(&r.to_json().to_string()).to_json(), r.to_json());
     }
 }

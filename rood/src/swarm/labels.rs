@@ -1,11 +1,19 @@
-//! Roo's service labels turned into routes: a pure function, unit-tested.
+//! Roo's service labels turned into routes: pure functions, unit-tested.
 //!
 //! `OriginHosts` (comma list) and/or `OriginHost`, `OriginPort`, `OriginScheme` (default
 //! `https`), `DestinationHost` (default the service name), `DestinationPort` (required),
 //! `DestinationScheme` (default `http`); each also under a `roo.` prefix, which wins. Service
 //! labels (compose `deploy.labels`) win over container labels (compose `labels`).
+//!
+//! A service gives each of its routes one backend ([`Share`]): named by `roo.backend` (default
+//! the service's name), weighted by `roo.weight` (default 100), under `roo.path` (with
+//! `roo.strip_prefix`) or the host's own, with a cohort from `roo.match.header` or
+//! `roo.match.cookie` (`Name=value`). [`compose`] makes one route of every service's share of
+//! it: two services naming the same host are two weighted backends of one route.
 
 use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{json, Value};
 
 use crate::routes::{normalize_host, Destination, RouteKey, Scheme};
 
@@ -45,15 +53,100 @@ impl<'a> Labels<'a> {
             .filter(|v| !v.is_empty())
     }
 
+    /// A label that only exists under `roo.` (names this short may mean other things bare).
+    fn get_roo(&self, name: &'static str) -> Option<&'a str> {
+        [self.service, self.container]
+            .into_iter()
+            .find_map(|m| m.get(name))
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
     /// True when the service asks roo for routes at all.
     pub fn wants_routes(&self) -> bool {
         self.get("OriginHosts").is_some() || self.get("OriginHost").is_some()
     }
 }
 
-/// The routes (key to value) that `service`'s labels describe; empty when it has no origin
-/// label.
-pub fn routes(service: &str, labels: &Labels<'_>) -> Result<BTreeMap<String, String>, LabelError> {
+/// What one service gives a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The backend's name.
+    pub backend: String,
+    pub url: String,
+    /// None: the label is not set (100).
+    pub weight: Option<u32>,
+    /// A path prefix, and whether it is stripped.
+    pub path: Option<(String, bool)>,
+    /// `("header" | "cookie", name, value)`.
+    pub cohort: Option<(&'static str, String, String)>,
+}
+
+impl Share {
+    /// A share that Roo's plain URL says all of: alone on its route, it is stored as that URL.
+    fn is_plain(&self, service: &str) -> bool {
+        self.backend == service
+            && self.weight.is_none()
+            && self.path.is_none()
+            && self.cohort.is_none()
+    }
+}
+
+/// The route value that the services' shares of one route make (by service name); checked by
+/// the route model before it is stored.
+pub fn compose(shares: &BTreeMap<String, Share>) -> String {
+    if let [(service, share)] = shares.iter().collect::<Vec<_>>()[..] {
+        if share.is_plain(service) {
+            return share.url.clone();
+        }
+    }
+    let mut own = (Vec::new(), Vec::new());
+    let mut paths: BTreeMap<&str, (bool, Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    for share in shares.values() {
+        let backend =
+            json!({"name": share.backend, "url": share.url, "weight": share.weight.unwrap_or(100)});
+        let cohort = share
+            .cohort
+            .as_ref()
+            .map(|(on, name, value)| json!({*on: name, "value": value, "backend": share.backend}));
+        let (backends, cohorts) = match &share.path {
+            None => (&mut own.0, &mut own.1),
+            Some((prefix, strip)) => {
+                let path = paths.entry(prefix).or_default();
+                path.0 |= strip;
+                (&mut path.1, &mut path.2)
+            }
+        };
+        backends.push(backend);
+        cohorts.extend(cohort);
+    }
+    let mut route = serde_json::Map::new();
+    if !own.0.is_empty() {
+        route.insert("backends".into(), own.0.into());
+    }
+    if !own.1.is_empty() {
+        route.insert("match".into(), own.1.into());
+    }
+    if !paths.is_empty() {
+        let paths: Vec<Value> = paths
+            .into_iter()
+            .map(|(prefix, (strip, backends, cohorts))| {
+                let mut path =
+                    json!({"prefix": prefix, "strip_prefix": strip, "backends": backends});
+                if !cohorts.is_empty() {
+                    path["match"] = cohorts.into();
+                }
+                path
+            })
+            .collect();
+        route.insert("paths".into(), paths.into());
+    }
+    Value::Object(route).to_string()
+}
+
+/// The routes (key to this service's share) that `service`'s labels describe; empty when it has
+/// no origin label.
+pub fn routes(service: &str, labels: &Labels<'_>) -> Result<BTreeMap<String, Share>, LabelError> {
     let mut out = BTreeMap::new();
     if !labels.wants_routes() {
         return Ok(out);
@@ -87,6 +180,58 @@ pub fn routes(service: &str, labels: &Labels<'_>) -> Result<BTreeMap<String, Str
     let destination = format!("{destination_scheme}://{destination_host}:{destination_port}");
     Destination::parse(&destination)
         .map_err(|_| invalid("DestinationHost", destination_host, "not a host name"))?;
+    let backend = labels.get_roo("roo.backend").unwrap_or(service);
+    if backend.len() > 63
+        || !backend
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    {
+        return Err(invalid(
+            "roo.backend",
+            backend,
+            "1 to 63 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    let weight = labels
+        .get_roo("roo.weight")
+        .map(|v| match v.parse::<u32>() {
+            Ok(w) if w <= crate::routes::model::MAX_WEIGHT => Ok(w),
+            _ => Err(invalid("roo.weight", v, "a number from 0 to 10000")),
+        })
+        .transpose()?;
+    let strip = match labels.get_roo("roo.strip_prefix") {
+        None => false,
+        Some(v) => v
+            .parse::<bool>()
+            .map_err(|_| invalid("roo.strip_prefix", v, "true or false"))?,
+    };
+    let path = match labels.get_roo("roo.path") {
+        None => None,
+        Some(p) if p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic() && b != b'?') => {
+            Some((p.to_string(), strip))
+        }
+        Some(p) => return Err(invalid("roo.path", p, "a path starting with /")),
+    };
+    let mut cohort = None;
+    for (on, label) in [
+        ("header", "roo.match.header"),
+        ("cookie", "roo.match.cookie"),
+    ] {
+        if let Some(v) = labels.get_roo(label) {
+            let (name, value) = v
+                .split_once('=')
+                .filter(|(n, _)| !n.trim().is_empty())
+                .ok_or_else(|| invalid(label, v, "Name=value"))?;
+            cohort = Some((on, name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+    let share = Share {
+        backend: backend.to_string(),
+        url: destination,
+        weight,
+        path,
+        cohort,
+    };
     let hosts = labels
         .get("OriginHosts")
         .into_iter()
@@ -102,7 +247,7 @@ pub fn routes(service: &str, labels: &Labels<'_>) -> Result<BTreeMap<String, Str
             port: origin_port,
             scheme: origin_scheme,
         };
-        out.insert(key.to_string(), destination.clone());
+        out.insert(key.to_string(), share.clone());
     }
     Ok(out)
 }
@@ -123,7 +268,16 @@ mod tests {
         container: &[(&str, &str)],
     ) -> Result<Vec<(String, String)>, LabelError> {
         let (s, c) = (map(service), map(container));
-        routes("app_web", &Labels::new(&s, &c)).map(|m| m.into_iter().collect())
+        routes("app_web", &Labels::new(&s, &c)).map(|m| {
+            m.into_iter()
+                .map(|(k, share)| {
+                    (
+                        k,
+                        compose(&BTreeMap::from([("app_web".to_string(), share)])),
+                    )
+                })
+                .collect()
+        })
     }
 
     #[test]
@@ -222,6 +376,67 @@ mod tests {
             ],
         ] {
             assert!(routes_of(&bad, &[]).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn services_of_one_host_are_backends_of_one_route() {
+        let share = |service: &str, labels: &[(&str, &str)]| {
+            let mut all = vec![("OriginHosts", "app.test"), ("DestinationPort", "80")];
+            all.extend_from_slice(labels);
+            let (s, c) = (map(&all), map(&[]));
+            let routes = routes(service, &Labels::new(&s, &c)).unwrap();
+            (
+                service.to_string(),
+                routes["com.roo.host:app.test:https"].clone(),
+            )
+        };
+        let shares = BTreeMap::from([
+            share("app_v1", &[("roo.weight", "90"), ("roo.backend", "v1")]),
+            share(
+                "app_v2",
+                &[
+                    ("roo.weight", "10"),
+                    ("roo.match.header", "X-Canary=always"),
+                ],
+            ),
+            share(
+                "app_api",
+                &[("roo.path", "/api"), ("roo.strip_prefix", "true")],
+            ),
+        ]);
+        let value = compose(&shares);
+        let route = crate::routes::Route::parse(value.as_bytes()).unwrap();
+        assert_eq!(
+            route.to_json(),
+            json!({
+                "backends": [
+                    {"name": "v1", "url": "http://app_v1:80", "weight": 90},
+                    {"name": "app_v2", "url": "http://app_v2:80", "weight": 10},
+                ],
+                "match": [{"header": "x-canary", "value": "always", "backend": "app_v2"}],
+                "paths": [{"prefix": "/api", "strip_prefix": true, "backends": [
+                    {"name": "app_api", "url": "http://app_api:80", "weight": 100}]}],
+            })
+        );
+        // One service alone with no new label stays Roo's plain URL.
+        let alone = BTreeMap::from([share("app_v1", &[])]);
+        assert_eq!(compose(&alone), "http://app_v1:80");
+        for bad in [
+            ("roo.weight", "ten"),
+            ("roo.weight", "10001"),
+            ("roo.path", "api"),
+            ("roo.strip_prefix", "yes"),
+            ("roo.match.header", "novalue"),
+            ("roo.match.cookie", "=1"),
+            ("roo.backend", "a b"),
+        ] {
+            let (s, c) = (
+                map(&[("OriginHosts", "a.test"), ("DestinationPort", "80"), bad]),
+                map(&[]),
+            );
+            let error = routes("svc", &Labels::new(&s, &c)).unwrap_err();
+            assert!(error.to_string().starts_with(bad.0), "{bad:?}: {error}");
         }
     }
 }

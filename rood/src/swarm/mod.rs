@@ -7,9 +7,10 @@
 //! node's proxy picks them up like any other route.
 //!
 //! Ownership: for each service the watcher records the routes it made
-//! (`com.roo.swarm.service:<service id>`). A label change rewrites exactly those routes, a
-//! removed service loses them, a route it did not make is never written or deleted, and a route
-//! edited by hand since is left alone. Nothing is deleted unless Docker answered the service list:
+//! (`com.roo.swarm.service:<service id>`). Services naming the same route are backends of it,
+//! each owning its own: a label change rewrites exactly the routes the service is in, a removed
+//! service takes its backend out (the route goes with the last one), a route the watcher did not
+//! make is never written or deleted, and a route edited by hand since is not deleted. Nothing is deleted unless Docker answered the service list:
 //! an unreachable Docker API changes nothing.
 
 pub mod labels;
@@ -66,8 +67,8 @@ struct Owned {
 struct ServiceRoutes {
     id: String,
     name: String,
-    /// None: its labels are invalid; what it had is kept.
-    routes: Option<BTreeMap<String, String>>,
+    /// Its share of each route it names; None: its labels are invalid, what it had is kept.
+    routes: Option<BTreeMap<String, labels::Share>>,
 }
 
 fn now_ms() -> u64 {
@@ -265,7 +266,7 @@ async fn run_reconcile(kv: &Kv, docker: &Docker, metrics: &Metrics) {
 }
 
 /// Makes the KV's watcher-made routes match the services' labels; returns how many keys it
-/// wrote or deleted.
+/// wrote or deleted. Every service naming a route gives it one backend ([`labels::compose`]).
 pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<usize, SwarmError> {
     let services = list(docker).await?;
     let (records, _) = kv.scan(OWNER_PREFIX, Consistency::Linearizable).await?;
@@ -278,49 +279,88 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<usize, SwarmError> {
         })?;
         owned.insert(id, value);
     }
-    // Which service owns each key, so that no service takes another's (or a hand-made) route.
-    let mut owner_of: HashMap<String, String> = HashMap::new();
-    for (id, o) in &owned {
-        for key in o.routes.keys() {
-            owner_of.insert(key.clone(), id.clone());
+    // What the watcher last wrote at each key it made, and who it made it for.
+    let mut made: BTreeMap<&str, (&str, Vec<&str>)> = BTreeMap::new();
+    for o in owned.values() {
+        for (key, value) in &o.routes {
+            made.entry(key)
+                .or_insert((value, Vec::new()))
+                .1
+                .push(&o.service);
         }
     }
+    // Each route's shares, by service; keys of a service whose labels are invalid are left as
+    // they are, whoever else names them.
+    let mut wanted: BTreeMap<String, BTreeMap<String, labels::Share>> = BTreeMap::new();
+    let mut held = std::collections::HashSet::new();
+    for service in &services {
+        match &service.routes {
+            Some(routes) => {
+                for (key, share) in routes {
+                    wanted
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(service.name.clone(), share.clone());
+                }
+            }
+            None => held.extend(
+                owned
+                    .get(&service.id)
+                    .into_iter()
+                    .flat_map(|o| o.routes.keys()),
+            ),
+        }
+    }
+    let keys: std::collections::BTreeSet<&str> = wanted
+        .keys()
+        .map(String::as_str)
+        .chain(made.keys().copied())
+        .collect();
     let mut changes = 0;
-    let mut seen = std::collections::HashSet::new();
-    for service in services {
-        seen.insert(service.id.clone());
-        let before = owned.get(&service.id).cloned().unwrap_or_default();
-        let Some(wanted) = service.routes else {
+    // The value at each key the watcher now stands for.
+    let mut written: BTreeMap<&str, String> = BTreeMap::new();
+    for key in keys {
+        let before = made.get(key).map(|(value, _)| *value);
+        if held.contains(&key.to_string()) {
+            written.extend(before.map(|v| (key, v.to_string())));
+            continue;
+        }
+        let Some(shares) = wanted.get(key) else {
+            let (value, services) = made.get(key).cloned().unwrap_or_default();
+            changes += remove_route(kv, &services.join(","), key, value).await?;
             continue;
         };
-        let mut now = Owned {
-            service: service.name.clone(),
-            routes: BTreeMap::new(),
+        let services: Vec<&str> = shares.keys().map(String::as_str).collect();
+        let value = labels::compose(shares);
+        if let Err(e) = crate::routes::Route::parse(value.as_bytes()) {
+            tracing::warn!(services = %services.join(","), %key, error = %e, "the labels make an invalid route; it is left as it is");
+            written.extend(before.map(|v| (key, v.to_string())));
+            continue;
+        }
+        if before.is_none() && kv.get(key, Consistency::Linearizable).await?.is_some() {
+            tracing::warn!(services = %services.join(","), %key, "a route put by hand exists; the labels are skipped");
+            continue;
+        }
+        if before != Some(value.as_str()) {
+            kv.put(key, value.clone().into_bytes(), None).await?;
+            changes += 1;
+            tracing::info!(services = %services.join(","), %key, %value, "route from labels");
+        }
+        written.insert(key, value);
+    }
+    // Ownership records: each service's keys and what stands there.
+    for service in &services {
+        let Some(routes) = &service.routes else {
+            continue;
         };
-        for (key, value) in &wanted {
-            match owner_of.get(key) {
-                Some(owner) if *owner != service.id => {
-                    tracing::warn!(service = %service.name, %key, "route already made for another service; skipped");
-                    continue;
-                }
-                None if kv.get(key, Consistency::Linearizable).await?.is_some() => {
-                    tracing::warn!(service = %service.name, %key, "a route put by hand exists; the label is skipped");
-                    continue;
-                }
-                _ => {}
-            }
-            if before.routes.get(key) != Some(value) {
-                kv.put(key, value.clone().into_bytes(), None).await?;
-                changes += 1;
-                tracing::info!(service = %service.name, %key, %value, "route from labels");
-            }
-            now.routes.insert(key.clone(), value.clone());
-        }
-        for (key, value) in &before.routes {
-            if !now.routes.contains_key(key) {
-                changes += remove_route(kv, &service.name, key, value).await?;
-            }
-        }
+        let before = owned.get(&service.id).cloned().unwrap_or_default();
+        let now = Owned {
+            service: service.name.clone(),
+            routes: routes
+                .keys()
+                .filter_map(|k| Some((k.clone(), written.get(k.as_str())?.clone())))
+                .collect(),
+        };
         let record_key = format!("{OWNER_PREFIX}{}", service.id);
         if now.routes.is_empty() && !before.routes.is_empty() {
             kv.delete(&record_key, None).await?;
@@ -332,13 +372,11 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<usize, SwarmError> {
             kv.put(&record_key, value, None).await?;
         }
     }
-    // Services that are gone.
-    for (id, o) in owned.iter().filter(|(id, _)| !seen.contains(*id)) {
-        for (key, value) in &o.routes {
-            changes += remove_route(kv, &o.service, key, value).await?;
-        }
+    // Services that are gone (their routes were recomposed or removed above).
+    let seen: std::collections::HashSet<&str> = services.iter().map(|s| s.id.as_str()).collect();
+    for (id, o) in owned.iter().filter(|(id, _)| !seen.contains(id.as_str())) {
         kv.delete(&format!("{OWNER_PREFIX}{id}"), None).await?;
-        tracing::info!(service = %o.service, "service removed: its routes deleted");
+        tracing::info!(service = %o.service, "service removed: its share of routes taken out");
     }
     Ok(changes)
 }
