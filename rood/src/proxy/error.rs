@@ -44,6 +44,8 @@ pub enum BodyError {
     Stalled(u64),
     #[error("request body: the connection closed before its end")]
     Closed,
+    #[error("request body: larger than this route's {0} bytes")]
+    TooLarge(u64),
 }
 
 impl BodyError {
@@ -73,6 +75,7 @@ impl ProxyError {
             | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBody(BodyError::Stalled(_)) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientBody(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
         }
     }

@@ -11,7 +11,12 @@ use roo_acme::challenge::HTTP01_PATH;
 use tokio::time::Sleep;
 
 use super::upstream::Upstream;
-use super::{forward, headers, ConnInfo, ProxyBody, ProxyError, ProxyState, CHALLENGE_WAIT};
+use super::wire::Lines;
+use super::{
+    forward, headers, BodyError, BoxError, ConnInfo, ProxyBody, ProxyError, ProxyState,
+    CHALLENGE_WAIT,
+};
+use crate::routes::middleware::Middlewares;
 use crate::routes::model::Choice;
 use crate::routes::{split_host_port, valid_host, PathRoute, Route, Scheme};
 
@@ -128,7 +133,9 @@ impl Reached {
     }
 }
 
-/// The routed request's phases: match the route, choose its backend, forward.
+/// The routed request's phases: match the route; choose the path and backend; the request
+/// filters (the target's middlewares, which may answer themselves); forward; the response
+/// filters. (Counting and the access log follow in [`handle`].)
 async fn route(
     state: &ProxyState,
     mut req: Request<ProxyBody>,
@@ -153,12 +160,23 @@ async fn route(
             req.uri().path()
         )));
     };
+    let middlewares = route.target_of(choice).middlewares.as_deref();
+    if let Some(m) = middlewares {
+        if let Some(answer) = request_filters(m, &mut req, info) {
+            return Ok((answer, None));
+        }
+    }
     if let Some(path) = route.path(choice).filter(|p| p.strip_prefix) {
         strip_prefix(&mut req, path)?;
     }
     let backend = route.backend(choice);
-    let (resp, upstream) =
+    let (mut resp, upstream) =
         forward::forward(state, backend, host.text, req, info, started, alarm).await?;
+    if let Some(m) = middlewares.filter(|m| m.changes_answers()) {
+        // The pool's answers carry their fields as lines: into the map for the filters.
+        Lines::move_to_map(&mut resp);
+        m.response(resp.headers_mut());
+    }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(
         &mut parts.headers,
@@ -169,6 +187,44 @@ async fn route(
         upstream,
     };
     Ok((Response::from_parts(parts, body), Some(reached)))
+}
+
+/// The middlewares' request filters: an answer of their own ends the request; a body larger
+/// than the route allows is cut off where it passes the limit (413 when nothing was answered
+/// yet).
+fn request_filters(
+    m: &Middlewares,
+    req: &mut Request<ProxyBody>,
+    info: &ConnInfo,
+) -> Option<Response<ProxyBody>> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    if let Some(answer) = m.request(req.headers_mut(), &path, info.peer.ip()) {
+        let mut resp = text(answer.status, answer.text);
+        resp.headers_mut()
+            .extend(answer.headers.into_iter().map(|(n, v)| (Some(n), v)));
+        if answer.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // Its body is not read: nothing after it on this connection can be told from it.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return Some(resp);
+    }
+    if let Some(max) = m.max_body_bytes {
+        let body = std::mem::replace(req.body_mut(), super::empty_body());
+        *req.body_mut() = http_body_util::Limited::new(body, max as usize)
+            .map_err(
+                move |e| match e.downcast::<http_body_util::LengthLimitError>() {
+                    Ok(_) => BoxError::from(BodyError::TooLarge(max)),
+                    Err(e) => e,
+                },
+            )
+            .boxed();
+    }
+    None
 }
 
 /// The request as its path route's upstream takes it: the prefix left out of its path, and
@@ -266,7 +322,7 @@ fn error_response(e: &ProxyError) -> Response<ProxyBody> {
     let mut resp = text(status, format!("{e}\n"));
     if matches!(
         status,
-        StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT
+        StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
     ) {
         // The request's framing may be wrong too, or its body unfinished: do not read another
         // one from this connection.

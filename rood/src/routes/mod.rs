@@ -2,6 +2,7 @@
 //!
 //! - this file: route keys (host, port, incoming scheme) and host names;
 //! - [`model`]: what a route does (backends, weights, cohorts, paths), parsed and checked;
+//! - [`middleware`]: what a route does to requests and answers on the way (auth, limits...);
 //! - [`table`]: the routing table the proxy reads a snapshot of on every request, which
 //!   [`crate::feed`] keeps equal to the KV.
 //!
@@ -12,6 +13,7 @@
 
 use std::fmt;
 
+pub mod middleware;
 pub mod model;
 pub mod table;
 

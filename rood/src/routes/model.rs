@@ -14,6 +14,7 @@ use std::sync::Arc;
 use http::header::{HeaderMap, HeaderName, COOKIE};
 use serde::{Deserialize, Serialize};
 
+use super::middleware::{MiddlewareJson, Middlewares};
 use super::{normalize_host, RouteError};
 
 /// Backends a route (or one of its paths) may have.
@@ -48,11 +49,14 @@ pub struct PathRoute {
     pub target: Target,
 }
 
-/// Backends, the cohorts that pick one of them, and the weighted order between them.
+/// Backends, the cohorts that pick one of them, the weighted order between them, and the
+/// middlewares of the requests they take.
 #[derive(Debug)]
 pub struct Target {
     pub backends: Vec<Backend>,
     pub cohorts: Vec<Cohort>,
+    /// None for most routes: nothing to run.
+    pub middlewares: Option<Box<Middlewares>>,
     order: WeightedOrder,
 }
 
@@ -134,8 +138,12 @@ impl Route {
 
     /// The backend a [`Choice`] of this route names.
     pub fn backend(&self, choice: Choice) -> &Backend {
-        let target = self.path(choice).map_or(&self.target, |p| &p.target);
-        &target.backends[choice.backend]
+        &self.target_of(choice).backends[choice.backend]
+    }
+
+    /// The target (the host's own or a path's) a [`Choice`] of this route is in.
+    pub fn target_of(&self, choice: Choice) -> &Target {
+        self.path(choice).map_or(&self.target, |p| &p.target)
     }
 
     /// The path route a [`Choice`] of this route names.
@@ -331,6 +339,8 @@ struct RouteJson {
     cohorts: Vec<CohortJson>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     paths: Vec<PathJson>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    middlewares: Vec<MiddlewareJson>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -369,6 +379,8 @@ struct PathJson {
     backends: Vec<BackendJson>,
     #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
     cohorts: Vec<CohortJson>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    middlewares: Vec<MiddlewareJson>,
 }
 
 /// The older JSON form: one backend of several destinations.
@@ -454,12 +466,18 @@ impl Route {
         }
         let json: RouteJson = parse_json(text)?;
         // The host's own backends may be left out when paths are given.
-        let own = target("", &json.backends, &json.cohorts, !json.paths.is_empty())?;
+        let own = target(
+            "",
+            &json.backends,
+            &json.cohorts,
+            json.middlewares,
+            !json.paths.is_empty(),
+        )?;
         if json.paths.len() > MAX_PATHS {
             return Err(invalid("paths", format!("more than {MAX_PATHS}")));
         }
         let mut paths = Vec::with_capacity(json.paths.len());
-        for (i, p) in json.paths.iter().enumerate() {
+        for (i, p) in json.paths.into_iter().enumerate() {
             let field = format!("paths[{i}]");
             let prefix = p.prefix.as_str();
             if !prefix.starts_with('/')
@@ -479,7 +497,13 @@ impl Route {
             paths.push(PathRoute {
                 prefix: prefix.into(),
                 strip_prefix: p.strip_prefix,
-                target: target(&format!("{field}."), &p.backends, &p.cohorts, false)?,
+                target: target(
+                    &format!("{field}."),
+                    &p.backends,
+                    &p.cohorts,
+                    p.middlewares,
+                    false,
+                )?,
             });
         }
         // Longest first: the most precise prefix wins.
@@ -493,6 +517,7 @@ impl Route {
                 order: WeightedOrder::new(&[backend.weight]),
                 backends: vec![backend],
                 cohorts: Vec::new(),
+                middlewares: None,
             },
             paths: Vec::new(),
         }
@@ -518,9 +543,15 @@ impl Route {
                 })
                 .collect()
         };
+        let middlewares = |t: &Target| {
+            t.middlewares
+                .as_ref()
+                .map_or_else(Vec::new, |m| m.json.clone())
+        };
         let json = RouteJson {
             backends: backends(&self.target),
             cohorts: cohorts(&self.target),
+            middlewares: middlewares(&self.target),
             paths: self
                 .paths
                 .iter()
@@ -529,6 +560,7 @@ impl Route {
                     strip_prefix: p.strip_prefix,
                     backends: backends(&p.target),
                     cohorts: cohorts(&p.target),
+                    middlewares: middlewares(&p.target),
                 })
                 .collect(),
         };
@@ -554,6 +586,7 @@ fn target(
     field: &str,
     backends: &[BackendJson],
     cohorts: &[CohortJson],
+    middlewares: Vec<MiddlewareJson>,
     may_be_empty: bool,
 ) -> Result<Target, RouteError> {
     if backends.is_empty() && !may_be_empty {
@@ -646,10 +679,15 @@ fn target(
             backend,
         });
     }
+    let middlewares = match middlewares.is_empty() {
+        true => None,
+        false => Some(Box::new(Middlewares::compile(field, middlewares)?)),
+    };
     Ok(Target {
         order: WeightedOrder::new(&weights),
         backends: checked,
         cohorts: rules,
+        middlewares,
     })
 }
 
