@@ -322,8 +322,8 @@ async fn a_bad_json_route_is_refused_naming_the_field_and_the_old_one_stays() {
             "match[0].backend: no backend named \"nope\"",
         ),
         (
-            good.replace("]}", "],\"sticky\":{}}"),
-            "sticky: unknown field",
+            good.replace("]}", "],\"sticky\":{\"cookie\":\"a=b\"}}"),
+            "sticky.cookie: not a cookie name",
         ),
     ] {
         let r = put_route(&http, &node, "keep.test:http", &value).await;
@@ -346,4 +346,129 @@ async fn a_bad_json_route_is_refused_naming_the_field_and_the_old_one_stays() {
         served_by(&get(&http, &node, "keep.test", "/", &[]).await),
         "v1"
     );
+}
+
+/// The `roo_sticky` cookie an answer sets, if any.
+fn sticky_cookie(r: &Reply) -> Option<String> {
+    r.headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("roo_sticky="))
+        .map(|v| v.split(';').next().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sticky_clients_keep_their_backend_and_address_and_move_when_they_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), &[]).await;
+    let http = Http::default();
+    let (a1, a2, b) = (
+        upstream("a1").await,
+        upstream("a2").await,
+        upstream("b").await,
+    );
+    let route = |a_urls: &[SocketAddr], a_weight: u32, with_b: bool| {
+        let mut backends = vec![serde_json::json!({
+            "name": "a",
+            "urls": a_urls.iter().map(|u| format!("http://{u}")).collect::<Vec<_>>(),
+            "weight": a_weight,
+        })];
+        if with_b {
+            backends
+                .push(serde_json::json!({"name": "b", "url": format!("http://{b}"), "weight": 50}));
+        }
+        serde_json::json!({"backends": backends, "sticky": {"cookie": "roo_sticky"}}).to_string()
+    };
+    let put = |value: String| {
+        let http = http.clone();
+        let api = node.api_addr;
+        async move {
+            let r = http
+                .put(
+                    &format!("http://{api}/roo/v1/kv/com.roo.host:sticky.test:http"),
+                    value,
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    };
+    put(route(&[a1, a2], 50, true)).await;
+    wait_for("the sticky route", Duration::from_secs(5), || async {
+        (get(&http, &node, "sticky.test", "/", &[]).await.status == 200).then_some(())
+    })
+    .await;
+
+    // New clients are bound where they land; one bound to an address of `a` is followed.
+    let (cookie, first) = wait_for("a client bound to a", Duration::from_secs(5), || async {
+        let r = get(&http, &node, "sticky.test", "/", &[]).await;
+        let cookie = sticky_cookie(&r).expect("a new client gets a cookie");
+        cookie.starts_with("a~").then(|| (cookie, served_by(&r)))
+    })
+    .await;
+    let bound = |cookie: String| {
+        let (http, node) = (http.clone(), &node);
+        async move {
+            let header = format!("theme=dark; roo_sticky={cookie}");
+            get(&http, node, "sticky.test", "/", &[("cookie", &header)]).await
+        }
+    };
+    for _ in 0..20 {
+        let r = bound(cookie.clone()).await;
+        assert_eq!(served_by(&r), first);
+        assert_eq!(sticky_cookie(&r), None, "a bound client is not bound again");
+    }
+
+    // `a` drained: its bound clients stay, new ones go to `b`.
+    put(route(&[a1, a2], 0, true)).await;
+    wait_for(
+        "a drained for new clients",
+        Duration::from_secs(5),
+        || async {
+            let all_b = new_clients_land_on_b(&http, &node, 10).await;
+            all_b.then_some(())
+        },
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(served_by(&bound(cookie.clone()).await), first);
+    }
+
+    // The bound address leaves the backend: the client moves to the other one, bound anew.
+    let other = if first == "a1" { a2 } else { a1 };
+    let other_name = if first == "a1" { "a2" } else { "a1" };
+    put(route(&[other], 0, true)).await;
+    let moved = wait_for("the client moved", Duration::from_secs(5), || async {
+        let r = bound(cookie.clone()).await;
+        (served_by(&r) == other_name).then(|| sticky_cookie(&r))
+    })
+    .await;
+    let moved = moved.expect("moved clients are bound again");
+    assert!(moved.starts_with("a~") && moved != cookie, "{moved}");
+    assert_eq!(served_by(&bound(moved.clone()).await), other_name);
+
+    // A client bound to a backend that is gone is bound to one that is there.
+    let on_b = wait_for("a client bound to b", Duration::from_secs(5), || async {
+        sticky_cookie(&get(&http, &node, "sticky.test", "/", &[]).await)
+            .filter(|c| c.starts_with("b~"))
+    })
+    .await;
+    put(route(&[other], 50, false)).await;
+    let rebound = wait_for("b's client moved to a", Duration::from_secs(5), || async {
+        let r = bound(on_b.clone()).await;
+        (served_by(&r) == other_name).then(|| sticky_cookie(&r))
+    })
+    .await;
+    assert!(rebound.is_some_and(|c| c.starts_with("a~")));
+}
+
+/// Whether `n` new clients (no cookie) all land on `b`.
+async fn new_clients_land_on_b(http: &Http, node: &Node, n: usize) -> bool {
+    for _ in 0..n {
+        if served_by(&get(http, node, "sticky.test", "/", &[]).await) != "b" {
+            return false;
+        }
+    }
+    true
 }

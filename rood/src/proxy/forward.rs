@@ -26,6 +26,13 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// The backend a request goes to, and the address token a sticky client is bound to.
+#[derive(Debug, Clone, Copy)]
+pub struct Chosen<'a> {
+    pub backend: &'a Backend,
+    pub bound: Option<u64>,
+}
+
 /// Sends `req` (come at `started`) to one of the backend's addresses; on a refused connection of
 /// a request that is safe to send again (idempotent, no body), once more to another address,
 /// each try within the upstream timeout (kept on `alarm`, see [`within`]). An upgrade that the
@@ -33,13 +40,14 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// tunnel to. `host`: the request's, as the client sent it.
 pub async fn forward(
     state: &ProxyState,
-    backend: &Backend,
+    chosen: Chosen<'_>,
     host: &str,
     req: Request<ProxyBody>,
     info: &ConnInfo,
     started: Instant,
     mut alarm: Pin<&mut Sleep>,
 ) -> Result<(Response<ProxyBody>, Upstream), ProxyError> {
+    let Chosen { backend, bound } = chosen;
     // TLS destinations are named by host (for SNI and the certificate check); their addresses
     // rotate inside the TLS connector. Plain ones are resolved here, address by address.
     let addrs = if backend.tls() {
@@ -90,7 +98,13 @@ pub async fn forward(
                 None,
             )
         } else {
-            let addr = upstreams.pick(&addrs, tried).ok_or_else(no_target)?;
+            // A sticky client's address first, while it is there and not left out.
+            let bound = bound
+                .filter(|_| tried.is_none())
+                .and_then(|token| upstreams.pick_bound(&addrs, token));
+            let addr = bound
+                .or_else(|| upstreams.pick(&addrs, tried))
+                .ok_or_else(no_target)?;
             (Upstream::Addr(addr), Some(addr))
         };
         let upstream_body = match body.take() {

@@ -17,7 +17,7 @@ use super::{
     CHALLENGE_WAIT,
 };
 use crate::routes::middleware::Middlewares;
-use crate::routes::model::Choice;
+use crate::routes::model::{address_token, binding, Choice, Sticking};
 use crate::routes::{split_host_port, valid_host, PathRoute, Route, Scheme};
 
 /// Answers one request. `alarm`: a timer of the client connection's for the wait for the
@@ -153,7 +153,7 @@ async fn route(
         return Err(ProxyError::NoRoute(host.text.to_string()));
     };
     drop(routes);
-    let Some(choice) = route.choose(req.uri().path(), req.headers()) else {
+    let Some((choice, sticking)) = route.choose(req.uri().path(), req.headers()) else {
         return Err(ProxyError::NoRoute(format!(
             "{}{}",
             host.text,
@@ -170,8 +170,16 @@ async fn route(
         strip_prefix(&mut req, path)?;
     }
     let backend = route.backend(choice);
+    let bound = match sticking {
+        Sticking::Bound(token) => token,
+        _ => None,
+    };
+    let chosen = forward::Chosen { backend, bound };
     let (mut resp, upstream) =
-        forward::forward(state, backend, host.text, req, info, started, alarm).await?;
+        forward::forward(state, chosen, host.text, req, info, started, alarm).await?;
+    if let Some(cookie) = route.sticky.as_deref() {
+        bind(&mut resp, cookie, &backend.name, sticking, &upstream);
+    }
     if let Some(m) = middlewares.filter(|m| m.changes_answers()) {
         // The pool's answers carry their fields as lines: into the map for the filters.
         Lines::move_to_map(&mut resp);
@@ -187,6 +195,31 @@ async fn route(
         upstream,
     };
     Ok((Response::from_parts(parts, body), Some(reached)))
+}
+
+/// Binds the client to the backend and address that answered it, when it was not bound to
+/// them: a new client, or one whose address went away.
+fn bind(
+    resp: &mut Response<ProxyBody>,
+    cookie: &str,
+    backend: &str,
+    sticking: Sticking,
+    upstream: &Upstream,
+) {
+    let addr = match upstream {
+        Upstream::Addr(a) => Some(*a),
+        _ => None,
+    };
+    if sticking == Sticking::Bound(addr.map(address_token)) {
+        return;
+    }
+    let value = format!(
+        "{cookie}={}; Path=/; HttpOnly; SameSite=Lax",
+        binding(backend, addr)
+    );
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
 }
 
 /// The middlewares' request filters: an answer of their own ends the request; a body larger

@@ -252,6 +252,23 @@ impl Upstreams {
         (!destinations.is_empty()).then(|| &destinations[self.addrs.turn() % destinations.len()])
     }
 
+    /// The address of `addrs` a sticky cookie names by `token`, unless it is ejected.
+    pub fn pick_bound(&self, addrs: &[SocketAddr], token: u64) -> Option<SocketAddr> {
+        let addr = *addrs
+            .iter()
+            .find(|a| crate::routes::model::address_token(**a) == token)?;
+        if self.addrs.any_ejected.load(Ordering::Relaxed) {
+            let ejected = self.addrs.ejected.lock().unwrap_or_else(|p| p.into_inner());
+            if ejected
+                .get(&addr)
+                .is_some_and(|until| *until > Instant::now())
+            {
+                return None;
+            }
+        }
+        Some(addr)
+    }
+
     /// The next address round robin, skipping ejected ones and `not` (when others remain).
     pub fn pick(&self, addrs: &[SocketAddr], not: Option<SocketAddr>) -> Option<SocketAddr> {
         // Most times nothing is left out and a backend has one address: no lock, no turn.

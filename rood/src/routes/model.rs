@@ -36,6 +36,8 @@ pub struct Route {
     pub target: Target,
     /// Path prefixes, longest first.
     pub paths: Vec<PathRoute>,
+    /// The cookie that binds a client to a backend and address.
+    pub sticky: Option<Box<str>>,
 }
 
 /// Requests under a path prefix, with backends of their own.
@@ -103,13 +105,7 @@ impl Cohort {
                 .get_all(name)
                 .iter()
                 .any(|v| v.as_bytes() == self.value.as_bytes()),
-            CohortOn::Cookie(name) => headers
-                .get_all(COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|pair| pair.trim().split_once('='))
-                .any(|(n, v)| n == &**name && v.trim_matches('"') == &*self.value),
+            CohortOn::Cookie(name) => cookies(headers, name).any(|v| v == &*self.value),
         }
     }
 }
@@ -123,16 +119,77 @@ pub struct Choice {
     pub backend: usize,
 }
 
+/// The values of the cookies named `name` that a request carries.
+fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// Where a request stands with a sticky route's cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sticking {
+    /// The route is not sticky.
+    No,
+    /// The client is bound to the chosen backend, and to the address with this token if any.
+    Bound(Option<u64>),
+    /// The client is not bound (or was to a backend that is gone): bind it to the choice.
+    New,
+}
+
+/// The cookie value that binds to `backend` and (when known) `addr`:
+/// `<backend>` or `<backend>~<address token>`.
+pub fn binding(backend: &str, addr: Option<std::net::SocketAddr>) -> String {
+    match addr {
+        Some(a) => format!("{backend}~{:016x}", address_token(a)),
+        None => backend.to_string(),
+    }
+}
+
+/// An address as a sticky cookie names it: the same on every node, and not the address itself.
+pub fn address_token(addr: std::net::SocketAddr) -> u64 {
+    // FNV-1a over the address's text.
+    addr.to_string()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h: u64, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
 impl Route {
     /// The backend for a request for `path` with `headers`: the path route that takes the path,
-    /// if any, then the first of its cohorts the request belongs to, else the next backend of
-    /// its weighted order.
-    pub fn choose(&self, path: &str, headers: &HeaderMap) -> Option<Choice> {
+    /// if any; then, on a sticky route, the backend the client is bound to if it is still
+    /// there; then the first of its cohorts the request belongs to, else the next backend of its
+    /// weighted order. The binding's address comes with it.
+    pub fn choose(&self, path: &str, headers: &HeaderMap) -> Option<(Choice, Sticking)> {
         let at = self.paths.iter().position(|p| p.covers(path));
         let target = at.map_or(&self.target, |i| &self.paths[i].target);
-        Some(Choice {
-            path: at,
-            backend: target.pick(headers)?,
+        let Some(cookie) = self.sticky.as_deref() else {
+            let backend = target.pick(headers)?;
+            return Some((Choice { path: at, backend }, Sticking::No));
+        };
+        let bound = cookies(headers, cookie).next().and_then(|value| {
+            let (name, token) = match value.split_once('~') {
+                Some((name, token)) => (name, u64::from_str_radix(token, 16).ok()),
+                None => (value, None),
+            };
+            let i = target.backends.iter().position(|b| *b.name == *name)?;
+            Some((i, token))
+        });
+        Some(match bound {
+            Some((backend, token)) => (Choice { path: at, backend }, Sticking::Bound(token)),
+            None => (
+                Choice {
+                    path: at,
+                    backend: target.pick(headers)?,
+                },
+                Sticking::New,
+            ),
         })
     }
 
@@ -341,6 +398,14 @@ struct RouteJson {
     paths: Vec<PathJson>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     middlewares: Vec<MiddlewareJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sticky: Option<StickyJson>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StickyJson {
+    cookie: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -508,7 +573,16 @@ impl Route {
         }
         // Longest first: the most precise prefix wins.
         paths.sort_by_key(|p| std::cmp::Reverse(p.prefix.len()));
-        Ok(Route { target: own, paths })
+        let sticky = match json.sticky {
+            None => None,
+            Some(s) if cookie_name(&s.cookie) => Some(s.cookie.into()),
+            Some(_) => return Err(invalid("sticky.cookie", "not a cookie name")),
+        };
+        Ok(Route {
+            target: own,
+            paths,
+            sticky,
+        })
     }
 
     fn single(backend: Backend) -> Route {
@@ -520,6 +594,7 @@ impl Route {
                 middlewares: None,
             },
             paths: Vec::new(),
+            sticky: None,
         }
     }
 
@@ -563,6 +638,9 @@ impl Route {
                     middlewares: middlewares(&p.target),
                 })
                 .collect(),
+            sticky: self.sticky.as_ref().map(|c| StickyJson {
+                cookie: c.to_string(),
+            }),
         };
         serde_json::to_value(json).unwrap_or_default()
     }
@@ -653,11 +731,7 @@ fn target(
                     .map_err(|_| invalid(format!("{at}.header"), "not a header name"))?,
             ),
             (None, Some(name)) => {
-                if name.is_empty()
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_graphic() && !b"=;,\"".contains(&b))
-                {
+                if !cookie_name(name) {
                     return Err(invalid(format!("{at}.cookie"), "not a cookie name"));
                 }
                 CohortOn::Cookie(name.as_str().into())
@@ -689,6 +763,13 @@ fn target(
         cohorts: rules,
         middlewares,
     })
+}
+
+fn cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"=;,\"~".contains(&b))
 }
 
 /// One backend, checked: its destinations all http:// or all https://, h2c only over http://.
@@ -859,8 +940,8 @@ mod tests {
                 "backends[0].wieght: unknown field `wieght`",
             ),
             (
-                r#"{"backends":[{"name":"a","url":"http://a"}],"sticky":{}}"#,
-                "sticky: unknown field `sticky`",
+                r#"{"backends":[{"name":"a","url":"http://a"}],"stickiness":{}}"#,
+                "stickiness: unknown field `stickiness`",
             ),
             (
                 r#"{"backends":[{"name":"a b","url":"http://a"}]}"#,
@@ -919,7 +1000,7 @@ mod tests {
 
     fn picked(r: &Route, path: &str, headers: &HeaderMap) -> String {
         match r.choose(path, headers) {
-            Some(c) => r.backend(c).name.to_string(),
+            Some((c, _)) => r.backend(c).name.to_string(),
             None => "-".to_string(),
         }
     }
@@ -998,13 +1079,13 @@ mod tests {
             assert_eq!(name(path), backend, "{path}");
         }
         let api = r
-            .path(r.choose("/api", &HeaderMap::new()).unwrap())
+            .path(r.choose("/api", &HeaderMap::new()).unwrap().0)
             .unwrap();
         assert_eq!(api.upstream_path("/api/users?x=1"), "/users?x=1");
         assert_eq!(api.upstream_path("/api"), "/");
         assert_eq!(api.upstream_path("/api?x=1"), "/?x=1");
         let files = r
-            .path(r.choose("/static/a", &HeaderMap::new()).unwrap())
+            .path(r.choose("/static/a", &HeaderMap::new()).unwrap().0)
             .unwrap();
         assert_eq!(files.upstream_path("/static/a.css"), "/a.css");
         // Paths alone: the rest of the host is not routed.
