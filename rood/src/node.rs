@@ -153,6 +153,7 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         // One state per proxy worker: each has its own upstream connections.
         let roots = crate::proxy::upstream::upstream_roots(config.upstream_ca_file.as_deref())?;
+        let down = Arc::new(crate::proxy::health::Down::default());
         let mut workers = Vec::new();
         for _ in 0..config.proxy_workers() {
             workers.push(ProxyState {
@@ -161,6 +162,7 @@ impl Node {
                     crate::dns::resolver(config.resolver, Duration::from_secs(30))?,
                     Duration::from_millis(config.upstream_timeout_ms),
                     roots.clone(),
+                    down.clone(),
                 )?,
                 limits: proxy::Limits {
                     max_connections: config.max_connections as usize,
@@ -203,6 +205,12 @@ impl Node {
                 Duration::from_secs(10),
             )),
             tokio::spawn(feed::run(kv.clone(), tables.clone(), shutdown.clone())),
+            tokio::spawn(proxy::health::run(
+                tables.clone(),
+                crate::dns::resolver(config.resolver, Duration::from_secs(30))?,
+                down,
+                shutdown.clone(),
+            )),
             tokio::spawn(async move { cluster::form(&form_kv, formation, &form_shutdown).await }),
         ];
         tasks.extend(

@@ -472,3 +472,52 @@ async fn new_clients_land_on_b(http: &Http, node: &Node, n: usize) -> bool {
     }
     true
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_checks_take_a_failing_address_out_and_bring_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), &[]).await;
+    let http = Http::default();
+    let good = upstream("good").await;
+    // `flaky` keeps answering requests; only its health endpoint fails while `sick` is set.
+    let sick = Arc::new(AtomicBool::new(false));
+    let flag = sick.clone();
+    let flaky = common::http_server(move |req| {
+        let sick = flag.load(Ordering::SeqCst);
+        async move {
+            if req.uri().path() == "/healthz" && sick {
+                let mut resp = http::Response::new(http_body_util::Full::new(Bytes::from("sick")));
+                *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                return Ok(resp);
+            }
+            common::echo("flaky", req).await
+        }
+    })
+    .await;
+    let route = serde_json::json!({
+        "backends": [{"name": "app", "urls": [format!("http://{good}"), format!("http://{flaky}")]}],
+        "health": {"path": "/healthz", "interval_ms": 100, "fails": 2, "passes": 2},
+    });
+    let r = put_route(&http, &node, "health.test:http", &route.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_served(&http, &node, "health.test", "flaky").await;
+
+    let in_a_row = |name: &'static str| {
+        let (http, node) = (http.clone(), &node);
+        async move {
+            for _ in 0..20 {
+                if served_by(&get(&http, node, "health.test", "/", &[]).await) != name {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    };
+    sick.store(true, Ordering::SeqCst);
+    wait_for("flaky out of rotation", Duration::from_secs(5), || {
+        in_a_row("good")
+    })
+    .await;
+    sick.store(false, Ordering::SeqCst);
+    wait_served(&http, &node, "health.test", "flaky").await;
+}

@@ -15,6 +15,7 @@ mod forward;
 mod h1;
 pub mod handler;
 mod headers;
+pub mod health;
 mod park;
 mod pool;
 pub mod upstream;

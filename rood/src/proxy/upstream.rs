@@ -23,6 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::headers::Forwarded;
+use super::health::Down;
 use super::pool::{Http1Pool, PoolConfig, PoolError};
 use super::{BodyError, BoxError, ProxyBody, ProxyError};
 use crate::routes::{Backend, Destination};
@@ -117,6 +118,8 @@ pub struct Upstreams {
     https_unverified: TlsClient,
     /// How long an upstream may take to answer with headers.
     pub(super) timeout: Duration,
+    /// Addresses failing their health checks.
+    down: Arc<Down>,
 }
 
 /// The addresses of a backend's destinations (on the stack for the usual one or two).
@@ -181,6 +184,7 @@ impl Upstreams {
         resolver: TokioResolver,
         timeout: Duration,
         roots: rustls::RootCertStore,
+        down: Arc<Down>,
     ) -> Result<Self, UpstreamError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -217,6 +221,7 @@ impl Upstreams {
             http1,
             h2c,
             timeout,
+            down,
         })
     }
 
@@ -257,6 +262,9 @@ impl Upstreams {
         let addr = *addrs
             .iter()
             .find(|a| crate::routes::model::address_token(**a) == token)?;
+        if self.down.contains(&addr) {
+            return None;
+        }
         if self.addrs.any_ejected.load(Ordering::Relaxed) {
             let ejected = self.addrs.ejected.lock().unwrap_or_else(|p| p.into_inner());
             if ejected
@@ -269,10 +277,11 @@ impl Upstreams {
         Some(addr)
     }
 
-    /// The next address round robin, skipping ejected ones and `not` (when others remain).
+    /// The next address round robin, skipping ejected ones, those failing health checks and
+    /// `not` (when others remain).
     pub fn pick(&self, addrs: &[SocketAddr], not: Option<SocketAddr>) -> Option<SocketAddr> {
         // Most times nothing is left out and a backend has one address: no lock, no turn.
-        if not.is_none() && !self.addrs.any_ejected.load(Ordering::Relaxed) {
+        if not.is_none() && !self.addrs.any_ejected.load(Ordering::Relaxed) && !self.down.any() {
             return match addrs {
                 [] => None,
                 [only] => Some(*only),
@@ -286,7 +295,8 @@ impl Upstreams {
             self.addrs.any_ejected.store(false, Ordering::Relaxed);
         }
         let other = |a: &&SocketAddr| Some(**a) != not;
-        let usable = |a: &&SocketAddr| other(a) && !ejected.contains_key(*a);
+        let usable =
+            |a: &&SocketAddr| other(a) && !ejected.contains_key(*a) && !self.down.contains(a);
         let turn = self.addrs.turn();
         let nth = |count: usize, keep: &dyn Fn(&&SocketAddr) -> bool| {
             (count > 0).then(|| addrs.iter().filter(keep).nth(turn % count).copied())
@@ -418,6 +428,7 @@ mod tests {
             resolver,
             Duration::from_secs(1),
             upstream_roots(None).unwrap(),
+            Arc::default(),
         )
         .unwrap()
     }

@@ -38,6 +38,33 @@ pub struct Route {
     pub paths: Vec<PathRoute>,
     /// The cookie that binds a client to a backend and address.
     pub sticky: Option<Box<str>>,
+    /// Active checks of every backend's addresses.
+    pub health: Option<HealthCheck>,
+}
+
+/// An active health check: `GET path` on each address of each plain-HTTP backend every
+/// `interval`; an address leaves rotation after `fails` failures in a row (no answer within the
+/// timeout, or a status of 400 or more) and comes back after `passes` successes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_fails")]
+    pub fails: u32,
+    #[serde(default = "default_passes")]
+    pub passes: u32,
+}
+
+fn default_interval_ms() -> u64 {
+    2000
+}
+fn default_fails() -> u32 {
+    3
+}
+fn default_passes() -> u32 {
+    2
 }
 
 /// Requests under a path prefix, with backends of their own.
@@ -400,6 +427,8 @@ struct RouteJson {
     middlewares: Vec<MiddlewareJson>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sticky: Option<StickyJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    health: Option<HealthCheck>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -578,10 +607,22 @@ impl Route {
             Some(s) if cookie_name(&s.cookie) => Some(s.cookie.into()),
             Some(_) => return Err(invalid("sticky.cookie", "not a cookie name")),
         };
+        if let Some(h) = &json.health {
+            if !h.path.starts_with('/') || h.path.bytes().any(|b| !b.is_ascii_graphic()) {
+                return Err(invalid("health.path", "a path starting with /"));
+            }
+            if !(100..=3_600_000).contains(&h.interval_ms) {
+                return Err(invalid("health.interval_ms", "from 100 to 3600000"));
+            }
+            if h.fails == 0 || h.passes == 0 {
+                return Err(invalid("health", "fails and passes are at least 1"));
+            }
+        }
         Ok(Route {
             target: own,
             paths,
             sticky,
+            health: json.health,
         })
     }
 
@@ -595,6 +636,7 @@ impl Route {
             },
             paths: Vec::new(),
             sticky: None,
+            health: None,
         }
     }
 
@@ -641,6 +683,7 @@ impl Route {
             sticky: self.sticky.as_ref().map(|c| StickyJson {
                 cookie: c.to_string(),
             }),
+            health: self.health.clone(),
         };
         serde_json::to_value(json).unwrap_or_default()
     }
@@ -989,6 +1032,18 @@ mod tests {
                 "paths[1].prefix: given twice",
             ),
             ("{", "route: EOF"),
+            (
+                r#"{"backends":[{"name":"a","url":"http://a"}],"health":{"path":"healthz"}}"#,
+                "health.path",
+            ),
+            (
+                r#"{"backends":[{"name":"a","url":"http://a"}],"health":{"path":"/h","interval_ms":5}}"#,
+                "health.interval_ms: from 100",
+            ),
+            (
+                r#"{"backends":[{"name":"a","url":"http://a"}],"sticky":{"cookie":"a;b"}}"#,
+                "sticky.cookie: not a cookie name",
+            ),
         ] {
             let error = refused(value);
             assert!(

@@ -14,6 +14,13 @@ pub struct RouteTable {
     hosts: Hosts,
     /// Routes in all (a host has one to a few).
     len: usize,
+    /// The routes with health checks, by key: what the checker goes through.
+    checked: imbl::GenericHashMap<
+        String,
+        Arc<Route>,
+        ahash::RandomState,
+        imbl::shared_ptr::DefaultSharedPtr,
+    >,
 }
 
 type Hosts = imbl::GenericHashMap<
@@ -28,6 +35,11 @@ type HostRoutes = Arc<[(Option<u16>, Scheme, Arc<Route>)]>;
 
 impl RouteTable {
     pub fn insert(&mut self, key: RouteKey, route: Arc<Route>) {
+        if route.health.is_some() {
+            self.checked.insert(key.to_string(), route.clone());
+        } else if !self.checked.is_empty() {
+            self.checked.remove(&key.to_string());
+        }
         let mut routes: Vec<_> = self
             .hosts
             .get(key.host.as_str())
@@ -47,6 +59,9 @@ impl RouteTable {
     }
 
     pub fn remove(&mut self, key: &RouteKey) {
+        if !self.checked.is_empty() {
+            self.checked.remove(&key.to_string());
+        }
         let Some(routes) = self.hosts.get(key.host.as_str()) else {
             return;
         };
@@ -61,6 +76,11 @@ impl RouteTable {
         } else {
             self.hosts.insert(key.host.as_str().into(), kept.into());
         }
+    }
+
+    /// The routes with health checks.
+    pub fn checked(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.checked.values()
     }
 
     pub fn len(&self) -> usize {
