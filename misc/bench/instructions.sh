@@ -8,12 +8,19 @@
 #   misc/bench/instructions.sh [seconds]
 #   (needs: apt-get install valgrind nginx wrk)
 #
+# rood's route is Roo's plain URL unless ROUTE gives another value (a JSON route: middlewares,
+# weights...); HOSTS=N loads N other routes first (from the data dir, before callgrind starts);
+# PEERS (default "rood nginx") says which proxies run.
+#
 # Under callgrind the process's threads take turns, and a thread that spins waiting for another
 # burns its turn: sled's lazy statics do (never natively: rood idles at ~0 CPU), so their
 # instructions are left out of rood's counts.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 secs=${1:-15}
+peers=${PEERS:-rood nginx}
+hosts=${HOSTS:-0}
+route=${ROUTE:-http://127.0.0.1:18080}
 cd "$root"
 cargo build --profile dist -q -p rood
 rood=$root/target/dist/rood
@@ -60,18 +67,30 @@ instructions() {
   echo $((total - skip))
 }
 
+# $hosts other routes in rood's data dir, put by a rood run natively (not under callgrind).
+fill() {
+  ROO_LOG=warn "$rood" --data-dir "$work/roo" --api-addr 127.0.0.1:16300 --acme false --swarm off \
+    --http-addr 127.0.0.1:18082 --https-addr 127.0.0.1:18444 2>>"$work/fill.log" &
+  local pid=$!
+  for _ in $(seq 1 300); do curl -fsS -o /dev/null 127.0.0.1:16300/roo/ping 2>/dev/null && break; sleep 0.1; done
+  seq 1 "$hosts" | xargs -P 16 -I{} curl -fsS -o /dev/null -X PUT \
+    "127.0.0.1:16300/roo/v1/kv/com.roo.host:h{}.other.test:http" -d http://127.0.0.1:18080
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+}
+
 # One run: name, load (1) or idle (0). Prints "requests instructions".
 run() {
   local name=$1 load=$2 out="$work/$1.$2.cg" port pid n=0
   case $name in
     rood)
       rm -rf "$work/roo"
+      [ "$hosts" -gt 0 ] && fill
       ROO_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$rood" --data-dir "$work/roo" \
         --api-addr 127.0.0.1:16300 --acme false --swarm off --proxy-workers 1 \
         --http-addr 127.0.0.1:18082 --https-addr 127.0.0.1:18444 2>"$work/vg.log" &
       pid=$!; port=18082
       for _ in $(seq 1 300); do curl -fsS -o /dev/null 127.0.0.1:16300/roo/ping 2>/dev/null && break; sleep 0.2; done
-      curl -fsS -X PUT 127.0.0.1:16300/roo/v1/kv/com.roo.host:bench.test:http -d http://127.0.0.1:18080 >/dev/null ;;
+      curl -fsS -X PUT 127.0.0.1:16300/roo/v1/kv/com.roo.host:bench.test:http -d "$route" >/dev/null ;;
     nginx)
       valgrind --tool=callgrind --callgrind-out-file="$out" nginx -c "$work/proxy.conf" 2>"$work/vg.log" &
       pid=$!; port=18081 ;;
@@ -91,11 +110,13 @@ run() {
 echo "| proxy | requests | instructions per request |"
 echo "|---|---|---|"
 declare -A per
-for name in rood nginx; do
+for name in $peers; do
   read -r n busy < <(run "$name" 1)
   read -r _ idle < <(run "$name" 0)
   per[$name]=$(( (busy - idle) / n ))
   echo "| $name | $n | ${per[$name]} |"
 done
-echo
-echo "rood/nginx: $(python3 -c "print(f'{${per[rood]}/${per[nginx]}:.2f}')")x the instructions per request"
+if [ -n "${per[rood]:-}" ] && [ -n "${per[nginx]:-}" ]; then
+  echo
+  echo "rood/nginx: $(python3 -c "print(f'{${per[rood]}/${per[nginx]}:.2f}')")x the instructions per request"
+fi

@@ -341,6 +341,10 @@ async fn services_of_one_host_are_its_weighted_backends_each_owning_its_own() {
             "roo.weight=90",
             "--label",
             "roo.backend=stable",
+            "--label",
+            "roo.sticky=true",
+            "--label",
+            r#"roo.middlewares=[{"rate_limit":{"average":50,"burst":10}}]"#,
         ],
     );
     services.create(
@@ -364,6 +368,8 @@ async fn services_of_one_host_are_its_weighted_backends_each_owning_its_own() {
             {"name": "canary", "url": format!("http://{v2}:80"), "weight": 10},
         ],
         "match": [{"header": "X-Canary", "value": "always", "backend": "canary"}],
+        "middlewares": [{"rate_limit": {"average": 50, "burst": 10}}],
+        "sticky": {"cookie": "roo_sticky"},
     });
     until_json(&http, &node, &key, &both).await;
 
@@ -392,6 +398,8 @@ async fn services_of_one_host_are_its_weighted_backends_each_owning_its_own() {
     docker(&["service", "rm", &v2]).unwrap();
     let stable = serde_json::json!({
         "backends": [{"name": "stable", "url": format!("http://{v1}:80"), "weight": 90}],
+        "middlewares": [{"rate_limit": {"average": 50, "burst": 10}}],
+        "sticky": {"cookie": "roo_sticky"},
     });
     until_json(&http, &node, &key, &stable).await;
     // The last one takes the route with it.

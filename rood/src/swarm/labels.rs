@@ -80,6 +80,12 @@ pub struct Share {
     pub path: Option<(String, bool)>,
     /// `("header" | "cookie", name, value)`.
     pub cohort: Option<(&'static str, String, String)>,
+    /// The route's sticky cookie (`roo.sticky`: `true` for `roo_sticky`, or the name).
+    pub sticky: Option<String>,
+    /// The route's health check path (`roo.health.path`, the check's defaults otherwise).
+    pub health: Option<String>,
+    /// The middlewares of the backend's target (`roo.middlewares`: the JSON list).
+    pub middlewares: Option<Value>,
 }
 
 impl Share {
@@ -89,15 +95,59 @@ impl Share {
             && self.weight.is_none()
             && self.path.is_none()
             && self.cohort.is_none()
+            && self.sticky.is_none()
+            && self.health.is_none()
+            && self.middlewares.is_none()
     }
 }
 
+/// The one value the services that set a label give it, if any; an error when they differ.
+fn agreed<'a, T: PartialEq>(
+    label: &str,
+    values: impl Iterator<Item = (&'a String, Option<&'a T>)>,
+) -> Result<Option<&'a T>, String> {
+    let mut found: Option<(&String, &T)> = None;
+    for (service, value) in values {
+        match (found, value) {
+            (Some((first, v)), Some(w)) if v != w => {
+                return Err(format!("{first} and {service} give different {label}"))
+            }
+            (None, Some(w)) => found = Some((service, w)),
+            _ => {}
+        }
+    }
+    Ok(found.map(|(_, v)| v))
+}
+
 /// The route value that the services' shares of one route make (by service name); checked by
-/// the route model before it is stored.
-pub fn compose(shares: &BTreeMap<String, Share>) -> String {
+/// the route model before it is stored. An error names the labels the services disagree on.
+pub fn compose(shares: &BTreeMap<String, Share>) -> Result<String, String> {
     if let [(service, share)] = shares.iter().collect::<Vec<_>>()[..] {
         if share.is_plain(service) {
-            return share.url.clone();
+            return Ok(share.url.clone());
+        }
+    }
+    let sticky = agreed(
+        "roo.sticky",
+        shares.iter().map(|(s, sh)| (s, sh.sticky.as_ref())),
+    )?;
+    let health = agreed(
+        "roo.health.path",
+        shares.iter().map(|(s, sh)| (s, sh.health.as_ref())),
+    )?;
+    // Middlewares are the target's: the host's own, or a path's.
+    let mut targets: BTreeMap<Option<&str>, Vec<(&String, Option<&Value>)>> = BTreeMap::new();
+    for (service, share) in shares {
+        let target = share.path.as_ref().map(|(p, _)| p.as_str());
+        targets
+            .entry(target)
+            .or_default()
+            .push((service, share.middlewares.as_ref()));
+    }
+    let mut middlewares = BTreeMap::new();
+    for (target, given) in targets {
+        if let Some(m) = agreed("roo.middlewares", given.into_iter())? {
+            middlewares.insert(target, m.clone());
         }
     }
     let mut own = (Vec::new(), Vec::new());
@@ -127,6 +177,9 @@ pub fn compose(shares: &BTreeMap<String, Share>) -> String {
     if !own.1.is_empty() {
         route.insert("match".into(), own.1.into());
     }
+    if let Some(m) = middlewares.remove(&None) {
+        route.insert("middlewares".into(), m);
+    }
     if !paths.is_empty() {
         let paths: Vec<Value> = paths
             .into_iter()
@@ -136,12 +189,21 @@ pub fn compose(shares: &BTreeMap<String, Share>) -> String {
                 if !cohorts.is_empty() {
                     path["match"] = cohorts.into();
                 }
+                if let Some(m) = middlewares.remove(&Some(prefix)) {
+                    path["middlewares"] = m;
+                }
                 path
             })
             .collect();
         route.insert("paths".into(), paths.into());
     }
-    Value::Object(route).to_string()
+    if let Some(cookie) = sticky {
+        route.insert("sticky".into(), json!({"cookie": cookie}));
+    }
+    if let Some(path) = health {
+        route.insert("health".into(), json!({"path": path}));
+    }
+    Ok(Value::Object(route).to_string())
 }
 
 /// The routes (key to this service's share) that `service`'s labels describe; empty when it has
@@ -225,12 +287,32 @@ pub fn routes(service: &str, labels: &Labels<'_>) -> Result<BTreeMap<String, Sha
             cohort = Some((on, name.trim().to_string(), value.trim().to_string()));
         }
     }
+    let sticky = labels.get_roo("roo.sticky").map(|v| match v {
+        "true" => "roo_sticky".to_string(),
+        name => name.to_string(),
+    });
+    let health = match labels.get_roo("roo.health.path") {
+        Some(p) if !p.starts_with('/') => {
+            return Err(invalid("roo.health.path", p, "a path starting with /"))
+        }
+        p => p.map(str::to_string),
+    };
+    let middlewares = match labels.get_roo("roo.middlewares") {
+        None => None,
+        Some(v) => match serde_json::from_str::<Value>(v) {
+            Ok(list @ Value::Array(_)) => Some(list),
+            _ => return Err(invalid("roo.middlewares", v, "a JSON list of middlewares")),
+        },
+    };
     let share = Share {
         backend: backend.to_string(),
         url: destination,
         weight,
         path,
         cohort,
+        sticky,
+        health,
+        middlewares,
     };
     let hosts = labels
         .get("OriginHosts")
@@ -273,7 +355,7 @@ mod tests {
                 .map(|(k, share)| {
                     (
                         k,
-                        compose(&BTreeMap::from([("app_web".to_string(), share)])),
+                        compose(&BTreeMap::from([("app_web".to_string(), share)])).unwrap(),
                     )
                 })
                 .collect()
@@ -405,7 +487,7 @@ mod tests {
                 &[("roo.path", "/api"), ("roo.strip_prefix", "true")],
             ),
         ]);
-        let value = compose(&shares);
+        let value = compose(&shares).unwrap();
         let route = crate::routes::Route::parse(value.as_bytes()).unwrap();
         assert_eq!(
             route.to_json(),
@@ -421,7 +503,34 @@ mod tests {
         );
         // One service alone with no new label stays Roo's plain URL.
         let alone = BTreeMap::from([share("app_v1", &[])]);
-        assert_eq!(compose(&alone), "http://app_v1:80");
+        assert_eq!(compose(&alone).unwrap(), "http://app_v1:80");
+        // Route-wide labels: given by one service, or the same by all; else an error.
+        let shares = BTreeMap::from([
+            share(
+                "app_v1",
+                &[("roo.sticky", "true"), ("roo.health.path", "/healthz")],
+            ),
+            share(
+                "app_v2",
+                &[(
+                    "roo.middlewares",
+                    r#"[{"ip_allow":{"cidrs":["10.0.0.0/8"]}}]"#,
+                )],
+            ),
+        ]);
+        let route = crate::routes::Route::parse(compose(&shares).unwrap().as_bytes()).unwrap();
+        let json = route.to_json();
+        assert_eq!(json["sticky"]["cookie"], "roo_sticky");
+        assert_eq!(json["health"]["path"], "/healthz");
+        assert_eq!(json["middlewares"][0]["ip_allow"]["cidrs"][0], "10.0.0.0/8");
+        let shares = BTreeMap::from([
+            share("app_v1", &[("roo.sticky", "a")]),
+            share("app_v2", &[("roo.sticky", "b")]),
+        ]);
+        assert_eq!(
+            compose(&shares).unwrap_err(),
+            "app_v1 and app_v2 give different roo.sticky"
+        );
         for bad in [
             ("roo.weight", "ten"),
             ("roo.weight", "10001"),
@@ -430,6 +539,8 @@ mod tests {
             ("roo.match.header", "novalue"),
             ("roo.match.cookie", "=1"),
             ("roo.backend", "a b"),
+            ("roo.health.path", "healthz"),
+            ("roo.middlewares", "{\"ip_allow\":{}}"),
         ] {
             let (s, c) = (
                 map(&[("OriginHosts", "a.test"), ("DestinationPort", "80"), bad]),

@@ -331,12 +331,19 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<usize, SwarmError> {
             continue;
         };
         let services: Vec<&str> = shares.keys().map(String::as_str).collect();
-        let value = labels::compose(shares);
-        if let Err(e) = crate::routes::Route::parse(value.as_bytes()) {
-            tracing::warn!(services = %services.join(","), %key, error = %e, "the labels make an invalid route; it is left as it is");
-            written.extend(before.map(|v| (key, v.to_string())));
-            continue;
-        }
+        let checked = labels::compose(shares).and_then(|value| {
+            crate::routes::Route::parse(value.as_bytes())
+                .map(|_| value)
+                .map_err(|e| e.to_string())
+        });
+        let value = match checked {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::warn!(services = %services.join(","), %key, error = %e, "the labels make an invalid route; it is left as it is");
+                written.extend(before.map(|v| (key, v.to_string())));
+                continue;
+            }
+        };
         if before.is_none() && kv.get(key, Consistency::Linearizable).await?.is_some() {
             tracing::warn!(services = %services.join(","), %key, "a route put by hand exists; the labels are skipped");
             continue;
