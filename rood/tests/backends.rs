@@ -521,3 +521,115 @@ async fn health_checks_take_a_failing_address_out_and_bring_it_back() {
     sick.store(false, Ordering::SeqCst);
     wait_served(&http, &node, "health.test", "flaky").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_route_write_keeps_its_owner_and_a_bounded_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), &[]).await;
+    let http = Http::default();
+    let api = node.api_addr;
+    let routes = || {
+        let http = http.clone();
+        async move {
+            http.get(&format!("http://{api}/roo/v1/routes"))
+                .await
+                .unwrap()
+                .json()
+        }
+    };
+    let history = || {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(&format!(
+                    "http://{api}/roo/v1/routes/hist.test:http/history"
+                ))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()["history"].as_array().unwrap().clone()
+        }
+    };
+    for port in 1..=25 {
+        let r = put_route(
+            &http,
+            &node,
+            "hist.test:http",
+            &format!("http://127.0.0.1:{port}"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let listed = routes().await;
+    let hist = listed["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "hist.test:http")
+        .unwrap()
+        .clone();
+    assert_eq!(hist["owner"], "api");
+    assert_eq!(hist["state"], "ok");
+    assert_eq!(hist["value"]["backends"][0]["url"], "http://127.0.0.1:25");
+    let h = history().await;
+    assert_eq!(h.len(), 20, "bounded: {h:?}");
+    assert_eq!(h[0]["value"]["backends"][0]["url"], "http://127.0.0.1:25");
+    assert_eq!(h[19]["value"]["backends"][0]["url"], "http://127.0.0.1:6");
+    assert_eq!(h[0]["source"], "api");
+    assert!(h[0]["rev"].as_u64() > h[1]["rev"].as_u64());
+
+    // Refused: nothing stored, no history.
+    let r = put_route(&http, &node, "hist.test:http", "{\"backends\":[]}").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        history().await[0]["value"]["backends"][0]["url"],
+        "http://127.0.0.1:25"
+    );
+
+    // A removal is history too; the route and its owner go.
+    let r = http
+        .delete(&format!(
+            "http://{api}/roo/v1/kv/com.roo.host:hist.test:http"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.json()["deleted"], 1);
+    let h = history().await;
+    assert!(h[0]["value"].is_null(), "{:?}", h[0]);
+    assert!(routes().await["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["route"] != "hist.test:http"));
+    let owner = http
+        .get(&format!(
+            "http://{api}/roo/v1/kv/com.roo.route.owner:hist.test:http"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(owner.status, 404);
+    // Removing what is not there changes nothing.
+    let r = http
+        .delete(&format!(
+            "http://{api}/roo/v1/kv/com.roo.host:hist.test:http"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.json()["deleted"], 0);
+    assert_eq!(history().await.len(), h.len());
+
+    // A value stored past the API (an older version, straight into raft) is listed as invalid.
+    node.kv
+        .put("com.roo.host:old.test:http", b"not a url".to_vec(), None)
+        .await
+        .unwrap();
+    let old = routes().await["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "old.test:http")
+        .unwrap()
+        .clone();
+    assert_eq!(old["state"], "invalid");
+    assert_eq!(old["value"], "not a url");
+}

@@ -372,6 +372,14 @@ async fn services_of_one_host_are_its_weighted_backends_each_owning_its_own() {
         "sticky": {"cookie": "roo_sticky"},
     });
     until_json(&http, &node, &key, &both).await;
+    // Written through the routes' one write path: owned by the watcher, with history.
+    let history = http
+        .get(&node.url(&format!("/roo/v1/routes/{host}:https/history")))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(history["history"][0]["source"], format!("swarm:{v1},{v2}"));
+    assert_eq!(history["history"][0]["value"]["backends"][1]["name"], "canary");
 
     // A third service with a bad label: a line names it and the label; the route stays.
     services.create(

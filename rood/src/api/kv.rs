@@ -6,11 +6,13 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use roo_kv::{KvError, Op, MAX_VALUE_LEN};
+use roo_kv::{Consistency, KvError, Op, MAX_VALUE_LEN};
 use serde_json::json;
 
 use super::auth::Access;
 use super::{consistency, decode_path, only, query_u64, read_body, reply, Api, ApiError, Body};
+use crate::routes::write::{RouteChange, WriteError};
+use crate::routes::{self, RouteKey, ROUTE_PREFIX};
 
 /// Header carrying a key's revision on `GET /roo/v1/kv/{key}`.
 const REVISION_HEADER: &str = "x-roo-revision";
@@ -52,6 +54,15 @@ pub(super) async fn kv(
             let prev_rev = query_u64(&uri, "prev_rev")?;
             let idempotency_key = idempotency_key(&req)?;
             let value = read_body(req, MAX_VALUE_LEN).await?;
+            if key.starts_with(ROUTE_PREFIX) {
+                let rev = write_route(api, &key, Some(value.to_vec()), prev_rev, idempotency_key)
+                    .await?
+                    .rev;
+                return Ok(reply::json(
+                    StatusCode::OK,
+                    &json!({"ok": true, "rev": rev}),
+                ));
+            }
             // A route or certificate that no node could serve is refused here, not stored to
             // take the working one down everywhere.
             if let Some(Err(e)) = crate::feed::change_from_kv(&key, Some(&value)) {
@@ -71,11 +82,24 @@ pub(super) async fn kv(
         Method::DELETE => {
             api.tokens.require_admin(access)?;
             let prev_rev = query_u64(&uri, "prev_rev")?;
-            let op = Op::Delete { key, prev_rev };
-            let answer = write(api, op, idempotency_key(&req)?).await?;
+            let idempotency_key = idempotency_key(&req)?;
+            let (rev, deleted) = if key.starts_with(ROUTE_PREFIX) {
+                // A route that is not there has nothing to remove, nor history to add to.
+                let existed = api.kv.get(&key, Consistency::Linearizable).await?.is_some();
+                if existed || prev_rev.is_some() {
+                    let answer = write_route(api, &key, None, prev_rev, idempotency_key).await?;
+                    (answer.rev, existed)
+                } else {
+                    (api.kv.revision(), false)
+                }
+            } else {
+                let op = Op::Delete { key, prev_rev };
+                let answer = write(api, op, idempotency_key).await?;
+                (answer.rev, answer.changed > 0)
+            };
             Ok(reply::json(
                 StatusCode::OK,
-                &json!({"ok": true, "rev": answer.rev, "deleted": u8::from(answer.changed > 0)}),
+                &json!({"ok": true, "rev": rev, "deleted": u8::from(deleted)}),
             ))
         }
         _ => Err(ApiError::NotFound),
@@ -98,6 +122,29 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> 
         .unwrap_or(key);
     roo_kv::command::validate_idempotency_key(key)?;
     Ok(Some(key.to_string()))
+}
+
+/// Writes a route through the one write path: checked, stored with its owner and history.
+async fn write_route(
+    api: &Api,
+    key: &str,
+    value: Option<Vec<u8>>,
+    prev_rev: Option<u64>,
+    idempotency_key: Option<String>,
+) -> Result<roo_kv::Response, ApiError> {
+    let route = RouteKey::parse(key).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let change = RouteChange {
+        key: route,
+        value,
+        source: "api".into(),
+        prev_rev,
+        idempotency_key,
+    };
+    match routes::write::write(&api.kv, change).await {
+        Ok(answer) => Ok(answer),
+        Err(WriteError::Invalid(e)) => Err(ApiError::BadRequest(format!("{key}: {e}"))),
+        Err(WriteError::Kv(e)) => Err(e.into()),
+    }
 }
 
 /// Writes one op, answered as the first time when its idempotency key was seen before.

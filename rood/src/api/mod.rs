@@ -1,7 +1,8 @@
 //! The HTTP API on the admin port (`--api-addr`, default :6299).
 //!
-//! Roo-compatible where Roo had it (`/roo/ping`, `/roo/v1/kv`, `/roo/v1/kvs`), plus cluster
-//! membership, watch streams, and the raft RPCs between nodes (mounted from `roo_kv::network`).
+//! Roo-compatible where Roo had it (`/roo/ping`, `/roo/v1/kv`, `/roo/v1/kvs`), plus typed routes
+//! and their history, cluster membership, watch streams, and the raft RPCs between nodes
+//! (mounted from `roo_kv::network`).
 //! With peer TLS on, the port speaks TLS only and marks requests whose client certificate
 //! chains to the cluster CA (`roo_kv::network::tls`).
 //! Every error is one JSON line `{"ok":false,"error":"..."}` with the status that fits.
@@ -11,6 +12,7 @@ mod cluster;
 mod kv;
 mod pprof;
 mod reply;
+mod routes;
 mod watch;
 
 use std::convert::Infallible;
@@ -203,6 +205,8 @@ async fn handle(
         let prefix = prefix.strip_prefix('/').unwrap_or(prefix);
         only(&req, &[Method::GET])?;
         watch::watch(api, access, prefix, &req)
+    } else if path == routes::PREFIX || path.starts_with("/roo/v1/routes/") {
+        routes::routes(api, access, path, req).await
     } else if path == "/roo/v1/cluster" || path.starts_with("/roo/v1/cluster/") {
         cluster::cluster(api, access, path, req).await
     } else {

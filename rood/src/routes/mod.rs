@@ -16,6 +16,7 @@ use std::fmt;
 pub mod middleware;
 pub mod model;
 pub mod table;
+pub mod write;
 
 pub use model::{Backend, Destination, PathRoute, Route, Target};
 pub use table::RouteTable;

@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::routes::write::{RouteChange, WriteError};
+use crate::routes::RouteKey;
 use labels::Labels;
 
 /// Full reconcile period, besides Docker's events.
@@ -47,6 +49,8 @@ pub enum SwarmError {
     Kv(#[from] KvError),
     #[error("ownership record {key}: {reason}")]
     Record { key: String, reason: String },
+    #[error(transparent)]
+    Route(#[from] WriteError),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -349,7 +353,8 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<usize, SwarmError> {
             continue;
         }
         if before != Some(value.as_str()) {
-            kv.put(key, value.clone().into_bytes(), None).await?;
+            let source = format!("swarm:{}", services.join(","));
+            write_route(kv, key, Some(value.clone().into_bytes()), source, None).await?;
             changes += 1;
             tracing::info!(services = %services.join(","), %key, %value, "route from labels");
         }
@@ -389,10 +394,18 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<usize, SwarmError> {
 }
 
 /// Deletes a route the watcher made, unless someone changed it since.
-async fn remove_route(kv: &Kv, service: &str, key: &str, made: &str) -> Result<usize, KvError> {
+async fn remove_route(kv: &Kv, service: &str, key: &str, made: &str) -> Result<usize, SwarmError> {
     match kv.get(key, Consistency::Linearizable).await? {
         Some(record) if record.value == made.as_bytes() => {
-            kv.delete(key, Some(record.mod_rev)).await?;
+            let source = format!("swarm:{service}");
+            match write_route(kv, key, None, source, Some(record.mod_rev)).await {
+                Ok(()) => {}
+                Err(SwarmError::Route(WriteError::Kv(KvError::Conflict { .. }))) => {
+                    tracing::info!(%service, %key, "route changed by hand meanwhile; left alone");
+                    return Ok(0);
+                }
+                Err(e) => return Err(e),
+            }
             tracing::info!(%service, %key, "route from labels removed");
             Ok(1)
         }
@@ -402,6 +415,26 @@ async fn remove_route(kv: &Kv, service: &str, key: &str, made: &str) -> Result<u
         }
         None => Ok(0),
     }
+}
+
+/// Writes a route the watcher makes through the routes' one write path.
+async fn write_route(
+    kv: &Kv,
+    key: &str,
+    value: Option<Vec<u8>>,
+    source: String,
+    prev_rev: Option<u64>,
+) -> Result<(), SwarmError> {
+    let route = RouteKey::parse(key).map_err(|e| SwarmError::Route(e.into()))?;
+    let change = RouteChange {
+        key: route,
+        value,
+        source,
+        prev_rev,
+        idempotency_key: None,
+    };
+    crate::routes::write::write(kv, change).await?;
+    Ok(())
 }
 
 /// Every service and the routes its labels describe.

@@ -1,0 +1,136 @@
+//! Where a route is written: the one write path of every writer (the API, and rooctl through
+//! it; the swarm watcher; the rollout controller and a routes file to come). A change is checked
+//! with the route model (nothing is stored when it is invalid), then the route, its owner and a
+//! history record go into the KV as one request: they change together or not at all.
+//!
+//! Keys, beside the route's own `com.roo.host:<route>`:
+//! - `com.roo.route.owner:<route>`: who wrote it last (`api`, `swarm:<services>`, ...);
+//! - `com.roo.route.history:<route>:<time>`: `{"time":..,"source":..,"value":..}` for each
+//!   change (value null for a removal), the last [`HISTORY_KEPT`] kept.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use roo_kv::{Consistency, Kv, KvError, Op};
+use serde::{Deserialize, Serialize};
+
+use super::{Route, RouteError, RouteKey, ROUTE_PREFIX};
+
+pub const OWNER_PREFIX: &str = "com.roo.route.owner:";
+pub const HISTORY_PREFIX: &str = "com.roo.route.history:";
+/// History records kept per route.
+pub const HISTORY_KEPT: usize = 20;
+
+/// Why a route change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Invalid(#[from] RouteError),
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+/// A change to one route, as a writer asks for it.
+#[derive(Debug, Clone)]
+pub struct RouteChange {
+    pub key: RouteKey,
+    /// The new value (Roo's URL or a JSON route); None removes the route.
+    pub value: Option<Vec<u8>>,
+    /// Who makes it: `api`, `swarm:<services>`...
+    pub source: String,
+    /// Only if the route's revision is this (0: only if there is none).
+    pub prev_rev: Option<u64>,
+    /// The client's name for the request: a retry is answered as the first time.
+    pub idempotency_key: Option<String>,
+}
+
+/// One entry of a route's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    /// Unix milliseconds.
+    pub time: u64,
+    pub source: String,
+    /// The route as JSON (null: removed).
+    pub value: serde_json::Value,
+}
+
+/// `<host>[:<port>]:<scheme>`: the route's name in the API and in its owner and history keys.
+pub fn route_name(key: &RouteKey) -> String {
+    key.to_string()
+        .strip_prefix(ROUTE_PREFIX)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Checks and makes `change`; returns what the KV answered (its revision).
+pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, WriteError> {
+    let name = route_name(&change.key);
+    let key = change.key.to_string();
+    let value = match &change.value {
+        Some(v) => Route::parse(v)?.to_json(),
+        None => serde_json::Value::Null,
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let record = HistoryRecord {
+        time: now,
+        source: change.source.clone(),
+        value,
+    };
+    let history = format!("{HISTORY_PREFIX}{name}:");
+    // The oldest records go in the same request, so that at most HISTORY_KEPT stay.
+    let (kept, _) = kv.scan(&history, Consistency::Stale).await?;
+    let excess = (kept.len() + 1).saturating_sub(HISTORY_KEPT);
+    let mut ops = vec![match change.value {
+        Some(value) => Op::Put {
+            key,
+            value,
+            prev_rev: change.prev_rev,
+        },
+        None => Op::Delete {
+            key,
+            prev_rev: change.prev_rev,
+        },
+    }];
+    ops.push(match record.value.is_null() {
+        true => Op::Delete {
+            key: format!("{OWNER_PREFIX}{name}"),
+            prev_rev: None,
+        },
+        false => Op::Put {
+            key: format!("{OWNER_PREFIX}{name}"),
+            value: change.source.into_bytes(),
+            prev_rev: None,
+        },
+    });
+    ops.push(Op::Put {
+        // Zero-padded, so that the keys sort by time; a random tail keeps two writes of one
+        // millisecond apart.
+        key: format!("{history}{now:015}-{:04x}", rand::random::<u16>()),
+        value: serde_json::to_vec(&record).map_err(|e| KvError::InvalidRequest(e.to_string()))?,
+        prev_rev: None,
+    });
+    ops.extend(kept.into_iter().take(excess).map(|(key, _)| Op::Delete {
+        key,
+        prev_rev: None,
+    }));
+    let mut req = roo_kv::Request::new(ops);
+    req.idempotency_key = change.idempotency_key;
+    Ok(kv.write(req).await?.checked()?)
+}
+
+/// A route's history, newest first.
+pub async fn history(
+    kv: &Kv,
+    key: &RouteKey,
+    consistency: Consistency,
+) -> Result<Vec<(u64, HistoryRecord)>, KvError> {
+    let prefix = format!("{HISTORY_PREFIX}{}:", route_name(key));
+    let (records, _) = kv.scan(&prefix, consistency).await?;
+    let mut out: Vec<(u64, HistoryRecord)> = records
+        .into_iter()
+        .filter_map(|(_, r)| Some((r.mod_rev, serde_json::from_slice(&r.value).ok()?)))
+        .collect();
+    out.reverse();
+    Ok(out)
+}
