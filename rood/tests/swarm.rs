@@ -379,7 +379,10 @@ async fn services_of_one_host_are_its_weighted_backends_each_owning_its_own() {
         .unwrap()
         .json();
     assert_eq!(history["history"][0]["source"], format!("swarm:{v1},{v2}"));
-    assert_eq!(history["history"][0]["value"]["backends"][1]["name"], "canary");
+    assert_eq!(
+        history["history"][0]["value"]["backends"][1]["name"],
+        "canary"
+    );
 
     // A third service with a bad label: a line names it and the label; the route stays.
     services.create(

@@ -481,7 +481,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
         }
         has_length |= *name == header::CONTENT_LENGTH;
         has_date |= *name == header::DATE;
-        wire::write_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        super::headers::write_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     let chunked = if bodiless || has_length {
         false

@@ -5,7 +5,6 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use super::wire::write_field;
 use crate::routes::Scheme;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -198,6 +197,14 @@ impl<'a> Forwarded<'a> {
         }
         line(&X_REAL_IP, self.client);
     }
+}
+
+/// Appends a header field line, `name: value`.
+pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

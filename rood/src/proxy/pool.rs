@@ -308,7 +308,7 @@ fn request_head(
             }
             continue;
         }
-        wire::write_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        super::headers::write_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(forwarded) = forwarded {
         forwarded.write(&mut out, prior_chain);

@@ -19,7 +19,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::headers::{hop_by_hop, named_by_connection, names_field, Known};
+use super::headers::{hop_by_hop, named_by_connection, names_field, write_field, Known};
 use super::{BoxError, ProxyBody};
 
 /// Header fields a head may have.
@@ -126,14 +126,6 @@ impl Fields {
             _ => {}
         }
     }
-}
-
-/// Appends a header field line, `name: value`.
-pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// An answer's header fields as the lines of an HTTP/1.1 head (`name: value`, names as the
