@@ -10,7 +10,8 @@
 #
 # rood's route is Roo's plain URL unless ROUTE gives another value (a JSON route: middlewares,
 # weights...); HOSTS=N loads N other routes first (from the data dir, before callgrind starts);
-# PEERS (default "rood nginx") says which proxies run.
+# PEERS (default "rood nginx") says which proxies run; HEADER is one more request header
+# (e.g. the Authorization a basic_auth route asks for).
 #
 # Under callgrind the process's threads take turns, and a thread that spins waiting for another
 # burns its turn: sled's lazy statics do (never natively: rood idles at ~0 CPU), so their
@@ -21,6 +22,8 @@ secs=${1:-15}
 peers=${PEERS:-rood nginx}
 hosts=${HOSTS:-0}
 route=${ROUTE:-http://127.0.0.1:18080}
+extra=()
+if [ -n "${HEADER:-}" ]; then extra=(-H "$HEADER"); fi
 cd "$root"
 cargo build --profile dist -q -p rood
 rood=$root/target/dist/rood
@@ -95,9 +98,9 @@ run() {
       valgrind --tool=callgrind --callgrind-out-file="$out" nginx -c "$work/proxy.conf" 2>"$work/vg.log" &
       pid=$!; port=18081 ;;
   esac
-  for _ in $(seq 1 300); do curl -fsS -o /dev/null -H 'Host: bench.test' "127.0.0.1:$port/" 2>/dev/null && break; sleep 0.2; done
+  for _ in $(seq 1 300); do curl -fsS -o /dev/null -H 'Host: bench.test' "${extra[@]}" "127.0.0.1:$port/" 2>/dev/null && break; sleep 0.2; done
   if [ "$load" = 1 ]; then
-    n=$(wrk -t1 -c4 -d"${secs}s" -H 'Host: bench.test' "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
+    n=$(wrk -t1 -c4 -d"${secs}s" -H 'Host: bench.test' "${extra[@]}" "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
   else
     sleep "$secs"
   fi
