@@ -11,7 +11,7 @@
 # rood's route is Roo's plain URL unless ROUTE gives another value (a JSON route: middlewares,
 # weights...); HOSTS=N loads N other routes first (from the data dir, before callgrind starts);
 # PEERS (default "rood nginx") says which proxies run; HEADER is one more request header
-# (e.g. the Authorization a basic_auth route asks for).
+# (e.g. the Authorization a basic_auth route asks for); KEEP=dir keeps callgrind's outputs there.
 #
 # Under callgrind the process's threads take turns, and a thread that spins waiting for another
 # burns its turn: sled's lazy statics do (never natively: rood idles at ~0 CPU), so their
@@ -106,6 +106,7 @@ run() {
   fi
   if [ "$name" = nginx ]; then kill -QUIT "$pid"; else kill -TERM "$pid"; fi
   wait "$pid" 2>/dev/null || true
+  [ -n "${KEEP:-}" ] && cp "$out" "$KEEP/"
   local skip=""; [ "$name" = rood ] && skip='sled::lazy::Lazy'
   echo "$n $(instructions "$out" "$skip")"
 }
