@@ -130,7 +130,10 @@ async fn write_on_follower_reads_on_all() {
     let keys: Vec<&String> = all["results"].as_object().unwrap().keys().collect();
     assert_eq!(keys.len(), 3, "{keys:?}");
     assert_eq!(keys[0], "com.roo.host:example.com:https");
-    assert!(keys[1].starts_with("com.roo.route.history:example.com:https:"), "{keys:?}");
+    assert!(
+        keys[1].starts_with("com.roo.route.history:example.com:https:"),
+        "{keys:?}"
+    );
     assert_eq!(keys[2], "com.roo.route.owner:example.com:https");
 
     // Delete through a follower removes it everywhere.

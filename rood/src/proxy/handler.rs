@@ -16,7 +16,7 @@ use super::{
     forward, headers, BodyError, BoxError, ConnInfo, ProxyBody, ProxyError, ProxyState,
     CHALLENGE_WAIT,
 };
-use crate::routes::middleware::Middlewares;
+use crate::routes::middleware::{self, Middlewares};
 use crate::routes::model::{address_token, binding, Choice, Sticking};
 use crate::routes::{split_host_port, valid_host, PathRoute, Route, Scheme};
 
@@ -180,10 +180,15 @@ async fn route(
     if let Some(cookie) = route.sticky.as_deref() {
         bind(&mut resp, cookie, &backend.name, sticking, &upstream);
     }
-    if let Some(m) = middlewares.filter(|m| m.changes_answers()) {
-        // The pool's answers carry their fields as lines: into the map for the filters.
-        Lines::move_to_map(&mut resp);
-        m.response(resp.headers_mut());
+    if let Some(changes) = middlewares
+        .map(|m| m.answer_changes())
+        .filter(|c| !c.is_empty())
+    {
+        // The pool's answers carry their fields as lines, edited where they are.
+        match resp.extensions_mut().get_mut::<Lines>() {
+            Some(lines) => lines.edit(changes),
+            None => middleware::apply(resp.headers_mut(), changes),
+        }
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(
@@ -230,12 +235,10 @@ fn request_filters(
     req: &mut Request<ProxyBody>,
     info: &ConnInfo,
 ) -> Option<Response<ProxyBody>> {
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    if let Some(answer) = m.request(req.headers_mut(), &path, info.peer.ip()) {
+    // A copy of the target shares its bytes: no path copied for the filters.
+    let uri = req.uri().clone();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    if let Some(answer) = m.request(req.headers_mut(), path, info.peer.ip()) {
         let mut resp = text(answer.status, answer.text);
         resp.headers_mut()
             .extend(answer.headers.into_iter().map(|(n, v)| (Some(n), v)));

@@ -223,6 +223,36 @@ impl Lines {
         &self.bytes
     }
 
+    /// Sets (Some) or removes (None) fields, as a route's response filters ask: the lines of
+    /// each name named go, the set ones are appended.
+    pub fn edit(&mut self, changes: &[(HeaderName, Option<HeaderValue>)]) {
+        fn name_of(line: &[u8]) -> &[u8] {
+            line.split(|&b| b == b':').next().unwrap_or_default()
+        }
+        let named = |line: &[u8]| {
+            let name = name_of(line);
+            changes
+                .iter()
+                .any(|(n, _)| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+        };
+        if self.bytes.split_inclusive(|&b| b == b'\n').any(named) {
+            let bytes = std::mem::take(&mut self.bytes);
+            (self.has_length, self.has_date) = (false, false);
+            for line in bytes.split_inclusive(|&b| b == b'\n') {
+                if !named(line) {
+                    self.noted(Known::of(name_of(line)));
+                    self.bytes.extend_from_slice(line);
+                }
+            }
+        }
+        for (name, value) in changes {
+            if let Some(v) = value {
+                write_field(&mut self.bytes, name.as_str().as_bytes(), v.as_bytes());
+                self.noted(Known::of(name.as_str().as_bytes()));
+            }
+        }
+    }
+
     /// Puts the lines of `resp` (if it came so) into its header map, for a client that is not
     /// sent them as they are.
     pub fn move_to_map<B>(resp: &mut http::Response<B>) {
@@ -523,5 +553,39 @@ fn ready_frame(
     match Pin::new(body).poll_frame(cx) {
         Poll::Ready(frame) => Some(frame),
         Poll::Pending => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_edited_in_place_of_a_header_map() {
+        let head = b"HTTP/1.1 200 OK\r\nServer: up/1\r\nContent-Length: 2\r\nX-Up: 1\r\nserver: again\r\n\r\n";
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let mut resp = httparse::Response::new(&mut fields);
+        resp.parse(head).unwrap();
+        let (mut lines, _) = Lines::of(head, resp.headers, false);
+        assert!(lines.has_length && !lines.has_date);
+        lines.edit(&[
+            (http::header::SERVER, None),
+            (http::header::DATE, Some(HeaderValue::from_static("today"))),
+            (
+                HeaderName::from_static("x-up"),
+                Some(HeaderValue::from_static("2")),
+            ),
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(lines.as_bytes()),
+            "Content-Length: 2\r\ndate: today\r\nx-up: 2\r\n"
+        );
+        assert!(lines.has_length && lines.has_date);
+        // Nothing named: nothing rebuilt, the set ones appended.
+        lines.edit(&[(
+            HeaderName::from_static("x-more"),
+            Some(HeaderValue::from_static("3")),
+        )]);
+        assert!(String::from_utf8_lossy(lines.as_bytes()).ends_with("x-up: 2\r\nx-more: 3\r\n"));
     }
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::RouteError;
 
 /// Credentials checked with bcrypt (a deliberately slow hash) and found good are remembered,
-/// by their SHA-256, up to this many per route: a client sends them with every request.
+/// up to this many per route: a client sends them with every request.
 const VERIFIED_KEPT: usize = 1024;
 /// Clients a rate limit keeps buckets for before it forgets those that are full again.
 const BUCKETS_KEPT: usize = 65_536;
@@ -327,14 +327,9 @@ impl Middlewares {
         None
     }
 
-    /// Whether answers have headers to change.
-    pub fn changes_answers(&self) -> bool {
-        !self.response.is_empty()
-    }
-
-    /// The response filters.
-    pub fn response(&self, headers: &mut HeaderMap) {
-        apply(headers, &self.response);
+    /// The response filters: header fields to set (Some) or remove (None), in order.
+    pub fn answer_changes(&self) -> &[(HeaderName, Option<HeaderValue>)] {
+        &self.response
     }
 }
 
@@ -344,7 +339,8 @@ fn sorted(map: &HashMap<String, String>) -> Vec<(&String, &String)> {
     v
 }
 
-fn apply(headers: &mut HeaderMap, changes: &[(HeaderName, Option<HeaderValue>)]) {
+/// Sets (Some) or removes (None) header fields of `headers`, in order.
+pub fn apply(headers: &mut HeaderMap, changes: &[(HeaderName, Option<HeaderValue>)]) {
     for (name, value) in changes {
         match value {
             Some(v) => {
@@ -368,8 +364,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
 struct BasicAuth {
     users: Vec<(String, String)>,
     challenge: HeaderValue,
-    /// SHA-256 of credentials found good.
-    verified: Mutex<HashSet<[u8; 32]>>,
+    /// Credentials (as sent, base64) found good. Kept as they are: they pass through this
+    /// process's memory with every request anyway, and a lookup must cost next to nothing.
+    verified: Mutex<HashSet<Box<str>, ahash::RandomState>>,
 }
 
 impl fmt::Debug for BasicAuth {
@@ -401,10 +398,7 @@ impl BasicAuth {
     }
 
     fn verify(&self, b64: &str) -> bool {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b64.as_bytes());
-        let mut key = [0u8; 32];
-        key.copy_from_slice(digest.as_ref());
-        if lock(&self.verified).contains(&key) {
+        if lock(&self.verified).contains(b64) {
             return true;
         }
         let Some(decoded) = STANDARD
@@ -427,7 +421,7 @@ impl BasicAuth {
             if verified.len() >= VERIFIED_KEPT {
                 verified.clear();
             }
-            verified.insert(key);
+            verified.insert(b64.into());
         }
         good
     }
