@@ -2,11 +2,13 @@
 //!
 //! Layout, one concept a module:
 //! - [`config`]: every setting, from flags and `ROO_*` environment variables, checked once.
-//! - [`api`]: the HTTP API on the admin port (Roo-compatible KV, cluster, watch) and the raft
-//!   RPCs between nodes it mounts.
+//! - [`api`]: the HTTP API on the admin port (Roo-compatible KV, typed routes and history,
+//!   cluster, watch) and the raft RPCs between nodes it mounts.
 //! - [`cluster`]: how a node finds its cluster at start: restart, bootstrap, `--join` or `--dns`.
 //! - [`dns`]: the DNS resolver for peers and upstreams, `--resolver` or the system's.
-//! - [`routes`]: where a request is routed: the route table, a pure lookup by host.
+//! - [`routes`]: what a route is and does: keys, the typed model (backends, weights, cohorts,
+//!   paths, stickiness, health checks), middlewares, the route table (a pure lookup by host) and
+//!   the one write path every writer uses.
 //! - [`certs`]: certificates as the TLS listener serves them: `com.roo.cert:` values, the table
 //!   and the SNI resolver.
 //! - [`swarm`]: where a route comes from when a service asks for one: the Docker Swarm watcher
@@ -15,7 +17,8 @@
 //!   (`roo-acme`), run on the raft leader over the KV.
 //! - [`feed`]: routes and certificates from the KV (scan, then watch), as typed changes applied
 //!   to the tables the proxy reads.
-//! - [`proxy`]: the HTTP and HTTPS listeners and the request path to the upstreams.
+//! - [`proxy`]: where a request is routed: the HTTP and HTTPS listeners, the request's phases,
+//!   the upstreams and their health checks.
 //! - [`metrics`]: what a node counts, and the Prometheus page of `GET /metrics`.
 //! - [`cli`]: `rooctl`, the operator's command line over the API.
 //! - [`node`]: wires a node together from its config: store, servers, cluster formation,
