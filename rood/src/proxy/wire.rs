@@ -148,9 +148,10 @@ impl Lines {
     /// Kept lines that follow each other in `head` are copied as one piece.
     pub fn of(head: &[u8], read: &[httparse::Header<'_>], upgrade: bool) -> (Lines, Fields) {
         let mut fields = Fields::default();
-        let size = read.iter().map(|h| h.name.len() + h.value.len() + 4).sum();
+        let size: usize = read.iter().map(|h| h.name.len() + h.value.len() + 4).sum();
         let mut lines = Lines {
-            bytes: Vec::with_capacity(size),
+            // Room for a field or two that a route's response filters may add, without a copy.
+            bytes: Vec::with_capacity(size + 64),
             has_length: false,
             has_date: false,
         };
@@ -295,7 +296,8 @@ pub fn bodiless(status: StatusCode, head_only: bool) -> bool {
 /// A header map from the fields at `spans` of `head`, values sharing its bytes, and what its
 /// framing fields say. None when a name or a value is not valid.
 pub fn header_map(head: &Bytes, spans: &[Span]) -> Option<(HeaderMap, Fields)> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for a field or two that a route's request filters may add, without a rehash.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
     let mut fields = Fields::default();
     for (name, value) in spans {
         let name = &head[name.clone()];
