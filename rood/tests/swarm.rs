@@ -123,14 +123,20 @@ async fn until(http: &Http, node: &Proc, key: &str, want: Option<&str>) -> Durat
     started.elapsed()
 }
 
+/// A rood process with the swarm watcher on, once it leads its one-node cluster.
+async fn watching_node(dir: &std::path::Path) -> Proc {
+    let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let node = Proc::start(&api, &dir.join("n1"), &["--swarm", "on"]);
+    wait_for_cluster(&Http::default(), std::slice::from_ref(&api), 1).await;
+    node
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn labels_become_routes_and_only_the_watchers_routes_change() {
     let Some(image) = engine() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    let node = Proc::start(&api, &dir.path().join("n1"), &["--swarm", "on"]);
+    let node = watching_node(dir.path()).await;
     let http = Http::default();
-    wait_for_cluster(&http, std::slice::from_ref(&api), 1).await;
     wait_for(
         "the watcher to hold the lease",
         Duration::from_secs(20),
@@ -313,10 +319,8 @@ async fn until_json(http: &Http, node: &Proc, key: &str, want: &serde_json::Valu
 async fn services_of_one_host_are_its_weighted_backends_each_owning_its_own() {
     let Some(image) = engine() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let api = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    let node = Proc::start(&api, &dir.path().join("n1"), &["--swarm", "on"]);
+    let node = watching_node(dir.path()).await;
     let http = Http::default();
-    wait_for_cluster(&http, std::slice::from_ref(&api), 1).await;
     let tag = format!("{:x}", rand::random::<u32>());
     let (v1, v2, bad) = (
         format!("roo-t-v1-{tag}"),
