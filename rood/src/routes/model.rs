@@ -722,17 +722,8 @@ fn target(
     let mut checked: Vec<Backend> = Vec::with_capacity(backends.len());
     for (i, b) in backends.iter().enumerate() {
         let at = format!("{field}backends[{i}]");
-        if b.name.is_empty()
-            || b.name.len() > 63
-            || !b
-                .name
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-        {
-            return Err(invalid(
-                format!("{at}.name"),
-                "1 to 63 letters, digits, '-', '_' or '.'",
-            ));
+        if !valid_backend_name(&b.name) {
+            return Err(invalid(format!("{at}.name"), BACKEND_NAME_RULE));
         }
         if checked.iter().any(|c| *c.name == *b.name) {
             return Err(invalid(
@@ -806,6 +797,16 @@ fn target(
         cohorts: rules,
         middlewares,
     })
+}
+
+/// What a backend's name may be: it names a version in counts, cookies and labels.
+pub const BACKEND_NAME_RULE: &str = "1 to 63 letters, digits, '-', '_' or '.'";
+
+pub fn valid_backend_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 fn cookie_name(name: &str) -> bool {

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{json, Value};
 
+use crate::routes::model::{valid_backend_name, BACKEND_NAME_RULE};
 use crate::routes::{normalize_host, Destination, RouteKey, Scheme};
 
 /// Why a service's labels make no routes.
@@ -243,16 +244,8 @@ pub fn routes(service: &str, labels: &Labels<'_>) -> Result<BTreeMap<String, Sha
     Destination::parse(&destination)
         .map_err(|_| invalid("DestinationHost", destination_host, "not a host name"))?;
     let backend = labels.get_roo("roo.backend").unwrap_or(service);
-    if backend.len() > 63
-        || !backend
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-    {
-        return Err(invalid(
-            "roo.backend",
-            backend,
-            "1 to 63 letters, digits, '-', '_' or '.'",
-        ));
+    if !valid_backend_name(backend) {
+        return Err(invalid("roo.backend", backend, BACKEND_NAME_RULE));
     }
     let weight = labels
         .get_roo("roo.weight")
