@@ -45,8 +45,13 @@ async fn routed(
         "backends": [{"name": "app", "url": format!("http://{up}")}],
         "middlewares": middlewares,
     });
-    let http = Http::default();
-    let r = http
+    put_route(&node, host, route).await;
+    (node, dir, hits)
+}
+
+/// Puts `route` for `http://host` and waits until the node serves it.
+async fn put_route(node: &Node, host: &str, route: serde_json::Value) {
+    let r = Http::default()
         .put(
             &format!(
                 "http://{}/roo/v1/kv/com.roo.host:{host}:http",
@@ -67,7 +72,6 @@ async fn routed(
         .then_some(())
     })
     .await;
-    (node, dir, hits)
 }
 
 async fn send(
@@ -310,6 +314,10 @@ async fn bad_middlewares_are_refused_naming_the_field() {
             serde_json::json!([{"gzip": {}}]),
             "middlewares[0]: unknown variant `gzip`",
         ),
+        (
+            serde_json::json!([{"compress": {"level": 9}}]),
+            "middlewares[0].compress",
+        ),
     ] {
         let route = serde_json::json!({
             "backends": [{"name": "app", "url": "http://127.0.0.1:9"}],
@@ -329,4 +337,218 @@ async fn bad_middlewares_are_refused_naming_the_field() {
         let error = r.json()["error"].as_str().unwrap().to_string();
         assert!(error.contains(field), "{route}: {error}");
     }
+}
+
+/// A page of text long enough to be worth compressing.
+fn page() -> String {
+    (0..2_000).map(|i| format!("<p>line {i}</p>\n")).collect()
+}
+
+fn decoded(coding: &str, body: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    match coding {
+        "gzip" => {
+            flate2::read::GzDecoder::new(body)
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+        "br" => {
+            brotli::Decompressor::new(body, 4096)
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+        "zstd" => out = zstd::stream::decode_all(body).unwrap(),
+        other => panic!("coding {other}"),
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compress_codes_text_for_clients_that_take_it_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), &[]).await;
+    let up = common::http_server(|req: http::Request<hyper::body::Incoming>| async move {
+        let (kind, body): (&str, Vec<u8>) = match req.uri().path() {
+            "/png" => ("image/png", vec![7; 20_000]),
+            "/small" => ("text/plain", b"short".to_vec()),
+            "/gzipped" => ("text/plain", vec![1; 5_000]),
+            _ => ("text/html; charset=utf-8", page().into_bytes()),
+        };
+        let mut resp = http::Response::new(http_body_util::Full::new(Bytes::from(body)));
+        let h = resp.headers_mut();
+        h.insert("content-type", http::HeaderValue::from_static(kind));
+        h.insert("etag", http::HeaderValue::from_static("\"v1\""));
+        h.insert("vary", http::HeaderValue::from_static("origin"));
+        if req.uri().path() == "/gzipped" {
+            h.insert("content-encoding", http::HeaderValue::from_static("gzip"));
+        }
+        Ok::<_, std::convert::Infallible>(resp)
+    })
+    .await;
+    put_route(
+        &node,
+        "zip.test",
+        serde_json::json!({
+            "backends": [{"name": "app", "url": format!("http://{up}")}],
+            "middlewares": [{"compress": {}}],
+        }),
+    )
+    .await;
+    let page = page();
+    // Over HTTP/1.1 (the pooled upstream's fields passed on as lines), each coding.
+    for (accept, coding) in [
+        ("gzip, deflate, br, zstd", "zstd"),
+        ("gzip, br", "br"),
+        ("gzip;q=1, br;q=0.1", "gzip"),
+    ] {
+        let r = send(
+            &node,
+            "GET",
+            "zip.test",
+            "/",
+            &[("accept-encoding", accept)],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers["content-encoding"], coding, "{accept}");
+        assert!(r.headers.get("content-length").is_none());
+        assert_eq!(r.headers["etag"], "W/\"v1\"");
+        let vary: Vec<_> = r.headers.get_all("vary").iter().collect();
+        assert_eq!(vary, ["origin", "accept-encoding"], "{accept}");
+        assert!(r.body.len() < page.len() / 4, "{coding}: {}", r.body.len());
+        assert_eq!(decoded(coding, &r.body), page.as_bytes(), "{coding}");
+    }
+    // Sent as they are: to a client without a coding of ours, images, short answers, answers
+    // coded already, and HEAD.
+    let plain = send(
+        &node,
+        "GET",
+        "zip.test",
+        "/",
+        &[("accept-encoding", "deflate")],
+        b"",
+    )
+    .await;
+    assert!(plain.headers.get("content-encoding").is_none());
+    assert_eq!(plain.headers["content-length"], page.len().to_string());
+    assert_eq!(plain.headers["etag"], "\"v1\"");
+    assert_eq!(plain.body, page.as_bytes());
+    let gzip = [("accept-encoding", "gzip")];
+    for (path, encoding) in [("/png", None), ("/small", None), ("/gzipped", Some("gzip"))] {
+        let r = send(&node, "GET", "zip.test", path, &gzip, b"").await;
+        assert_eq!(
+            r.headers
+                .get("content-encoding")
+                .map(|v| v.to_str().unwrap()),
+            encoding,
+            "{path}"
+        );
+        assert_eq!(
+            r.headers["content-length"],
+            r.body.len().to_string(),
+            "{path}"
+        );
+    }
+    let r = send(&node, "HEAD", "zip.test", "/", &gzip, b"").await;
+    assert!(r.headers.get("content-encoding").is_none());
+
+    // Over HTTP/2 (the fields in the header map): the same.
+    let stream = tokio::net::TcpStream::connect(node.http_addr)
+        .await
+        .unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("http://zip.test/")
+        .header("accept-encoding", "br")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-encoding"], "br");
+    assert_eq!(resp.headers()["etag"], "W/\"v1\"");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(decoded("br", &body), page.as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compressed_stream_reaches_the_client_as_it_is_written() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), &[]).await;
+    // An event stream that sends its second event only once the test has read the first.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (first_read, mut go_on) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if s.read(&mut b).await.unwrap() == 0 {
+                return;
+            }
+            head.push(b[0]);
+        }
+        let chunk = |text: &str| format!("{:x}\r\n{text}\r\n", text.len());
+        let start = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{}",
+            chunk("data: one\n\n")
+        );
+        s.write_all(start.as_bytes()).await.unwrap();
+        go_on.recv().await;
+        let rest = format!("{}0\r\n\r\n", chunk("data: two\n\n"));
+        s.write_all(rest.as_bytes()).await.unwrap();
+    });
+    put_route(
+        &node,
+        "events.test",
+        serde_json::json!({
+            "backends": [{"name": "app", "url": "http://127.0.0.1:9"}],
+            "paths": [{
+                "prefix": "/events",
+                "backends": [{"name": "events", "url": format!("http://{up}")}],
+                "middlewares": [{"compress": {}}],
+            }],
+        }),
+    )
+    .await;
+    let stream = tokio::net::TcpStream::connect(node.http_addr)
+        .await
+        .unwrap();
+    let (mut h1, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/events")
+        .header("host", "events.test")
+        .header("accept-encoding", "gzip")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = h1.send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    let mut body = resp.into_body();
+    let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+    let mut told = false;
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the first event, compressed, before the second is written")
+    {
+        if let Ok(data) = frame.unwrap().into_data() {
+            std::io::Write::write_all(&mut decoder, &data).unwrap();
+            std::io::Write::flush(&mut decoder).unwrap();
+        }
+        if !told && decoder.get_ref().as_slice() == b"data: one\n\n" {
+            told = true;
+            first_read.send(()).await.unwrap();
+        }
+    }
+    assert!(told);
+    assert_eq!(decoder.finish().unwrap(), b"data: one\n\ndata: two\n\n");
 }

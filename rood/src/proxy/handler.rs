@@ -10,13 +10,14 @@ use http_body_util::{BodyExt, Full};
 use roo_acme::challenge::HTTP01_PATH;
 use tokio::time::Sleep;
 
+use super::compress::{self, Coding};
+use super::head::ResponseHead;
 use super::upstream::Upstream;
-use super::wire::Lines;
 use super::{
     forward, headers, BodyError, BoxError, ConnInfo, ProxyBody, ProxyError, ProxyState,
     CHALLENGE_WAIT,
 };
-use crate::routes::middleware::{self, Middlewares};
+use crate::routes::middleware::Middlewares;
 use crate::routes::model::{address_token, binding, Choice, Sticking};
 use crate::routes::{split_host_port, valid_host, PathRoute, Route, Scheme};
 
@@ -161,9 +162,13 @@ async fn route(
         )));
     };
     let middlewares = route.target_of(choice).middlewares.as_deref();
+    let mut coding = None;
     if let Some(m) = middlewares {
         if let Some(answer) = request_filters(m, &mut req, info) {
             return Ok((answer, None));
+        }
+        if m.compress_min_bytes.is_some() && req.method() != Method::HEAD {
+            coding = Coding::accepted(req.headers());
         }
     }
     if let Some(path) = route.path(choice).filter(|p| p.strip_prefix) {
@@ -175,22 +180,18 @@ async fn route(
         _ => None,
     };
     let chosen = forward::Chosen { backend, bound };
-    let (mut resp, upstream) =
+    let (resp, upstream) =
         forward::forward(state, chosen, host.text, req, info, started, alarm).await?;
-    if let Some(cookie) = route.sticky.as_deref() {
-        bind(&mut resp, cookie, &backend.name, sticking, &upstream);
-    }
-    if let Some(changes) = middlewares
-        .map(|m| m.answer_changes())
-        .filter(|c| !c.is_empty())
-    {
-        // The pool's answers carry their fields as lines, edited where they are.
-        match resp.extensions_mut().get_mut::<Lines>() {
-            Some(lines) => lines.edit(changes),
-            None => middleware::apply(resp.headers_mut(), changes),
+    let (mut parts, mut body) = resp.into_parts();
+    if route.sticky.is_some() || middlewares.is_some() {
+        let mut head = ResponseHead::of(&mut parts);
+        if let Some(cookie) = route.sticky.as_deref() {
+            bind(&mut head, cookie, &backend.name, sticking, &upstream);
+        }
+        if let Some(m) = middlewares {
+            body = response_filters(m, &mut head, body, coding);
         }
     }
-    let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(
         &mut parts.headers,
         parts.status == StatusCode::SWITCHING_PROTOCOLS,
@@ -205,7 +206,7 @@ async fn route(
 /// Binds the client to the backend and address that answered it, when it was not bound to
 /// them: a new client, or one whose address went away.
 fn bind(
-    resp: &mut Response<ProxyBody>,
+    head: &mut ResponseHead<'_>,
     cookie: &str,
     backend: &str,
     sticking: Sticking,
@@ -223,7 +224,31 @@ fn bind(
         binding(backend, addr)
     );
     if let Ok(v) = HeaderValue::from_str(&value) {
-        resp.headers_mut().append(header::SET_COOKIE, v);
+        head.append(header::SET_COOKIE, v);
+    }
+}
+
+/// The middlewares' response filters: the header fields set and removed, then compression
+/// into `coding` (the client's choice, when it takes one of ours).
+fn response_filters(
+    m: &Middlewares,
+    head: &mut ResponseHead<'_>,
+    body: ProxyBody,
+    coding: Option<Coding>,
+) -> ProxyBody {
+    let changes = m.answer_changes();
+    if !changes.is_empty() {
+        head.edit(changes);
+    }
+    match m.compress_min_bytes {
+        Some(min) if compress::compressible(head, min) => {
+            compress::vary(head);
+            match coding {
+                Some(c) => compress::compress(head, body, c),
+                None => body,
+            }
+        }
+        _ => body,
     }
 }
 

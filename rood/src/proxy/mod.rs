@@ -5,15 +5,19 @@
 //! from [`crate::certs`]) and serve them: HTTP/1.x by [`h1`] (plain connections idle for a while
 //! wait in the worker's [`park`] lot), HTTP/2 by hyper. Each
 //! request goes to [`handler::handle`], which finds the route in the current
-//! [`crate::routes::RouteTable`] snapshot, then [`upstream`] picks an address and [`forward`]
-//! sends the request on (plain HTTP/1.1 over the worker's [`pool`] of keep-alive connections),
-//! with [`headers`] fixing the forwarding headers. [`wire`] is the HTTP/1.1 both sides speak.
+//! [`crate::routes::RouteTable`] snapshot, runs its phases (the route's middlewares among them),
+//! then [`upstream`] picks an address and [`forward`] sends the request on (plain HTTP/1.1 over
+//! the worker's [`pool`] of keep-alive connections), with [`headers`] fixing the forwarding
+//! headers. The response filters see the answer's [`head`] and may [`compress`] its body.
+//! [`wire`] is the HTTP/1.1 both sides speak.
 
 mod affinity;
+mod compress;
 mod error;
 mod forward;
 mod h1;
 pub mod handler;
+mod head;
 mod headers;
 pub mod health;
 mod park;

@@ -248,10 +248,25 @@ impl Lines {
         }
         for (name, value) in changes {
             if let Some(v) = value {
-                write_field(&mut self.bytes, name.as_str().as_bytes(), v.as_bytes());
-                self.noted(Known::of(name.as_str().as_bytes()));
+                self.append(name, v);
             }
         }
+    }
+
+    /// The value of the first line named `name`, trimmed.
+    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.bytes.split(|&b| b == b'\n').find_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            line[..colon]
+                .eq_ignore_ascii_case(name.as_str().as_bytes())
+                .then(|| line[colon + 1..].trim_ascii())
+        })
+    }
+
+    /// Adds a line, beside any of the same name.
+    pub fn append(&mut self, name: &HeaderName, value: &HeaderValue) {
+        write_field(&mut self.bytes, name.as_str().as_bytes(), value.as_bytes());
+        self.noted(Known::of(name.as_str().as_bytes()));
     }
 
     /// Puts the lines of `resp` (if it came so) into its header map, for a client that is not

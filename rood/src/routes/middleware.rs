@@ -34,6 +34,7 @@ pub enum MiddlewareJson {
     RateLimit(RateLimitJson),
     Headers(HeadersJson),
     Redirect(RedirectJson),
+    Compress(CompressJson),
     MaxBodyBytes(u64),
 }
 
@@ -86,6 +87,17 @@ pub struct RedirectJson {
     pub permanent: bool,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressJson {
+    /// Answers that say they are shorter are sent as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_bytes: Option<u64>,
+}
+
+/// Below this, a compressed body saves less than its coding's own framing costs.
+const COMPRESS_MIN_BYTES: u64 = 1024;
+
 fn default_realm() -> String {
     "roo".into()
 }
@@ -101,6 +113,9 @@ pub struct Middlewares {
     response: Vec<(HeaderName, Option<HeaderValue>)>,
     /// The largest request body let through.
     pub max_body_bytes: Option<u64>,
+    /// Compressible answers at least this long (or of unknown length) are compressed for the
+    /// clients that accept a coding roo has.
+    pub compress_min_bytes: Option<u64>,
     /// As written, for [`super::Route::to_json`].
     pub(super) json: Vec<MiddlewareJson>,
 }
@@ -140,6 +155,7 @@ impl Middlewares {
         let mut filters = Vec::new();
         let mut response = Vec::new();
         let mut max_body_bytes = None;
+        let mut compress_min_bytes = None;
         for (i, m) in json.iter().enumerate() {
             let at = |what: &str| format!("{field}middlewares[{i}].{what}");
             let invalid = |what: &str, reason: String| RouteError::Invalid {
@@ -272,6 +288,9 @@ impl Middlewares {
                         },
                     }));
                 }
+                MiddlewareJson::Compress(c) => {
+                    compress_min_bytes = Some(c.min_bytes.unwrap_or(COMPRESS_MIN_BYTES));
+                }
                 MiddlewareJson::MaxBodyBytes(n) => {
                     max_body_bytes = Some(max_body_bytes.map_or(*n, |m: u64| m.min(*n)));
                     filters.push(Filter::MaxBody(*n));
@@ -282,6 +301,7 @@ impl Middlewares {
             filters,
             response,
             max_body_bytes,
+            compress_min_bytes,
             json,
         })
     }
@@ -340,7 +360,7 @@ fn sorted(map: &HashMap<String, String>) -> Vec<(&String, &String)> {
 }
 
 /// Sets (Some) or removes (None) header fields of `headers`, in order.
-pub fn apply(headers: &mut HeaderMap, changes: &[(HeaderName, Option<HeaderValue>)]) {
+fn apply(headers: &mut HeaderMap, changes: &[(HeaderName, Option<HeaderValue>)]) {
     for (name, value) in changes {
         match value {
             Some(v) => {
