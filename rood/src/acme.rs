@@ -14,7 +14,7 @@ use roo_kv::{Consistency, Kv, KvError, Metrics};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::feed::Tables;
+use crate::tables::Tables;
 
 /// How often the leader looks for certificates to get or renew, besides on changes and when
 /// one falls due.

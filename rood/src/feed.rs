@@ -10,16 +10,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use roo_kv::{Consistency, EventKind, Kv, KvError};
 use rustls::sign::CertifiedKey;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use roo_acme::store::{HTTP01_PREFIX, TLSALPN01_PREFIX};
 
 use crate::certs::{self, CertTable, CERT_PREFIX};
 use crate::routes::{Route, RouteKey, RouteTable, ROUTE_PREFIX};
+use crate::tables::Tables;
 
 /// One change to the proxy's configuration. The KV watch produces them; so will the swarm
 /// watcher and config files, through the KV.
@@ -92,100 +91,53 @@ pub fn change_from_kv(key: &str, value: Option<&[u8]>) -> Option<Result<Change, 
     None
 }
 
-/// The tables the proxy reads, swapped whole on every change.
-pub struct Tables {
-    pub routes: ArcSwap<RouteTable>,
-    pub certs: Arc<ArcSwap<CertTable>>,
-    /// HTTP-01 key authorizations by token.
-    pub http01: ArcSwap<HashMap<String, String>>,
-    /// Counts publications; subscribers learn that something changed.
-    changed: watch::Sender<u64>,
-}
-
-impl Default for Tables {
-    fn default() -> Self {
-        Tables {
-            routes: ArcSwap::default(),
-            certs: Arc::default(),
-            http01: ArcSwap::default(),
-            changed: watch::channel(0).0,
-        }
-    }
-}
-
-impl Tables {
-    /// A receiver that sees each later publication of the tables.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
-    }
-
-    /// Waits up to `limit` until `found` returns something from the current tables.
-    pub async fn wait_for<T>(
-        &self,
-        limit: Duration,
-        found: impl Fn(&Tables) -> Option<T>,
-    ) -> Option<T> {
-        let mut changes = self.subscribe();
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(t) = found(self) {
-                return Some(t);
+/// Applies `changes` to copies of `tables` and publishes them.
+fn apply(tables: &Tables, changes: Vec<Change>) {
+    let mut routes: Option<RouteTable> = None;
+    let mut certs: Option<CertTable> = None;
+    let mut http01: Option<HashMap<String, String>> = None;
+    for change in changes {
+        match change {
+            Change::SetHttpChallenge(t, a) => {
+                http01
+                    .get_or_insert_with(|| (**tables.http01.load()).clone())
+                    .insert(t, a);
             }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return None,
+            Change::RemoveHttpChallenge(t) => {
+                http01
+                    .get_or_insert_with(|| (**tables.http01.load()).clone())
+                    .remove(&t);
             }
+            Change::SetTlsChallenge(h, c) => certs
+                .get_or_insert_with(|| (**tables.certs.load()).clone())
+                .insert_challenge(h, c),
+            Change::RemoveTlsChallenge(h) => certs
+                .get_or_insert_with(|| (**tables.certs.load()).clone())
+                .remove_challenge(&h),
+            Change::SetRoute(k, r) => routes
+                .get_or_insert_with(|| (**tables.routes.load()).clone())
+                .insert(k, r),
+            Change::RemoveRoute(k) => routes
+                .get_or_insert_with(|| (**tables.routes.load()).clone())
+                .remove(&k),
+            Change::SetCert(h, c) => certs
+                .get_or_insert_with(|| (**tables.certs.load()).clone())
+                .insert(h, c),
+            Change::RemoveCert(h) => certs
+                .get_or_insert_with(|| (**tables.certs.load()).clone())
+                .remove(&h),
         }
     }
-
-    /// Applies `changes` to copies of the tables and publishes them.
-    pub fn apply(&self, changes: Vec<Change>) {
-        let mut routes: Option<RouteTable> = None;
-        let mut certs: Option<CertTable> = None;
-        let mut http01: Option<HashMap<String, String>> = None;
-        for change in changes {
-            match change {
-                Change::SetHttpChallenge(t, a) => {
-                    http01
-                        .get_or_insert_with(|| (**self.http01.load()).clone())
-                        .insert(t, a);
-                }
-                Change::RemoveHttpChallenge(t) => {
-                    http01
-                        .get_or_insert_with(|| (**self.http01.load()).clone())
-                        .remove(&t);
-                }
-                Change::SetTlsChallenge(h, c) => certs
-                    .get_or_insert_with(|| (**self.certs.load()).clone())
-                    .insert_challenge(h, c),
-                Change::RemoveTlsChallenge(h) => certs
-                    .get_or_insert_with(|| (**self.certs.load()).clone())
-                    .remove_challenge(&h),
-                Change::SetRoute(k, r) => routes
-                    .get_or_insert_with(|| (**self.routes.load()).clone())
-                    .insert(k, r),
-                Change::RemoveRoute(k) => routes
-                    .get_or_insert_with(|| (**self.routes.load()).clone())
-                    .remove(&k),
-                Change::SetCert(h, c) => certs
-                    .get_or_insert_with(|| (**self.certs.load()).clone())
-                    .insert(h, c),
-                Change::RemoveCert(h) => certs
-                    .get_or_insert_with(|| (**self.certs.load()).clone())
-                    .remove(&h),
-            }
-        }
-        if let Some(r) = routes {
-            self.routes.store(Arc::new(r));
-        }
-        if let Some(c) = certs {
-            self.certs.store(Arc::new(c));
-        }
-        if let Some(h) = http01 {
-            self.http01.store(Arc::new(h));
-        }
-        self.changed.send_modify(|n| *n += 1);
+    if let Some(r) = routes {
+        tables.routes.store(Arc::new(r));
     }
+    if let Some(c) = certs {
+        tables.certs.store(Arc::new(c));
+    }
+    if let Some(h) = http01 {
+        tables.http01.store(Arc::new(h));
+    }
+    tables.published();
 }
 
 const PREFIX: &str = "com.roo.";
@@ -232,7 +184,7 @@ async fn follow(kv: &Kv, tables: &Tables) {
                         })
                         .collect();
                     if !changes.is_empty() {
-                        tables.apply(changes);
+                        apply(tables, changes);
                     }
                 }
                 Err(KvError::Shutdown) => return,
@@ -271,7 +223,7 @@ async fn load_all(kv: &Kv, tables: &Tables) -> Result<u64, KvError> {
     tables.routes.store(Arc::new(routes));
     tables.certs.store(Arc::new(certs));
     tables.http01.store(Arc::new(http01));
-    tables.changed.send_modify(|n| *n += 1);
+    tables.published();
     Ok(rev)
 }
 

@@ -16,9 +16,10 @@
 //! - [`acme`]: where a certificate comes from when nobody put one by hand: the ACME issuer
 //!   (`roo-acme`), run on the raft leader over the KV.
 //! - [`feed`]: routes and certificates from the KV (scan, then watch), as typed changes applied
-//!   to the tables the proxy reads.
+//!   to the [`tables`] the proxy reads (immutable snapshots, swapped whole).
 //! - [`proxy`]: where a request is routed: the HTTP and HTTPS listeners, the request's phases,
 //!   the upstreams and their health checks.
+//! - [`report`]: what the proxy tells of its work, through a trait the metrics implement.
 //! - [`metrics`]: what a node counts, and the Prometheus page of `GET /metrics`.
 //! - [`cli`]: `rooctl`, the operator's command line over the API.
 //! - [`node`]: wires a node together from its config: store, servers, cluster formation,
@@ -39,5 +40,7 @@ pub mod feed;
 pub mod metrics;
 pub mod node;
 pub mod proxy;
+pub mod report;
 pub mod routes;
 pub mod swarm;
+pub mod tables;

@@ -19,9 +19,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use roo_kv::Kv;
 
-use crate::feed::Tables;
-use crate::proxy::upstream::Upstream;
+use crate::report::{Level, Report, Served, Upstream};
 use crate::routes::Scheme;
+use crate::tables::Tables;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SchemeLabels {
@@ -46,11 +46,13 @@ pub type AcmeStats = roo_acme::issuer::Stats;
 pub struct Metrics {
     registry: Registry,
     requests: Arc<Requests>,
-    pub upstream_connect_errors: Family<UpstreamLabels, Counter>,
-    pub upstream_ejections: Family<UpstreamLabels, Counter>,
-    pub open_connections: Family<SchemeLabels, Gauge>,
-    pub tls_handshakes: Counter,
-    pub tls_handshake_failures: Counter,
+    upstream_connect_errors: Family<UpstreamLabels, Counter>,
+    upstream_ejections: Family<UpstreamLabels, Counter>,
+    open_connections: Family<SchemeLabels, Gauge>,
+    /// The proxy's counts of open connections, by listener ([`scheme_index`]).
+    connections: [Level; 2],
+    tls_handshakes: Counter,
+    tls_handshake_failures: Counter,
     pub swarm_reconciles: Counter,
     pub swarm_reconcile_errors: Counter,
     pub swarm_reconcile_seconds: Histogram,
@@ -83,6 +85,7 @@ impl Metrics {
             upstream_connect_errors: Family::default(),
             upstream_ejections: Family::default(),
             open_connections: Family::default(),
+            connections: Default::default(),
             tls_handshakes: Counter::default(),
             tls_handshake_failures: Counter::default(),
             swarm_reconciles: Counter::default(),
@@ -199,22 +202,28 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// A proxy worker's own request counts, part of the page from now on.
-    pub fn request_counts(&self) -> Arc<RequestCounts> {
+    /// A proxy worker's report: its own request counts, part of the page from now on, and the
+    /// node's counters.
+    pub fn worker_report(self: &Arc<Self>) -> Arc<dyn Report> {
+        Arc::new(WorkerReport {
+            counts: self.request_counts(),
+            metrics: self.clone(),
+        })
+    }
+
+    fn request_counts(&self) -> Arc<RequestCounts> {
         let counts = Arc::new(RequestCounts::default());
         lock(&self.requests.workers).push(counts.clone());
         counts
     }
 
-    /// The open-connections gauge of a listener.
-    pub fn connections(&self, scheme: &'static str) -> Gauge {
-        self.open_connections
-            .get_or_create(&SchemeLabels { scheme })
-            .clone()
-    }
-
     /// The page, with the values read now from `kv`, `tables` and the issuer.
     pub async fn render(&self, kv: &Kv, tables: &Tables, acme: Option<AcmeStats>) -> String {
+        for (scheme, level) in ["http", "https"].into_iter().zip(&self.connections) {
+            self.open_connections
+                .get_or_create(&SchemeLabels { scheme })
+                .set(level.get());
+        }
         let routes = tables.routes.load();
         self.routes.set(routes.len() as i64);
         let certs = tables.certs.load();
@@ -273,6 +282,40 @@ const DURATION_BOUNDS: [f64; DURATION_BUCKETS - 1] = {
     bounds
 };
 
+/// What one proxy worker reports, counted.
+struct WorkerReport {
+    counts: Arc<RequestCounts>,
+    metrics: Arc<Metrics>,
+}
+
+impl Report for WorkerReport {
+    fn served(&self, s: &Served<'_>) {
+        self.counts.request(s);
+    }
+
+    fn upstream_refused(&self, upstream: &Upstream, ejected: bool) {
+        let labels = UpstreamLabels {
+            upstream: upstream.to_string(),
+        };
+        let m = &self.metrics;
+        m.upstream_connect_errors.get_or_create(&labels).inc();
+        if ejected {
+            m.upstream_ejections.get_or_create(&labels).inc();
+        }
+    }
+
+    fn tls_handshake(&self, done: bool) {
+        match done {
+            true => self.metrics.tls_handshakes.inc(),
+            false => self.metrics.tls_handshake_failures.inc(),
+        };
+    }
+
+    fn open_connections(&self, scheme: Scheme) -> Level {
+        self.metrics.connections[scheme_index(scheme)].clone()
+    }
+}
+
 /// The request counts of one proxy worker. Only the worker's thread writes them, so their lock
 /// is taken without contention and no cache line moves between cores on a request (as with
 /// counters shared by all workers); the page sums the workers' counts.
@@ -307,15 +350,15 @@ fn scheme_index(scheme: Scheme) -> usize {
 
 impl RequestCounts {
     /// Counts one answered request.
-    pub fn request(
-        &self,
-        host: &str,
-        status: u16,
-        backend: Option<&str>,
-        upstream: Option<&Upstream>,
-        scheme: Scheme,
-        seconds: f64,
-    ) {
+    fn request(&self, s: &Served<'_>) {
+        let Served {
+            host,
+            status,
+            backend,
+            upstream,
+            scheme,
+            seconds,
+        } = *s;
         let class = match status {
             100..=199 => 0,
             200..=299 => 1,
@@ -453,23 +496,38 @@ mod tests {
         let metrics = Metrics::new();
         let (one, two) = (metrics.request_counts(), metrics.request_counts());
         let upstream = Upstream::Addr(([10, 0, 0, 1], 80).into());
-        one.request(
+        let served = |host, status, backend, upstream, scheme, seconds| Served {
+            host,
+            status,
+            backend,
+            upstream,
+            scheme,
+            seconds,
+        };
+        one.request(&served(
             "Example.COM",
             200,
             Some("v1"),
             Some(&upstream),
             Scheme::Http,
             0.0007,
-        );
-        two.request(
+        ));
+        two.request(&served(
             "example.com",
             204,
             Some("v1"),
             Some(&upstream),
             Scheme::Http,
             100.0,
-        );
-        two.request("example.com", 503, None, None, Scheme::Https, 0.0001);
+        ));
+        two.request(&served(
+            "example.com",
+            503,
+            None,
+            None,
+            Scheme::Https,
+            0.0001,
+        ));
         let mut page = String::new();
         prometheus_client::encoding::text::encode(&mut page, &metrics.registry).unwrap();
         for line in [

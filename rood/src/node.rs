@@ -17,10 +17,11 @@ use crate::api::{self, Api};
 use crate::certs;
 use crate::cluster::{self, Formation};
 use crate::config::Config;
-use crate::feed::{self, Tables};
+use crate::feed;
 use crate::metrics::Metrics;
 use crate::proxy::upstream::Upstreams;
 use crate::proxy::{self, ProxyState};
+use crate::tables::Tables;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -178,8 +179,7 @@ impl Node {
                     None => Duration::ZERO,
                 },
                 acme_wake: acme_wake.clone(),
-                counts: metrics.request_counts(),
-                metrics: metrics.clone(),
+                report: metrics.worker_report(),
             });
         }
         if config.api_token.is_none() {

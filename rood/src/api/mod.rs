@@ -39,8 +39,8 @@ use tokio_util::sync::CancellationToken;
 pub use reply::{ApiError, Body};
 
 use crate::acme::KvStore;
-use crate::feed::Tables;
 use crate::metrics::Metrics;
+use crate::tables::Tables;
 
 /// What every handler can reach.
 #[derive(Clone)]

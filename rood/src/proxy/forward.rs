@@ -8,9 +8,9 @@ use http::{Request, Response, Uri, Version};
 use tokio::time::Sleep;
 
 use super::headers;
-use super::upstream::{Addrs, SendError, Upstream};
+use super::upstream::{Addrs, SendError};
 use super::{ConnInfo, ProxyBody, ProxyError, ProxyState};
-use crate::metrics::UpstreamLabels;
+use crate::report::Upstream;
 use crate::routes::Backend;
 
 /// Whether a request asks to switch protocols (WebSocket and the like).
@@ -136,22 +136,10 @@ pub async fn forward(
                 secs: upstreams.timeout.as_secs(),
             },
             Some(Err(SendError::Connect(reason))) => {
-                let labels = UpstreamLabels {
-                    upstream: upstream.to_string(),
-                };
-                state
-                    .metrics
-                    .upstream_connect_errors
-                    .get_or_create(&labels)
-                    .inc();
                 if let Some(addr) = addr {
                     upstreams.eject(addr);
-                    state
-                        .metrics
-                        .upstream_ejections
-                        .get_or_create(&labels)
-                        .inc();
                 }
+                state.report.upstream_refused(&upstream, addr.is_some());
                 ProxyError::Connect {
                     addr: upstream.to_string(),
                     reason,

@@ -12,11 +12,11 @@ use tokio::time::Sleep;
 
 use super::compress::{self, Coding};
 use super::head::ResponseHead;
-use super::upstream::Upstream;
 use super::{
     forward, headers, BodyError, BoxError, ConnInfo, ProxyBody, ProxyError, ProxyState,
     CHALLENGE_WAIT,
 };
+use crate::report::{Served, Upstream};
 use crate::routes::middleware::Middlewares;
 use crate::routes::model::{address_token, binding, Choice, Sticking};
 use crate::routes::{split_host_port, valid_host, PathRoute, Route, Scheme};
@@ -101,9 +101,14 @@ pub async fn handle(
     let status = resp.status().as_u16();
     let backend = reached.as_ref().and_then(Reached::backend_name);
     let upstream = reached.as_ref().map(|r| &r.upstream);
-    state
-        .counts
-        .request(label_host, status, backend, upstream, info.scheme, seconds);
+    state.report.served(&Served {
+        host: label_host,
+        status,
+        backend,
+        upstream,
+        scheme: info.scheme,
+        seconds,
+    });
     if let Some((method, uri)) = logged {
         tracing::info!(
             target: "rood::access",

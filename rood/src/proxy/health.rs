@@ -17,8 +17,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::feed::Tables;
 use crate::routes::model::HealthCheck;
+use crate::tables::Tables;
 
 /// How often the checker looks for checks that are due.
 const TICK: Duration = Duration::from_millis(50);

@@ -47,8 +47,9 @@ use tokio_util::task::TaskTracker;
 pub use error::{BodyError, ProxyError};
 
 use crate::certs::{self, is_acme_tls};
-use crate::feed::Tables;
+use crate::report::{Level, Report};
 use crate::routes::Scheme;
+use crate::tables::Tables;
 
 /// The error of a body streamed through the proxy (from the client, an upstream, or ours).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -82,9 +83,8 @@ pub struct ProxyState {
     pub cert_wait: Duration,
     /// Woken by such a handshake: tells the local ACME issuer (if it runs here) to look now.
     pub acme_wake: Arc<tokio::sync::Notify>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// This worker's share of the request counts.
-    pub counts: Arc<crate::metrics::RequestCounts>,
+    /// Where this worker tells of its work.
+    pub report: Arc<dyn Report>,
 }
 
 /// Bounds on what clients may hold or send.
@@ -293,7 +293,7 @@ async fn serve(
     } else {
         Scheme::Http
     };
-    let open_connections = state.metrics.connections(scheme.as_str());
+    let open_connections = state.report.open_connections(scheme);
     // Plain connections idle for a while wait in the lot (TLS ones keep their session in
     // their task).
     let (mut lot, mut waiter) = match tls {
@@ -536,17 +536,17 @@ async fn tls_accept(
         {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                state.metrics.tls_handshake_failures.inc();
+                state.report.tls_handshake(false);
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 return None;
             }
             Err(_) => {
-                state.metrics.tls_handshake_failures.inc();
+                state.report.tls_handshake(false);
                 tracing::debug!(%peer, "TLS handshake timed out");
                 return None;
             }
         };
-    state.metrics.tls_handshakes.inc();
+    state.report.tls_handshake(true);
     if tls_stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
         tracing::info!(%peer, "answered a TLS-ALPN-01 validation");
         return None;
@@ -622,7 +622,7 @@ async fn tls_handshake(
 /// the connection limit, and its counts.
 pub struct Held {
     slot: Option<OwnedSemaphorePermit>,
-    open: prometheus_client::metrics::gauge::Gauge,
+    open: Level,
     load: Arc<AtomicUsize>,
 }
 

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::Held;
+use crate::report::Level;
 
 /// How long a connection waits for its next request as a task before it is parked.
 pub const PARK_AFTER: Duration = Duration::from_millis(500);
@@ -28,7 +28,7 @@ const EVENTS: usize = 256;
 pub struct ParkingLot {
     registry: Registry,
     /// The counts every [`Held`] of this listener keeps up: a parked connection still counts.
-    open: Gauge,
+    open: Level,
     load: Arc<AtomicUsize>,
     /// What parking times are counted from.
     epoch: Instant,
@@ -61,7 +61,7 @@ pub struct Waiter {
 
 impl ParkingLot {
     /// A lot whose connections are counted in `open` and `load`, as their tasks' [`Held`] are.
-    pub fn new(open: Gauge, load: Arc<AtomicUsize>) -> std::io::Result<(Arc<ParkingLot>, Waiter)> {
+    pub fn new(open: Level, load: Arc<AtomicUsize>) -> std::io::Result<(Arc<ParkingLot>, Waiter)> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let lot = ParkingLot {
@@ -233,7 +233,7 @@ mod tests {
     use tokio::sync::Semaphore;
 
     /// A connection's hold as its listener gives it: a slot of `limit`, counted in `load`.
-    fn held(limit: &Arc<Semaphore>, open: &Gauge, load: &Arc<AtomicUsize>) -> Held {
+    fn held(limit: &Arc<Semaphore>, open: &Level, load: &Arc<AtomicUsize>) -> Held {
         load.fetch_add(1, Ordering::SeqCst);
         open.inc();
         Held {
@@ -257,7 +257,7 @@ mod tests {
     #[tokio::test]
     async fn parked_connections_wake_on_bytes_or_their_end_and_go_when_expired() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (open, load) = (Gauge::default(), Arc::new(AtomicUsize::new(0)));
+        let (open, load) = (Level::default(), Arc::new(AtomicUsize::new(0)));
         let limit = Arc::new(Semaphore::new(10));
         let (lot, mut waiter) = ParkingLot::new(open.clone(), load.clone()).unwrap();
         let (mut a, a_server) = pair(&listener).await;

@@ -4,7 +4,6 @@
 //! plain HTTP/1.1 ([`super::pool`]), h2c, and TLS (verified by default).
 
 use std::collections::HashMap;
-use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -124,28 +123,6 @@ pub struct Upstreams {
 
 /// The addresses of a backend's destinations (on the stack for the usual one or two).
 pub type Addrs = smallvec::SmallVec<[SocketAddr; 2]>;
-
-/// Where a request went, as its counts and its log line name it; a plain address's text is made
-/// only when shown.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Upstream {
-    /// A plain HTTP destination's address.
-    Addr(SocketAddr),
-    /// A TLS destination, `https://host:port` (its addresses rotate in the connector).
-    Tls(Arc<str>),
-    /// This node's own answer to an ACME HTTP-01 challenge.
-    Acme,
-}
-
-impl fmt::Display for Upstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Upstream::Addr(addr) => write!(f, "http://{addr}"),
-            Upstream::Tls(target) => f.write_str(target),
-            Upstream::Acme => f.write_str("acme"),
-        }
-    }
-}
 
 /// Why an upstream gave no answer.
 #[derive(Debug)]
@@ -456,20 +433,5 @@ mod tests {
         assert!(u.pick(&addrs, Some(addr(1))).is_some_and(|a| a != addr(1)));
         assert_eq!(u.pick(&[addr(1)], Some(addr(1))), None);
         assert_eq!(u.pick(&[], None), None);
-    }
-
-    #[test]
-    fn upstreams_are_named_as_urls() {
-        assert_eq!(
-            Upstream::Addr(addr(8080)).to_string(),
-            "http://127.0.0.1:8080"
-        );
-        let v6 = Upstream::Addr("[::1]:81".parse().unwrap());
-        assert_eq!(v6.to_string(), "http://[::1]:81");
-        assert_eq!(
-            Upstream::Tls("https://a.test:443".into()).to_string(),
-            "https://a.test:443"
-        );
-        assert_eq!(Upstream::Acme.to_string(), "acme");
     }
 }
