@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Instant;
 
-use http::{Request, Response, Uri, Version};
+use http::{HeaderName, HeaderValue, Request, Response, Uri, Version};
 use tokio::time::Sleep;
 
 use super::headers;
@@ -26,11 +26,13 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// The backend a request goes to, and the address token a sticky client is bound to.
+/// The backend a request goes to, the address token a sticky client is bound to, and the
+/// request fields its route sets (Some) or removes (None).
 #[derive(Debug, Clone, Copy)]
 pub struct Chosen<'a> {
     pub backend: &'a Backend,
     pub bound: Option<u64>,
+    pub changes: &'a [(HeaderName, Option<HeaderValue>)],
 }
 
 /// Sends `req` (come at `started`) to one of the backend's addresses; on a refused connection of
@@ -47,7 +49,11 @@ pub async fn forward(
     started: Instant,
     mut alarm: Pin<&mut Sleep>,
 ) -> Result<(Response<ProxyBody>, Upstream), ProxyError> {
-    let Chosen { backend, bound } = chosen;
+    let Chosen {
+        backend,
+        bound,
+        changes,
+    } = chosen;
     // TLS destinations are named by host (for SNI and the certificate check); their addresses
     // rotate inside the TLS connector. Plain ones are resolved here, address by address.
     let addrs = if backend.tls() {
@@ -64,7 +70,7 @@ pub async fn forward(
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    let forwarded = headers::Forwarded::new(&info.client_ip, info.scheme, host);
+    let forwarded = headers::Forwarded::new(&info.client_ip, info.scheme, host, changes);
     parts.version = if backend.h2c {
         Version::HTTP_2
     } else {

@@ -184,7 +184,12 @@ async fn route(
         Sticking::Bound(token) => token,
         _ => None,
     };
-    let chosen = forward::Chosen { backend, bound };
+    let changes = middlewares.map_or(&[][..], Middlewares::request_changes);
+    let chosen = forward::Chosen {
+        backend,
+        bound,
+        changes,
+    };
     let (resp, upstream) =
         forward::forward(state, chosen, host.text, req, info, started, alarm).await?;
     let (mut parts, mut body) = resp.into_parts();
@@ -268,7 +273,7 @@ fn request_filters(
     // A copy of the target shares its bytes: no path copied for the filters.
     let uri = req.uri().clone();
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    if let Some(answer) = m.request(req.headers_mut(), path, info.peer.ip()) {
+    if let Some(answer) = m.request(req.headers(), path, info.peer.ip()) {
         let mut resp = text(answer.status, answer.text);
         resp.headers_mut()
             .extend(answer.headers.into_iter().map(|(n, v)| (Some(n), v)));

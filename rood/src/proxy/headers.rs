@@ -126,7 +126,8 @@ impl IpText {
 }
 
 /// The forwarding headers of a request: X-Forwarded-For (appended to what the client sent),
-/// X-Forwarded-Proto, X-Forwarded-Host and X-Real-IP, and the client's Host kept. Set in the
+/// X-Forwarded-Proto, X-Forwarded-Host and X-Real-IP, and the client's Host kept; then the
+/// route's own request fields (its `headers` middleware). Set in the
 /// header map of a request that hyper sends ([`Forwarded::apply`]), written straight into the
 /// head of one the pool sends ([`Forwarded::write`]): the same fields either way.
 #[derive(Debug, Clone, Copy)]
@@ -135,10 +136,18 @@ pub struct Forwarded<'a> {
     scheme: Scheme,
     /// None when not header text (the client's Host then goes on as it was).
     host: Option<&'a str>,
+    /// The route's own fields, set (Some) or removed (None), one change a name: they take the
+    /// place of the client's and of the forwarding fields of the same name.
+    changes: &'a [(HeaderName, Option<HeaderValue>)],
 }
 
 impl<'a> Forwarded<'a> {
-    pub fn new(client: &'a IpText, scheme: Scheme, host: &'a str) -> Forwarded<'a> {
+    pub fn new(
+        client: &'a IpText,
+        scheme: Scheme,
+        host: &'a str,
+        changes: &'a [(HeaderName, Option<HeaderValue>)],
+    ) -> Forwarded<'a> {
         let text = host
             .bytes()
             .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
@@ -146,7 +155,13 @@ impl<'a> Forwarded<'a> {
             client: client.as_str(),
             scheme,
             host: text.then_some(host),
+            changes,
         }
+    }
+
+    /// Whether the route changes the field `name`.
+    fn changed(&self, name: &HeaderName) -> bool {
+        self.changes.iter().any(|(n, _)| n == name)
     }
 
     /// Whether the field `name` is one these set (the client's own value does not go on).
@@ -155,6 +170,7 @@ impl<'a> Forwarded<'a> {
             || *name == X_FORWARDED_PROTO
             || *name == X_REAL_IP
             || (self.host.is_some() && (*name == X_FORWARDED_HOST || *name == header::HOST))
+            || self.changed(name)
     }
 
     /// The client's chain (`prior`, the first X-Forwarded-For it sent) with its address added.
@@ -182,12 +198,20 @@ impl<'a> Forwarded<'a> {
             headers.insert(header::HOST, v);
         }
         headers.insert(X_REAL_IP, ip);
+        for (name, value) in self.changes {
+            match value {
+                Some(v) => headers.insert(name.clone(), v.clone()),
+                None => headers.remove(name),
+            };
+        }
     }
 
     /// Writes the fields as a head's lines; `prior`: the client's first X-Forwarded-For.
     pub fn write(&self, out: &mut Vec<u8>, prior: Option<&HeaderValue>) {
         let mut line = |name: &HeaderName, value: &str| {
-            write_field(out, name.as_str().as_bytes(), value.as_bytes())
+            if !self.changed(name) {
+                write_field(out, name.as_str().as_bytes(), value.as_bytes());
+            }
         };
         line(&X_FORWARDED_FOR, &self.chain(prior));
         line(&X_FORWARDED_PROTO, self.scheme.as_str());
@@ -196,6 +220,11 @@ impl<'a> Forwarded<'a> {
             line(&header::HOST, host);
         }
         line(&X_REAL_IP, self.client);
+        for (name, value) in self.changes {
+            if let Some(v) = value {
+                write_field(out, name.as_str().as_bytes(), v.as_bytes());
+            }
+        }
     }
 }
 
@@ -271,7 +300,7 @@ mod tests {
     #[test]
     fn forwarded_for_appends() {
         let client = IpText::new("10.0.0.1".parse().unwrap());
-        let forwarded = Forwarded::new(&client, Scheme::Https, "Example.com");
+        let forwarded = Forwarded::new(&client, Scheme::Https, "Example.com", &[]);
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static(" 203.0.113.9 "));
         h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
@@ -300,7 +329,7 @@ mod tests {
         let client = IpText::new("::ffff:255.255.255.255".parse().unwrap());
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("  "));
-        Forwarded::new(&client, Scheme::Http, "a.b").apply(&mut h);
+        Forwarded::new(&client, Scheme::Http, "a.b", &[]).apply(&mut h);
         assert_eq!(h["x-forwarded-for"], "::ffff:255.255.255.255");
         let long = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
         assert_eq!(
@@ -308,9 +337,44 @@ mod tests {
             "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
         );
         // A host that is not header text leaves the client's Host as it was.
-        let odd = Forwarded::new(&client, Scheme::Http, "a\u{7f}b");
+        let odd = Forwarded::new(&client, Scheme::Http, "a\u{7f}b", &[]);
         assert!(
             !odd.sets(&header::HOST) && odd.sets(&header::HeaderName::from_static("x-real-ip"))
         );
+    }
+
+    #[test]
+    fn the_route_s_own_fields_take_the_place_of_the_others() {
+        let client = IpText::new("10.0.0.1".parse().unwrap());
+        let changes = [
+            (
+                HeaderName::from_static("x-from"),
+                Some(HeaderValue::from_static("roo")),
+            ),
+            (header::HOST, Some(HeaderValue::from_static("internal.svc"))),
+            (HeaderName::from_static("x-secret"), None),
+        ];
+        let forwarded = Forwarded::new(&client, Scheme::Http, "a.b", &changes);
+        let mut h = HeaderMap::new();
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-from", HeaderValue::from_static("client"));
+        h.insert("x-kept", HeaderValue::from_static("2"));
+        for name in ["x-secret", "x-from", "host"] {
+            assert!(forwarded.sets(&HeaderName::from_static(name)), "{name}");
+        }
+        assert!(!forwarded.sets(&HeaderName::from_static("x-kept")));
+        let mut head = Vec::new();
+        forwarded.write(&mut head, None);
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.contains("x-from: roo\r\n"), "{head}");
+        assert!(head.contains("host: internal.svc\r\n"), "{head}");
+        let hosts = head.lines().filter(|l| l.starts_with("host: ")).count();
+        assert_eq!(hosts, 1, "{head}");
+        assert!(head.contains("x-forwarded-host: a.b\r\n"), "{head}");
+        forwarded.apply(&mut h);
+        assert_eq!(h["x-from"], "roo");
+        assert_eq!(h[header::HOST], "internal.svc");
+        assert!(h.get("x-secret").is_none());
+        assert_eq!(h["x-kept"], "2");
     }
 }

@@ -2,8 +2,10 @@
 //! and to the answer on its way back. They are parsed and compiled with the route, into its
 //! snapshot: a route without any carries none and pays nothing for them.
 //!
-//! Request filters run in the order the route lists them; the first that answers itself (401,
-//! 403, 429, a redirect, 413) ends the request before it reaches the upstream.
+//! Request filters run in the order the route lists them, on what the client sent; the first
+//! that answers itself (401, 403, 429, a redirect, 413) ends the request before it reaches the
+//! upstream. The request fields the route sets or removes are changed as the request leaves,
+//! written into its head with the forwarding fields.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -109,6 +111,8 @@ fn default_burst() -> u32 {
 #[derive(Debug)]
 pub struct Middlewares {
     filters: Vec<Filter>,
+    /// The request fields set (Some) or removed (None), the last change of each name.
+    request: Vec<(HeaderName, Option<HeaderValue>)>,
     /// The headers set and removed on answers, in order.
     response: Vec<(HeaderName, Option<HeaderValue>)>,
     /// The largest request body let through.
@@ -125,8 +129,6 @@ enum Filter {
     BasicAuth(BasicAuth),
     IpAllow(Vec<Cidr>),
     RateLimit(RateLimit),
-    /// Request headers to set (Some) or remove (None).
-    Headers(Vec<(HeaderName, Option<HeaderValue>)>),
     Redirect(Redirect),
     MaxBody(u64),
 }
@@ -153,6 +155,7 @@ impl Middlewares {
     /// Compiles `json` (`field`: where it is in the route, for errors).
     pub fn compile(field: &str, json: Vec<MiddlewareJson>) -> Result<Middlewares, RouteError> {
         let mut filters = Vec::new();
+        let mut request = Vec::new();
         let mut response = Vec::new();
         let mut max_body_bytes = None;
         let mut compress_min_bytes = None;
@@ -243,7 +246,6 @@ impl Middlewares {
                         HeaderValue::from_str(v)
                             .map_err(|_| invalid(what, format!("{v:?} is not a header value")))
                     };
-                    let mut request = Vec::new();
                     for n in &h.request_remove {
                         request.push((name("headers.request_remove", n)?, None));
                     }
@@ -261,9 +263,6 @@ impl Middlewares {
                             name("headers.response_set", n)?,
                             Some(value("headers.response_set", v)?),
                         ));
-                    }
-                    if !request.is_empty() {
-                        filters.push(Filter::Headers(request));
                     }
                 }
                 MiddlewareJson::Redirect(r) => {
@@ -297,8 +296,14 @@ impl Middlewares {
                 }
             }
         }
+        // A later change of a name overrides an earlier one.
+        let mut seen = HashSet::new();
+        request.reverse();
+        request.retain(|(name, _): &(HeaderName, _)| seen.insert(name.clone()));
+        request.reverse();
         Ok(Middlewares {
             filters,
+            request,
             response,
             max_body_bytes,
             compress_min_bytes,
@@ -307,10 +312,10 @@ impl Middlewares {
     }
 
     /// The request filters, in order, on a request from `client` with `path_and_query`: None
-    /// to go on (its headers maybe changed), else the answer that ends it.
+    /// to go on, else the answer that ends it.
     pub fn request(
         &self,
-        headers: &mut HeaderMap,
+        headers: &HeaderMap,
         path_and_query: &str,
         client: IpAddr,
     ) -> Option<Answer> {
@@ -323,10 +328,6 @@ impl Middlewares {
                 }
                 Filter::BasicAuth(auth) => auth.check(headers),
                 Filter::RateLimit(limit) => limit.take(canonical(client), Instant::now()),
-                Filter::Headers(changes) => {
-                    apply(headers, changes);
-                    None
-                }
                 Filter::Redirect(r) => r.answer(path_and_query),
                 Filter::MaxBody(max) => {
                     let length = headers
@@ -347,6 +348,11 @@ impl Middlewares {
         None
     }
 
+    /// The request fields to set (Some) or remove (None) as the request leaves.
+    pub fn request_changes(&self) -> &[(HeaderName, Option<HeaderValue>)] {
+        &self.request
+    }
+
     /// The response filters: header fields to set (Some) or remove (None), in order.
     pub fn answer_changes(&self) -> &[(HeaderName, Option<HeaderValue>)] {
         &self.response
@@ -357,20 +363,6 @@ fn sorted(map: &HashMap<String, String>) -> Vec<(&String, &String)> {
     let mut v: Vec<_> = map.iter().collect();
     v.sort();
     v
-}
-
-/// Sets (Some) or removes (None) header fields of `headers`, in order.
-fn apply(headers: &mut HeaderMap, changes: &[(HeaderName, Option<HeaderValue>)]) {
-    for (name, value) in changes {
-        match value {
-            Some(v) => {
-                headers.insert(name.clone(), v.clone());
-            }
-            None => {
-                headers.remove(name);
-            }
-        }
-    }
 }
 
 /// An IPv4 client on an IPv6 socket, as IPv4.
@@ -607,12 +599,12 @@ mod tests {
     fn redirects_expand_groups_and_bad_middlewares_name_their_field() {
         let m = compiled(serde_json::json!([{"redirect": {"regex": "^/old/(.*)", "replacement": "/new/$1", "permanent": true}}])).unwrap();
         let answer = m
-            .request(&mut HeaderMap::new(), "/old/a?b=1", [127, 0, 0, 1].into())
+            .request(&HeaderMap::new(), "/old/a?b=1", [127, 0, 0, 1].into())
             .unwrap();
         assert_eq!(answer.status, StatusCode::PERMANENT_REDIRECT);
         assert_eq!(answer.headers[0].1, "/new/a?b=1");
         assert!(m
-            .request(&mut HeaderMap::new(), "/other", [127, 0, 0, 1].into())
+            .request(&HeaderMap::new(), "/other", [127, 0, 0, 1].into())
             .is_none());
         for (json, says) in [
             (
