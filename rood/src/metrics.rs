@@ -331,7 +331,8 @@ struct Counts {
     seconds: [Durations; 2],
 }
 
-type ByBackend = HashMap<Box<str>, HashMap<Option<Upstream>, [u64; 5]>, ahash::RandomState>;
+type ByBackend = HashMap<Box<str>, ByUpstream, ahash::RandomState>;
+type ByUpstream = HashMap<Option<Upstream>, [u64; 5], ahash::RandomState>;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Durations {

@@ -4,13 +4,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Instant;
 
-use http::{HeaderName, HeaderValue, Request, Response, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use tokio::time::Sleep;
 
 use super::headers;
 use super::upstream::{Addrs, SendError};
 use super::{ConnInfo, ProxyBody, ProxyError, ProxyState};
 use crate::report::Upstream;
+use crate::routes::middleware::FieldChange;
 use crate::routes::Backend;
 
 /// Whether a request asks to switch protocols (WebSocket and the like).
@@ -27,12 +28,13 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 /// The backend a request goes to, the address token a sticky client is bound to, and the
-/// request fields its route sets (Some) or removes (None).
+/// fields its route sets or removes in the request and in the answer.
 #[derive(Debug, Clone, Copy)]
 pub struct Chosen<'a> {
     pub backend: &'a Backend,
     pub bound: Option<u64>,
-    pub changes: &'a [(HeaderName, Option<HeaderValue>)],
+    pub request_changes: &'a [FieldChange],
+    pub answer_changes: &'a [FieldChange],
 }
 
 /// Sends `req` (come at `started`) to one of the backend's addresses; on a refused connection of
@@ -52,7 +54,8 @@ pub async fn forward(
     let Chosen {
         backend,
         bound,
-        changes,
+        request_changes,
+        answer_changes,
     } = chosen;
     // TLS destinations are named by host (for SNI and the certificate check); their addresses
     // rotate inside the TLS connector. Plain ones are resolved here, address by address.
@@ -70,7 +73,7 @@ pub async fn forward(
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    let forwarded = headers::Forwarded::new(&info.client_ip, info.scheme, host, changes);
+    let forwarded = headers::Forwarded::new(&info.client_ip, info.scheme, host, request_changes);
     parts.version = if backend.h2c {
         Version::HTTP_2
     } else {
@@ -133,7 +136,14 @@ pub async fn forward(
             Some(_) => Instant::now(),
         };
         // Pinned where it is made: the sending's future is large, and not moved again.
-        let send = std::pin::pin!(upstreams.send(backend, addr, upstream_req, &forwarded, sent_at));
+        let send = std::pin::pin!(upstreams.send(
+            backend,
+            addr,
+            upstream_req,
+            &forwarded,
+            answer_changes,
+            sent_at,
+        ));
         let sent = within(alarm.as_mut(), sent_at + upstreams.timeout, send).await;
         let error = match sent {
             Some(Ok(resp)) => return Ok((resp, upstream)),

@@ -169,7 +169,7 @@ async fn route(
     let middlewares = route.target_of(choice).middlewares.as_deref();
     let mut coding = None;
     if let Some(m) = middlewares {
-        if let Some(answer) = request_filters(m, &mut req, info) {
+        if let Some(answer) = request_filters(m, &mut req, info, started) {
             return Ok((answer, None));
         }
         if m.compress_min_bytes.is_some() && req.method() != Method::HEAD {
@@ -184,11 +184,11 @@ async fn route(
         Sticking::Bound(token) => token,
         _ => None,
     };
-    let changes = middlewares.map_or(&[][..], Middlewares::request_changes);
     let chosen = forward::Chosen {
         backend,
         bound,
-        changes,
+        request_changes: middlewares.map_or(&[], Middlewares::request_changes),
+        answer_changes: middlewares.map_or(&[], Middlewares::answer_changes),
     };
     let (resp, upstream) =
         forward::forward(state, chosen, host.text, req, info, started, alarm).await?;
@@ -247,7 +247,7 @@ fn response_filters(
     coding: Option<Coding>,
 ) -> ProxyBody {
     let changes = m.answer_changes();
-    if !changes.is_empty() {
+    if !changes.is_empty() && !head.changed_as_read() {
         head.edit(changes);
     }
     match m.compress_min_bytes {
@@ -269,11 +269,10 @@ fn request_filters(
     m: &Middlewares,
     req: &mut Request<ProxyBody>,
     info: &ConnInfo,
+    started: Instant,
 ) -> Option<Response<ProxyBody>> {
-    // A copy of the target shares its bytes: no path copied for the filters.
-    let uri = req.uri().clone();
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    if let Some(answer) = m.request(req.headers(), path, info.peer.ip()) {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Some(answer) = m.request(req.headers(), path, info.peer.ip(), started) {
         let mut resp = text(answer.status, answer.text);
         resp.headers_mut()
             .extend(answer.headers.into_iter().map(|(n, v)| (Some(n), v)));

@@ -6,6 +6,7 @@ use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::wire::Lines;
+use crate::routes::middleware::FieldChange;
 
 pub struct ResponseHead<'a> {
     pub status: StatusCode,
@@ -22,6 +23,12 @@ impl<'a> ResponseHead<'a> {
         }
     }
 
+    /// Whether the route's answer changes were made as the upstream's answer was read: the
+    /// lines of a pooled answer are.
+    pub fn changed_as_read(&self) -> bool {
+        self.lines.is_some()
+    }
+
     /// The first value of `name`.
     pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
         self.lines
@@ -32,12 +39,14 @@ impl<'a> ResponseHead<'a> {
 
     /// Sets (Some) or removes (None) fields, in order: a set field replaces every value of its
     /// name.
-    pub fn edit(&mut self, changes: &[(HeaderName, Option<HeaderValue>)]) {
+    pub fn edit(&mut self, changes: &[FieldChange]) {
         match self.lines.as_deref_mut() {
             Some(lines) => {
                 lines.edit(changes);
-                for (name, _) in changes {
-                    self.headers.remove(name);
+                if !self.headers.is_empty() {
+                    for (name, _) in changes {
+                        self.headers.remove(name);
+                    }
                 }
             }
             None => {

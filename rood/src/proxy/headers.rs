@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::routes::middleware::FieldChange;
 use crate::routes::Scheme;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -138,7 +139,7 @@ pub struct Forwarded<'a> {
     host: Option<&'a str>,
     /// The route's own fields, set (Some) or removed (None), one change a name: they take the
     /// place of the client's and of the forwarding fields of the same name.
-    changes: &'a [(HeaderName, Option<HeaderValue>)],
+    changes: &'a [FieldChange],
 }
 
 impl<'a> Forwarded<'a> {
@@ -146,7 +147,7 @@ impl<'a> Forwarded<'a> {
         client: &'a IpText,
         scheme: Scheme,
         host: &'a str,
-        changes: &'a [(HeaderName, Option<HeaderValue>)],
+        changes: &'a [FieldChange],
     ) -> Forwarded<'a> {
         let text = host
             .bytes()

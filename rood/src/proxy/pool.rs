@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use super::headers::{Forwarded, X_FORWARDED_FOR};
 use super::wire::{self, field_slots, read_some, Chunked, Decode, Lines};
 use super::{BodyError, BoxError, ProxyBody};
+use crate::routes::middleware::FieldChange;
 
 /// The largest answer head taken from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
@@ -104,14 +105,18 @@ impl Http1Pool {
         addr: SocketAddr,
         req: Request<ProxyBody>,
         forwarded: Option<&Forwarded<'_>>,
+        answer_changes: &[FieldChange],
         now: Instant,
     ) -> Result<Response<PooledBody>, PoolError> {
         let (parts, body) = req.into_parts();
-        let head_only = parts.method == Method::HEAD;
+        let reading = Reading {
+            head_only: parts.method == Method::HEAD,
+            changes: answer_changes,
+        };
         let (head, chunked) = request_head(&parts, &body, forwarded);
         if body.is_end_stream() {
             if let Some(conn) = self.take(addr, now) {
-                match self.exchange(addr, conn, &head, head_only).await {
+                match self.exchange(addr, conn, &head, reading).await {
                     Ok(resp) => return Ok(resp),
                     Err(Failure::Unanswered(e)) if parts.method.is_idempotent() => {
                         tracing::debug!(%addr, error = %e, "kept connection closed; sending again");
@@ -121,7 +126,7 @@ impl Http1Pool {
             }
             let conn = self.connect(addr).await?;
             return self
-                .exchange(addr, conn, &head, head_only)
+                .exchange(addr, conn, &head, reading)
                 .await
                 .map_err(Failure::into_error);
         }
@@ -139,7 +144,7 @@ impl Http1Pool {
         }));
         let mut buf = BytesMut::new();
         let answer = {
-            let reading = read_answer(&mut read, &mut buf, head_only);
+            let reading = read_answer(&mut read, &mut buf, reading);
             tokio::pin!(reading);
             loop {
                 tokio::select! {
@@ -174,13 +179,13 @@ impl Http1Pool {
         addr: SocketAddr,
         mut conn: TcpStream,
         head: &[u8],
-        head_only: bool,
+        reading: Reading<'_>,
     ) -> Result<Response<PooledBody>, Failure> {
         conn.write_all(head)
             .await
             .map_err(|e| Failure::Unanswered(e.to_string()))?;
         let mut buf = BytesMut::new();
-        let (mut parts, decode, keep) = read_answer(&mut conn, &mut buf, head_only).await?;
+        let (mut parts, decode, keep) = read_answer(&mut conn, &mut buf, reading).await?;
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             // The connection belongs to the tunnel now.
             let switched = Switched(Arc::new(Mutex::new(Some((conn, buf.freeze())))));
@@ -285,6 +290,14 @@ impl Failure {
     }
 }
 
+/// What an answer is read for: a HEAD request (no body, whatever its fields say), and the
+/// fields its route sets or removes, changed as its lines are read.
+#[derive(Debug, Clone, Copy)]
+struct Reading<'a> {
+    head_only: bool,
+    changes: &'a [FieldChange],
+}
+
 /// A request's head, with its framing: the length the body has, else chunked (true).
 fn request_head(
     parts: &http::request::Parts,
@@ -333,13 +346,13 @@ fn request_head(
 async fn read_answer<T: tokio::io::AsyncRead + Unpin>(
     io: &mut T,
     buf: &mut BytesMut,
-    head_only: bool,
+    reading: Reading<'_>,
 ) -> Result<(http::response::Parts, Decode, bool), Failure> {
     let mut answered = false;
     loop {
         if !buf.is_empty() {
             answered = true;
-            match parse_answer(buf, head_only).map_err(Failure::Failed)? {
+            match parse_answer(buf, reading).map_err(Failure::Failed)? {
                 Some(answer)
                     if answer.0.status.is_informational()
                         && answer.0.status != StatusCode::SWITCHING_PROTOCOLS =>
@@ -368,7 +381,7 @@ async fn read_answer<T: tokio::io::AsyncRead + Unpin>(
 /// The answer head at the start of `buf`, taken out of it when whole.
 fn parse_answer(
     buf: &mut BytesMut,
-    head_only: bool,
+    reading: Reading<'_>,
 ) -> Result<Option<(http::response::Parts, Decode, bool)>, PoolError> {
     let refused = |what: &str| PoolError::Request(format!("bad answer from the upstream: {what}"));
     let (len, code, version, lines, fields) = {
@@ -384,13 +397,13 @@ fn parse_answer(
         };
         let code = resp.code.unwrap_or_default();
         // The fields of this connection are left out as they are read.
-        let (lines, fields) = Lines::of(&buf[..], resp.headers, code == 101);
+        let (lines, fields) = Lines::of(&buf[..], resp.headers, code == 101, reading.changes);
         (len, code, wire::version(resp.version), lines, fields)
     };
     buf.advance(len);
     let status = StatusCode::from_u16(code).map_err(|_| refused("status"))?;
     let mut keep = fields.persistent(version);
-    let decode = if wire::bodiless(status, head_only) {
+    let decode = if wire::bodiless(status, reading.head_only) {
         Decode::Done
     } else {
         match (fields.transfer_encoding, fields.content_length) {
@@ -610,7 +623,7 @@ mod tests {
         addr: SocketAddr,
         path: &str,
     ) -> Result<Response<PooledBody>, PoolError> {
-        pool.send(addr, get(path), None, Instant::now()).await
+        pool.send(addr, get(path), None, &[], Instant::now()).await
     }
 
     fn get(path: &str) -> Request<ProxyBody> {

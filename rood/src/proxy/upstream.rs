@@ -25,6 +25,7 @@ use super::headers::Forwarded;
 use super::health::Down;
 use super::pool::{Http1Pool, PoolConfig, PoolError};
 use super::{BodyError, BoxError, ProxyBody, ProxyError};
+use crate::routes::middleware::FieldChange;
 use crate::routes::{Backend, Destination};
 
 /// How long an address that refused a connection is left out.
@@ -287,12 +288,14 @@ impl Upstreams {
 
     /// Sends `req` to `backend` with the `forwarded` fields: to `addr` for a plain backend (its
     /// URI in origin form), else to the host its absolute URI names. `started`: when it came.
+    /// A pooled answer comes with `answer_changes` made in its lines; hyper's answers without.
     pub async fn send(
         &self,
         backend: &Backend,
         addr: Option<SocketAddr>,
         mut req: Request<ProxyBody>,
         forwarded: &Forwarded<'_>,
+        answer_changes: &[FieldChange],
         started: Instant,
     ) -> Result<Response<ProxyBody>, SendError> {
         use http_body_util::BodyExt;
@@ -304,7 +307,11 @@ impl Upstreams {
             (true, _, _) => self.https_unverified.request(req),
             (false, true, _) => self.h2c.request(req),
             (false, false, Some(addr)) => {
-                return match self.http1.send(addr, req, Some(forwarded), started).await {
+                return match self
+                    .http1
+                    .send(addr, req, Some(forwarded), answer_changes, started)
+                    .await
+                {
                     Ok(resp) => Ok(resp.map(|b| b.boxed())),
                     Err(PoolError::Connect(reason)) => Err(SendError::Connect(reason)),
                     Err(PoolError::Request(reason)) => Err(SendError::Failed(reason)),

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::headers::{hop_by_hop, named_by_connection, names_field, write_field, Known};
 use super::{BoxError, ProxyBody};
+use crate::routes::middleware::FieldChange;
 
 /// Header fields a head may have.
 pub const MAX_HEADERS: usize = 100;
@@ -144,9 +145,20 @@ pub struct Lines {
 
 impl Lines {
     /// The lines of the fields httparse read from `head`, hop-by-hop ones and those
-    /// `Connection` names left out (`Upgrade` kept in an upgrade), and what the fields say.
+    /// `Connection` names left out (`Upgrade` kept in an upgrade), with a route's `changes`
+    /// made (the fields they name left out, the set ones appended), and what the fields say.
     /// Kept lines that follow each other in `head` are copied as one piece.
-    pub fn of(head: &[u8], read: &[httparse::Header<'_>], upgrade: bool) -> (Lines, Fields) {
+    pub fn of(
+        head: &[u8],
+        read: &[httparse::Header<'_>],
+        upgrade: bool,
+        changes: &[FieldChange],
+    ) -> (Lines, Fields) {
+        let changed = |name: &str| {
+            changes
+                .iter()
+                .any(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
+        };
         let mut fields = Fields::default();
         let size: usize = read.iter().map(|h| h.name.len() + h.value.len() + 4).sum();
         let mut lines = Lines {
@@ -161,7 +173,7 @@ impl Lines {
         for h in read {
             let name = Known::of(h.name.as_bytes());
             fields.note(name, h.value);
-            if hop_by_hop(name, upgrade) {
+            if hop_by_hop(name, upgrade) || changed(h.name) {
                 continue;
             }
             let (start, end) = (
@@ -198,9 +210,14 @@ impl Lines {
             (lines.has_length, lines.has_date) = (false, false);
             for h in read {
                 let name = h.name.as_bytes();
-                if !named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                if !named.iter().any(|n| n.eq_ignore_ascii_case(name)) && !changed(h.name) {
                     lines.push(Known::of(name), h, upgrade);
                 }
+            }
+        }
+        for (name, value) in changes {
+            if let Some(v) = value {
+                lines.append(name, v);
             }
         }
         (lines, fields)
@@ -225,27 +242,31 @@ impl Lines {
     }
 
     /// Sets (Some) or removes (None) fields, as a route's response filters ask: the lines of
-    /// each name named go, the set ones are appended.
-    pub fn edit(&mut self, changes: &[(HeaderName, Option<HeaderValue>)]) {
-        fn name_of(line: &[u8]) -> &[u8] {
-            line.split(|&b| b == b':').next().unwrap_or_default()
-        }
-        let named = |line: &[u8]| {
-            let name = name_of(line);
+    /// each name named go (the others close up in place), the set ones are appended.
+    pub fn edit(&mut self, changes: &[FieldChange]) {
+        let named = |name: &[u8]| {
             changes
                 .iter()
                 .any(|(n, _)| n.as_str().as_bytes().eq_ignore_ascii_case(name))
         };
-        if self.bytes.split_inclusive(|&b| b == b'\n').any(named) {
-            let bytes = std::mem::take(&mut self.bytes);
-            (self.has_length, self.has_date) = (false, false);
-            for line in bytes.split_inclusive(|&b| b == b'\n') {
-                if !named(line) {
-                    self.noted(Known::of(name_of(line)));
-                    self.bytes.extend_from_slice(line);
+        let (mut read, mut kept) = (0, 0);
+        while read < self.bytes.len() {
+            let line = &self.bytes[read..];
+            let next = read + memchr::memchr(b'\n', line).map_or(line.len(), |i| i + 1);
+            let name = &line[..memchr::memchr(b':', line).unwrap_or(0)];
+            if named(name) {
+                match Known::of(name) {
+                    Known::ContentLength => self.has_length = false,
+                    Known::Date => self.has_date = false,
+                    _ => {}
                 }
+            } else {
+                self.bytes.copy_within(read..next, kept);
+                kept += next - read;
             }
+            read = next;
         }
+        self.bytes.truncate(kept);
         for (name, value) in changes {
             if let Some(v) = value {
                 self.append(name, v);
@@ -256,7 +277,7 @@ impl Lines {
     /// The value of the first line named `name`, trimmed.
     pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
         self.bytes.split(|&b| b == b'\n').find_map(|line| {
-            let colon = line.iter().position(|&b| b == b':')?;
+            let colon = memchr::memchr(b':', line)?;
             line[..colon]
                 .eq_ignore_ascii_case(name.as_str().as_bytes())
                 .then(|| line[colon + 1..].trim_ascii())
@@ -583,21 +604,26 @@ mod tests {
         let mut fields = [httparse::EMPTY_HEADER; 8];
         let mut resp = httparse::Response::new(&mut fields);
         resp.parse(head).unwrap();
-        let (mut lines, _) = Lines::of(head, resp.headers, false);
-        assert!(lines.has_length && !lines.has_date);
-        lines.edit(&[
+        let changes = [
             (http::header::SERVER, None),
             (http::header::DATE, Some(HeaderValue::from_static("today"))),
             (
                 HeaderName::from_static("x-up"),
                 Some(HeaderValue::from_static("2")),
             ),
-        ]);
+        ];
+        // Made as the lines are read, or on the lines read: the same lines.
+        let (read, _) = Lines::of(head, resp.headers, false, &changes);
+        let (mut lines, _) = Lines::of(head, resp.headers, false, &[]);
+        assert!(lines.has_length && !lines.has_date);
+        lines.edit(&changes);
         assert_eq!(
             String::from_utf8_lossy(lines.as_bytes()),
             "Content-Length: 2\r\ndate: today\r\nx-up: 2\r\n"
         );
         assert!(lines.has_length && lines.has_date);
+        assert_eq!(read.as_bytes(), lines.as_bytes());
+        assert!(read.has_length && read.has_date);
         // Nothing named: nothing rebuilt, the set ones appended.
         lines.edit(&[(
             HeaderName::from_static("x-more"),

@@ -24,6 +24,9 @@ use super::RouteError;
 /// Credentials checked with bcrypt (a deliberately slow hash) and found good are remembered,
 /// up to this many per route: a client sends them with every request.
 const VERIFIED_KEPT: usize = 1024;
+/// A header field set to a value (Some) or removed (None).
+pub type FieldChange = (HeaderName, Option<HeaderValue>);
+
 /// Clients a rate limit keeps buckets for before it forgets those that are full again.
 const BUCKETS_KEPT: usize = 65_536;
 
@@ -112,9 +115,9 @@ fn default_burst() -> u32 {
 pub struct Middlewares {
     filters: Vec<Filter>,
     /// The request fields set (Some) or removed (None), the last change of each name.
-    request: Vec<(HeaderName, Option<HeaderValue>)>,
+    request: Vec<FieldChange>,
     /// The headers set and removed on answers, in order.
-    response: Vec<(HeaderName, Option<HeaderValue>)>,
+    response: Vec<FieldChange>,
     /// The largest request body let through.
     pub max_body_bytes: Option<u64>,
     /// Compressible answers at least this long (or of unknown length) are compressed for the
@@ -311,13 +314,14 @@ impl Middlewares {
         })
     }
 
-    /// The request filters, in order, on a request from `client` with `path_and_query`: None
-    /// to go on, else the answer that ends it.
+    /// The request filters, in order, on a request from `client` with `path_and_query`, come
+    /// at `now`: None to go on, else the answer that ends it.
     pub fn request(
         &self,
         headers: &HeaderMap,
         path_and_query: &str,
         client: IpAddr,
+        now: Instant,
     ) -> Option<Answer> {
         for f in &self.filters {
             let answer = match f {
@@ -327,7 +331,7 @@ impl Middlewares {
                         .then(|| Answer::new(StatusCode::FORBIDDEN, "forbidden\n"))
                 }
                 Filter::BasicAuth(auth) => auth.check(headers),
-                Filter::RateLimit(limit) => limit.take(canonical(client), Instant::now()),
+                Filter::RateLimit(limit) => limit.take(canonical(client), now),
                 Filter::Redirect(r) => r.answer(path_and_query),
                 Filter::MaxBody(max) => {
                     let length = headers
@@ -349,12 +353,12 @@ impl Middlewares {
     }
 
     /// The request fields to set (Some) or remove (None) as the request leaves.
-    pub fn request_changes(&self) -> &[(HeaderName, Option<HeaderValue>)] {
+    pub fn request_changes(&self) -> &[FieldChange] {
         &self.request
     }
 
     /// The response filters: header fields to set (Some) or remove (None), in order.
-    pub fn answer_changes(&self) -> &[(HeaderName, Option<HeaderValue>)] {
+    pub fn answer_changes(&self) -> &[FieldChange] {
         &self.response
     }
 }
@@ -378,7 +382,7 @@ struct BasicAuth {
     challenge: HeaderValue,
     /// Credentials (as sent, base64) found good. Kept as they are: they pass through this
     /// process's memory with every request anyway, and a lookup must cost next to nothing.
-    verified: Mutex<HashSet<Box<str>, ahash::RandomState>>,
+    verified: Mutex<HashSet<Box<[u8]>, ahash::RandomState>>,
 }
 
 impl fmt::Debug for BasicAuth {
@@ -393,12 +397,12 @@ impl BasicAuth {
     fn check(&self, headers: &HeaderMap) -> Option<Answer> {
         let good = headers
             .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+            .map(HeaderValue::as_bytes)
             .and_then(|v| {
-                v.strip_prefix("Basic ")
-                    .or_else(|| v.strip_prefix("basic "))
+                v.strip_prefix(b"Basic ")
+                    .or_else(|| v.strip_prefix(b"basic "))
             })
-            .is_some_and(|b64| self.verify(b64.trim()));
+            .is_some_and(|b64| self.verify(b64.trim_ascii()));
         if good {
             return None;
         }
@@ -409,7 +413,7 @@ impl BasicAuth {
         Some(answer)
     }
 
-    fn verify(&self, b64: &str) -> bool {
+    fn verify(&self, b64: &[u8]) -> bool {
         if lock(&self.verified).contains(b64) {
             return true;
         }
@@ -599,12 +603,22 @@ mod tests {
     fn redirects_expand_groups_and_bad_middlewares_name_their_field() {
         let m = compiled(serde_json::json!([{"redirect": {"regex": "^/old/(.*)", "replacement": "/new/$1", "permanent": true}}])).unwrap();
         let answer = m
-            .request(&HeaderMap::new(), "/old/a?b=1", [127, 0, 0, 1].into())
+            .request(
+                &HeaderMap::new(),
+                "/old/a?b=1",
+                [127, 0, 0, 1].into(),
+                Instant::now(),
+            )
             .unwrap();
         assert_eq!(answer.status, StatusCode::PERMANENT_REDIRECT);
         assert_eq!(answer.headers[0].1, "/new/a?b=1");
         assert!(m
-            .request(&HeaderMap::new(), "/other", [127, 0, 0, 1].into())
+            .request(
+                &HeaderMap::new(),
+                "/other",
+                [127, 0, 0, 1].into(),
+                Instant::now(),
+            )
             .is_none());
         for (json, says) in [
             (
