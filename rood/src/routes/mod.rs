@@ -4,7 +4,9 @@
 //! - [`model`]: what a route does (backends, weights, cohorts, paths), parsed and checked;
 //! - [`middleware`]: what a route does to requests and answers on the way (auth, limits...);
 //! - [`table`]: the routing table the proxy reads a snapshot of on every request, which
-//!   [`crate::feed`] keeps equal to the KV.
+//!   [`crate::feed`] keeps equal to the KV;
+//! - [`write`]: the one write path of every writer; [`reconcile`]: a source's routes (the
+//!   swarm watcher's) made to match what it wants, as typed steps through that path.
 //!
 //! Keys are Roo's: `com.roo.host:<host>[:<port>]:<scheme>`, where `<scheme>` is the incoming
 //! scheme (`http` or `https`) and the port is left out when it is the scheme's default. Hosts
@@ -15,6 +17,7 @@ use std::fmt;
 
 pub mod middleware;
 pub mod model;
+pub mod reconcile;
 pub mod table;
 pub mod write;
 

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::routes::write::{RouteChange, WriteError};
-use crate::routes::RouteKey;
+use crate::routes::reconcile::{self, Wanted};
+use crate::routes::write::WriteError;
 use labels::Labels;
 
 /// Full reconcile period, besides Docker's events.
@@ -283,83 +283,62 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<usize, SwarmError> {
         })?;
         owned.insert(id, value);
     }
-    // What the watcher last wrote at each key it made, and who it made it for.
-    let mut made: BTreeMap<&str, (&str, Vec<&str>)> = BTreeMap::new();
+    // What the watcher last wrote at each key it made, and the services it made it for.
+    let mut made: BTreeMap<String, (String, Vec<&str>)> = BTreeMap::new();
     for o in owned.values() {
         for (key, value) in &o.routes {
-            made.entry(key)
-                .or_insert((value, Vec::new()))
+            made.entry(key.clone())
+                .or_insert((value.clone(), Vec::new()))
                 .1
                 .push(&o.service);
         }
     }
+    let made = made
+        .into_iter()
+        .map(|(key, (value, services))| (key, (value, source(&services))))
+        .collect();
     // Each route's shares, by service; keys of a service whose labels are invalid are left as
     // they are, whoever else names them.
-    let mut wanted: BTreeMap<String, BTreeMap<String, labels::Share>> = BTreeMap::new();
-    let mut held = std::collections::HashSet::new();
+    let mut shares: BTreeMap<String, BTreeMap<String, labels::Share>> = BTreeMap::new();
+    let mut wanted = BTreeMap::new();
     for service in &services {
         match &service.routes {
             Some(routes) => {
                 for (key, share) in routes {
-                    wanted
+                    shares
                         .entry(key.clone())
                         .or_default()
                         .insert(service.name.clone(), share.clone());
                 }
             }
-            None => held.extend(
-                owned
+            None => {
+                let held = owned
                     .get(&service.id)
                     .into_iter()
-                    .flat_map(|o| o.routes.keys()),
-            ),
+                    .flat_map(|o| o.routes.keys());
+                wanted.extend(held.map(|key| (key.clone(), Wanted::Held)));
+            }
         }
     }
-    let keys: std::collections::BTreeSet<&str> = wanted
-        .keys()
-        .map(String::as_str)
-        .chain(made.keys().copied())
-        .collect();
-    let mut changes = 0;
-    // The value at each key the watcher now stands for.
-    let mut written: BTreeMap<&str, String> = BTreeMap::new();
-    for key in keys {
-        let before = made.get(key).map(|(value, _)| *value);
-        if held.contains(&key.to_string()) {
-            written.extend(before.map(|v| (key, v.to_string())));
-            continue;
-        }
-        let Some(shares) = wanted.get(key) else {
-            let (value, services) = made.get(key).cloned().unwrap_or_default();
-            changes += remove_route(kv, &services.join(","), key, value).await?;
-            continue;
-        };
+    for (key, shares) in shares {
         let services: Vec<&str> = shares.keys().map(String::as_str).collect();
-        let checked = labels::compose(shares).and_then(|value| {
+        let source = source(&services);
+        let checked = labels::compose(&shares).and_then(|value| {
             crate::routes::Route::parse(value.as_bytes())
                 .map(|_| value)
                 .map_err(|e| e.to_string())
         });
-        let value = match checked {
-            Ok(value) => value,
+        let want = match checked {
+            Ok(value) => Wanted::Value { value, source },
             Err(e) => {
-                tracing::warn!(services = %services.join(","), %key, error = %e, "the labels make an invalid route; it is left as it is");
-                written.extend(before.map(|v| (key, v.to_string())));
-                continue;
+                tracing::warn!(%source, %key, error = %e, "the labels make an invalid route; it is left as it is");
+                Wanted::Held
             }
         };
-        if before.is_none() && kv.get(key, Consistency::Linearizable).await?.is_some() {
-            tracing::warn!(services = %services.join(","), %key, "a route put by hand exists; the labels are skipped");
-            continue;
-        }
-        if before != Some(value.as_str()) {
-            let source = format!("swarm:{}", services.join(","));
-            write_route(kv, key, Some(value.clone().into_bytes()), source, None).await?;
-            changes += 1;
-            tracing::info!(services = %services.join(","), %key, %value, "route from labels");
-        }
-        written.insert(key, value);
+        wanted.entry(key).or_insert(want);
     }
+    let done = reconcile::reconcile(kv, reconcile::diff(&made, &wanted)).await?;
+    let written = done.standing;
     // Ownership records: each service's keys and what stands there.
     for service in &services {
         let Some(routes) = &service.routes else {
@@ -370,7 +349,7 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<usize, SwarmError> {
             service: service.name.clone(),
             routes: routes
                 .keys()
-                .filter_map(|k| Some((k.clone(), written.get(k.as_str())?.clone())))
+                .filter_map(|k| Some((k.clone(), written.get(k)?.clone())))
                 .collect(),
         };
         let record_key = format!("{OWNER_PREFIX}{}", service.id);
@@ -390,51 +369,12 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<usize, SwarmError> {
         kv.delete(&format!("{OWNER_PREFIX}{id}"), None).await?;
         tracing::info!(service = %o.service, "service removed: its share of routes taken out");
     }
-    Ok(changes)
+    Ok(done.changes)
 }
 
-/// Deletes a route the watcher made, unless someone changed it since.
-async fn remove_route(kv: &Kv, service: &str, key: &str, made: &str) -> Result<usize, SwarmError> {
-    match kv.get(key, Consistency::Linearizable).await? {
-        Some(record) if record.value == made.as_bytes() => {
-            let source = format!("swarm:{service}");
-            match write_route(kv, key, None, source, Some(record.mod_rev)).await {
-                Ok(()) => {}
-                Err(SwarmError::Route(WriteError::Kv(KvError::Conflict { .. }))) => {
-                    tracing::info!(%service, %key, "route changed by hand meanwhile; left alone");
-                    return Ok(0);
-                }
-                Err(e) => return Err(e),
-            }
-            tracing::info!(%service, %key, "route from labels removed");
-            Ok(1)
-        }
-        Some(_) => {
-            tracing::info!(%service, %key, "route changed by hand since; left alone");
-            Ok(0)
-        }
-        None => Ok(0),
-    }
-}
-
-/// Writes a route the watcher makes through the routes' one write path.
-async fn write_route(
-    kv: &Kv,
-    key: &str,
-    value: Option<Vec<u8>>,
-    source: String,
-    prev_rev: Option<u64>,
-) -> Result<(), SwarmError> {
-    let route = RouteKey::parse(key).map_err(|e| SwarmError::Route(e.into()))?;
-    let change = RouteChange {
-        key: route,
-        value,
-        source,
-        prev_rev,
-        idempotency_key: None,
-    };
-    crate::routes::write::write(kv, change).await?;
-    Ok(())
+/// The source name of the watcher's writes for `services`.
+fn source(services: &[&str]) -> String {
+    format!("swarm:{}", services.join(","))
 }
 
 /// Every service and the routes its labels describe.
