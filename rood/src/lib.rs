@@ -25,6 +25,12 @@
 //! - [`node`]: wires a node together from its config: store, servers, cluster formation,
 //!   shutdown.
 //!
+//! Imports flow one way. The data plane ([`proxy`]) reads the [`tables`] and [`routes`] and
+//! tells of its work through [`report::Report`]; control ([`feed`], [`swarm`], [`acme`]) writes
+//! the KV and the tables and reports through traits of its own; admin ([`api`], [`metrics`])
+//! reads both. Neither the proxy nor control imports admin, and control's writers of routes all
+//! go through [`routes::write`].
+//!
 //! The store itself is the `roo-kv` crate.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]

@@ -53,9 +53,9 @@ pub struct Metrics {
     connections: [Level; 2],
     tls_handshakes: Counter,
     tls_handshake_failures: Counter,
-    pub swarm_reconciles: Counter,
-    pub swarm_reconcile_errors: Counter,
-    pub swarm_reconcile_seconds: Histogram,
+    swarm_reconciles: Counter,
+    swarm_reconcile_errors: Counter,
+    swarm_reconcile_seconds: Histogram,
     // Read when rendered.
     routes: Gauge,
     certificates: Gauge,
@@ -281,6 +281,16 @@ const DURATION_BOUNDS: [f64; DURATION_BUCKETS - 1] = {
     }
     bounds
 };
+
+impl crate::swarm::Report for Metrics {
+    fn reconciled(&self, done: bool, seconds: f64) {
+        self.swarm_reconciles.inc();
+        self.swarm_reconcile_seconds.observe(seconds);
+        if !done {
+            self.swarm_reconcile_errors.inc();
+        }
+    }
+}
 
 /// What one proxy worker reports, counted.
 struct WorkerReport {

@@ -26,7 +26,6 @@ use roo_kv::{Consistency, Kv, KvError};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
 use crate::routes::reconcile::{self, Wanted};
 use crate::routes::write::WriteError;
 use labels::Labels;
@@ -103,7 +102,7 @@ pub async fn manager() -> Result<Docker, String> {
 /// Finds the Docker manager API and runs the watcher while this node holds the lease, until
 /// `shutdown`. `required`: keep looking for the API (`--swarm on`); else give up at once when
 /// there is none (`auto`).
-pub async fn run(kv: Kv, required: bool, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn run(kv: Kv, required: bool, report: Arc<dyn Report>, shutdown: CancellationToken) {
     let docker = loop {
         match manager().await {
             Ok(d) => break d,
@@ -119,11 +118,11 @@ pub async fn run(kv: Kv, required: bool, metrics: Arc<Metrics>, shutdown: Cancel
         }
     };
     tracing::info!("Docker swarm manager API reachable: this node may run the swarm watcher");
-    lead(kv, docker, metrics, shutdown).await
+    lead(kv, docker, report, shutdown).await
 }
 
 /// Runs the watcher whenever this node holds the lease.
-async fn lead(kv: Kv, docker: Docker, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+async fn lead(kv: Kv, docker: Docker, report: Arc<dyn Report>, shutdown: CancellationToken) {
     loop {
         let held = tokio::select! {
             held = acquire(&kv) => held,
@@ -135,7 +134,7 @@ async fn lead(kv: Kv, docker: Docker, metrics: Arc<Metrics>, shutdown: Cancellat
                 let lost = shutdown.child_token();
                 tokio::select! {
                     _ = hold(&kv, rev, &lost) => {}
-                    _ = watch(&kv, &docker, &metrics, &lost) => {}
+                    _ = watch(&kv, &docker, &*report, &lost) => {}
                 }
                 lost.cancel();
                 if shutdown.is_cancelled() {
@@ -208,11 +207,11 @@ async fn hold(kv: &Kv, mut rev: u64, lost: &CancellationToken) {
 }
 
 /// Reconciles at start, on every service event and every [`RECONCILE_EVERY`].
-async fn watch(kv: &Kv, docker: &Docker, metrics: &Metrics, lost: &CancellationToken) {
+async fn watch(kv: &Kv, docker: &Docker, report: &dyn Report, lost: &CancellationToken) {
     let filters = HashMap::from([("type", vec!["service"])]);
     loop {
         let mut events = docker.events(Some(EventsOptionsBuilder::new().filters(&filters).build()));
-        run_reconcile(kv, docker, metrics).await;
+        run_reconcile(kv, docker, report).await;
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
         tick.tick().await;
         loop {
@@ -225,7 +224,7 @@ async fn watch(kv: &Kv, docker: &Docker, metrics: &Metrics, lost: &CancellationT
                             .and_then(|a| a.get("name"))
                             .map_or("-", String::as_str);
                         tracing::debug!(action = e.action.as_deref().unwrap_or("-"), service = name, "service event");
-                        run_reconcile(kv, docker, metrics).await;
+                        run_reconcile(kv, docker, report).await;
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "Docker event stream");
@@ -233,7 +232,7 @@ async fn watch(kv: &Kv, docker: &Docker, metrics: &Metrics, lost: &CancellationT
                     }
                     None => break,
                 },
-                _ = tick.tick() => run_reconcile(kv, docker, metrics).await,
+                _ = tick.tick() => run_reconcile(kv, docker, report).await,
                 _ = lost.cancelled() => return,
             }
         }
@@ -244,16 +243,15 @@ async fn watch(kv: &Kv, docker: &Docker, metrics: &Metrics, lost: &CancellationT
     }
 }
 
-async fn run_reconcile(kv: &Kv, docker: &Docker, metrics: &Metrics) {
+/// What the watcher tells of its reconciles; the metrics count them.
+pub trait Report: Send + Sync {
+    fn reconciled(&self, done: bool, seconds: f64);
+}
+
+async fn run_reconcile(kv: &Kv, docker: &Docker, report: &dyn Report) {
     let started = std::time::Instant::now();
     let result = reconcile(kv, docker).await;
-    metrics.swarm_reconciles.inc();
-    metrics
-        .swarm_reconcile_seconds
-        .observe(started.elapsed().as_secs_f64());
-    if result.is_err() {
-        metrics.swarm_reconcile_errors.inc();
-    }
+    report.reconciled(result.is_ok(), started.elapsed().as_secs_f64());
     match result {
         // The periodic look that finds nothing to do is no news.
         Ok(0) => tracing::debug!(
