@@ -95,6 +95,23 @@ async fn send(
         .unwrap()
 }
 
+/// An HTTP/2 client with prior knowledge, on the node's plain listener.
+async fn h2_client(
+    node: &Node,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(node.http_addr)
+        .await
+        .unwrap();
+    let (h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    h2
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn basic_auth_asks_for_and_checks_bcrypt_credentials() {
     let hash = bcrypt::hash("s3cret", 4).unwrap();
@@ -211,16 +228,7 @@ async fn headers_are_set_and_removed_both_ways_on_http1_and_http2() {
     assert!(r.headers.get("server").is_none(), "{:?}", r.headers);
 
     // HTTP/2 with prior knowledge on the plain listener: the same.
-    let stream = tokio::net::TcpStream::connect(node.http_addr)
-        .await
-        .unwrap();
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = h2_client(&node).await;
     let req = http::Request::get("http://headers.test/")
         .header("x-secret", "1")
         .body(http_body_util::Empty::<Bytes>::new())
@@ -455,16 +463,7 @@ async fn compress_codes_text_for_clients_that_take_it_and_nothing_else() {
     assert!(r.headers.get("content-encoding").is_none());
 
     // Over HTTP/2 (the fields in the header map): the same.
-    let stream = tokio::net::TcpStream::connect(node.http_addr)
-        .await
-        .unwrap();
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = h2_client(&node).await;
     let req = http::Request::get("http://zip.test/")
         .header("accept-encoding", "br")
         .body(http_body_util::Empty::<Bytes>::new())
