@@ -61,7 +61,8 @@ impl Store for KvStore {
     }
 }
 
-fn leading(kv: &Kv, m: &Metrics) -> bool {
+/// Whether this node leads the cluster now, by raft's metrics `m`.
+pub(crate) fn leading(kv: &Kv, m: &Metrics) -> bool {
     m.current_leader == Some(kv.node_id()) && m.state.is_leader()
 }
 

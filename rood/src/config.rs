@@ -160,6 +160,10 @@ pub struct Config {
     #[arg(long, env = "ROO_ELECTION_TIMEOUT_MS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(30..=60_000))]
     pub election_timeout_ms: u64,
 
+    /// Events the activity stream keeps (`GET /roo/v1/events`); the leader deletes older ones.
+    #[arg(long, env = "ROO_EVENTS_KEPT", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    pub events_kept: u64,
+
     /// Get certificates for https routes from an ACME CA (Let's Encrypt by default).
     #[arg(long, env = "ROO_ACME", default_value_t = true, action = clap::ArgAction::Set)]
     pub acme: bool,

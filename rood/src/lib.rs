@@ -15,6 +15,8 @@
 //!   (one node holds its lease), service labels to routes.
 //! - [`acme`]: where a certificate comes from when nobody put one by hand: the ACME issuer
 //!   (`roo-acme`), run on the raft leader over the KV.
+//! - [`events`]: the activity stream: typed events of what changed and who changed it, kept in
+//!   the KV.
 //! - [`feed`]: routes and certificates from the KV (scan, then watch), as typed changes applied
 //!   to the [`tables`] the proxy reads (immutable snapshots, swapped whole).
 //! - [`proxy`]: where a request is routed: the HTTP and HTTPS listeners, the request's phases,
@@ -42,6 +44,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dns;
+pub mod events;
 pub mod feed;
 pub mod metrics;
 pub mod node;

@@ -241,6 +241,11 @@ impl Node {
                 shutdown.clone(),
             )));
         }
+        tasks.push(tokio::spawn(crate::events::run(
+            kv.clone(),
+            config.events_kept as usize,
+            shutdown.clone(),
+        )));
         tracing::info!(api = %api_addr, http = %http_addr, https = %https_addr, data_dir = %config.data_dir.display(), node_id = kv.node_id(), "rood started");
         Ok(Node {
             kv,

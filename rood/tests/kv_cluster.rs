@@ -126,15 +126,16 @@ async fn write_on_follower_reads_on_all() {
         .await
         .unwrap()
         .json();
-    // The route, its owner and its first history record (routes' one write path).
+    // Its event, the route, its first history record and its owner (routes' one write path).
     let keys: Vec<&String> = all["results"].as_object().unwrap().keys().collect();
-    assert_eq!(keys.len(), 3, "{keys:?}");
-    assert_eq!(keys[0], "com.roo.host:example.com:https");
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert!(keys[0].starts_with("com.roo.event:"), "{keys:?}");
+    assert_eq!(keys[1], "com.roo.host:example.com:https");
     assert!(
-        keys[1].starts_with("com.roo.route.history:example.com:https:"),
+        keys[2].starts_with("com.roo.route.history:example.com:https:"),
         "{keys:?}"
     );
-    assert_eq!(keys[2], "com.roo.route.owner:example.com:https");
+    assert_eq!(keys[3], "com.roo.route.owner:example.com:https");
 
     // Delete through a follower removes it everywhere.
     let r = http.delete(&c.url(followers[1], ROUTE)).await.unwrap();

@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod cluster;
+mod events;
 mod kv;
 mod pprof;
 mod reply;
@@ -205,6 +206,8 @@ async fn handle(
         let prefix = prefix.strip_prefix('/').unwrap_or(prefix);
         only(&req, &[Method::GET])?;
         watch::watch(api, access, prefix, &req)
+    } else if path == events::PATH {
+        events::events(api, access, req).await
     } else if path == routes::PREFIX || path.starts_with("/roo/v1/routes/") {
         routes::routes(api, access, path, req).await
     } else if path == "/roo/v1/cluster" || path.starts_with("/roo/v1/cluster/") {

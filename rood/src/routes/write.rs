@@ -1,7 +1,8 @@
 //! Where a route is written: the one write path of every writer (the API, and rooctl through
 //! it; the swarm watcher; the rollout controller and a routes file to come). A change is checked
-//! with the route model (nothing is stored when it is invalid), then the route, its owner and a
-//! history record go into the KV as one request: they change together or not at all.
+//! with the route model (nothing is stored when it is invalid), then the route, its owner, a
+//! history record and its event (`route.added|changed|removed`, [`crate::events`]) go into the
+//! KV as one request: they change together or not at all.
 //!
 //! Keys, beside the route's own `com.roo.host:<route>`:
 //! - `com.roo.route.owner:<route>`: who wrote it last (`api`, `swarm:<services>`, ...);
@@ -14,6 +15,7 @@ use roo_kv::{Consistency, Kv, KvError, Op};
 use serde::{Deserialize, Serialize};
 
 use super::{Route, RouteError, RouteKey, ROUTE_PREFIX};
+use crate::events::Event;
 
 pub const OWNER_PREFIX: &str = "com.roo.route.owner:";
 pub const HISTORY_PREFIX: &str = "com.roo.route.history:";
@@ -69,6 +71,23 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
         Some(v) => Route::parse(v)?.to_json(),
         None => serde_json::Value::Null,
     };
+    // What was there, for the event: its kind, and the value it replaces.
+    let old = kv.get(&key, Consistency::Stale).await?.map(|r| {
+        Route::parse(&r.value).map_or_else(
+            |_| String::from_utf8_lossy(&r.value).into_owned().into(),
+            |route| route.to_json(),
+        )
+    });
+    let kind = match (&old, &change.value) {
+        (None, Some(_)) => Some("route.added"),
+        (Some(_), Some(_)) => Some("route.changed"),
+        (Some(_), None) => Some("route.removed"),
+        (None, None) => None,
+    };
+    let event = kind.map(|kind| {
+        let detail = serde_json::json!({"old": old, "new": value});
+        Event::new(kind, &name, &change.source, detail)
+    });
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -110,6 +129,9 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
         value: serde_json::to_vec(&record).map_err(|e| KvError::InvalidRequest(e.to_string()))?,
         prev_rev: None,
     });
+    if let Some(event) = event {
+        ops.push(event.op()?);
+    }
     ops.extend(kept.into_iter().take(excess).map(|(key, _)| Op::Delete {
         key,
         prev_rev: None,
