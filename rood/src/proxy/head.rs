@@ -5,6 +5,7 @@
 use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use super::headers::apply_changes;
 use super::wire::Lines;
 use crate::routes::middleware::FieldChange;
 
@@ -49,14 +50,7 @@ impl<'a> ResponseHead<'a> {
                     }
                 }
             }
-            None => {
-                for (name, value) in changes {
-                    match value {
-                        Some(v) => self.headers.insert(name.clone(), v.clone()),
-                        None => self.headers.remove(name),
-                    };
-                }
-            }
+            None => apply_changes(self.headers, changes),
         }
     }
 

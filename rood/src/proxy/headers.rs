@@ -199,12 +199,7 @@ impl<'a> Forwarded<'a> {
             headers.insert(header::HOST, v);
         }
         headers.insert(X_REAL_IP, ip);
-        for (name, value) in self.changes {
-            match value {
-                Some(v) => headers.insert(name.clone(), v.clone()),
-                None => headers.remove(name),
-            };
-        }
+        apply_changes(headers, self.changes);
     }
 
     /// Writes the fields as a head's lines; `prior`: the client's first X-Forwarded-For.
@@ -226,6 +221,17 @@ impl<'a> Forwarded<'a> {
                 write_field(out, name.as_str().as_bytes(), v.as_bytes());
             }
         }
+    }
+}
+
+/// Sets (Some) or removes (None) fields of `headers`, in order: a set field replaces every
+/// value of its name.
+pub fn apply_changes(headers: &mut HeaderMap, changes: &[FieldChange]) {
+    for (name, value) in changes {
+        match value {
+            Some(v) => headers.insert(name.clone(), v.clone()),
+            None => headers.remove(name),
+        };
     }
 }
 

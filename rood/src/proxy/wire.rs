@@ -154,11 +154,6 @@ impl Lines {
         upgrade: bool,
         changes: &[FieldChange],
     ) -> (Lines, Fields) {
-        let changed = |name: &str| {
-            changes
-                .iter()
-                .any(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
-        };
         let mut fields = Fields::default();
         let size: usize = read.iter().map(|h| h.name.len() + h.value.len() + 4).sum();
         let mut lines = Lines {
@@ -173,7 +168,7 @@ impl Lines {
         for h in read {
             let name = Known::of(h.name.as_bytes());
             fields.note(name, h.value);
-            if hop_by_hop(name, upgrade) || changed(h.name) {
+            if hop_by_hop(name, upgrade) || names(changes, h.name.as_bytes()) {
                 continue;
             }
             let (start, end) = (
@@ -210,7 +205,7 @@ impl Lines {
             (lines.has_length, lines.has_date) = (false, false);
             for h in read {
                 let name = h.name.as_bytes();
-                if !named.iter().any(|n| n.eq_ignore_ascii_case(name)) && !changed(h.name) {
+                if !named.iter().any(|n| n.eq_ignore_ascii_case(name)) && !names(changes, name) {
                     lines.push(Known::of(name), h, upgrade);
                 }
             }
@@ -244,17 +239,12 @@ impl Lines {
     /// Sets (Some) or removes (None) fields, as a route's response filters ask: the lines of
     /// each name named go (the others close up in place), the set ones are appended.
     pub fn edit(&mut self, changes: &[FieldChange]) {
-        let named = |name: &[u8]| {
-            changes
-                .iter()
-                .any(|(n, _)| n.as_str().as_bytes().eq_ignore_ascii_case(name))
-        };
         let (mut read, mut kept) = (0, 0);
         while read < self.bytes.len() {
             let line = &self.bytes[read..];
             let next = read + memchr::memchr(b'\n', line).map_or(line.len(), |i| i + 1);
             let name = &line[..memchr::memchr(b':', line).unwrap_or(0)];
-            if named(name) {
+            if names(changes, name) {
                 match Known::of(name) {
                     Known::ContentLength => self.has_length = false,
                     Known::Date => self.has_date = false,
@@ -313,6 +303,13 @@ impl Lines {
     }
 }
 
+/// Whether one of `changes` is of the field `name` (in any case).
+fn names(changes: &[FieldChange], name: &[u8]) -> bool {
+    changes
+        .iter()
+        .any(|(n, _)| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+}
+
 /// The version httparse read (its minor number).
 pub fn version(minor: Option<u8>) -> Version {
     match minor {
@@ -332,7 +329,7 @@ pub fn bodiless(status: StatusCode, head_only: bool) -> bool {
 /// A header map from the fields at `spans` of `head`, values sharing its bytes, and what its
 /// framing fields say. None when a name or a value is not valid.
 pub fn header_map(head: &Bytes, spans: &[Span]) -> Option<(HeaderMap, Fields)> {
-    // Room for a field or two that a route's request filters may add, without a rehash.
+    // Room for a field the route's phases may add (X-Forwarded-Prefix), without a rehash.
     let mut headers = HeaderMap::with_capacity(spans.len() + 2);
     let mut fields = Fields::default();
     for (name, value) in spans {
@@ -624,7 +621,7 @@ mod tests {
         assert!(lines.has_length && lines.has_date);
         assert_eq!(read.as_bytes(), lines.as_bytes());
         assert!(read.has_length && read.has_date);
-        // Nothing named: nothing rebuilt, the set ones appended.
+        // Nothing named: the lines stay, the set ones appended.
         lines.edit(&[(
             HeaderName::from_static("x-more"),
             Some(HeaderValue::from_static("3")),

@@ -24,11 +24,11 @@ use super::RouteError;
 /// Credentials checked with bcrypt (a deliberately slow hash) and found good are remembered,
 /// up to this many per route: a client sends them with every request.
 const VERIFIED_KEPT: usize = 1024;
-/// A header field set to a value (Some) or removed (None).
-pub type FieldChange = (HeaderName, Option<HeaderValue>);
-
 /// Clients a rate limit keeps buckets for before it forgets those that are full again.
 const BUCKETS_KEPT: usize = 65_536;
+
+/// A header field set to a value (Some) or removed (None).
+pub type FieldChange = (HeaderName, Option<HeaderValue>);
 
 /// One middleware as the JSON route writes it: an object with one field, its kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
