@@ -37,7 +37,7 @@ use crate::http::{CaClient, RETRY_AFTER};
 use crate::schedule::backoff;
 use crate::store::{
     cert_key, get_json, http01_key, order_key, status_key, tlsalpn01_key, to_json, AccountRecord,
-    HostStatus, OrderRecord, Store, ACCOUNT_KEY,
+    HostStatus, Notice, OrderRecord, Store, ACCOUNT_KEY,
 };
 use crate::AcmeError;
 
@@ -383,6 +383,13 @@ impl<S: Store> Issuer<S> {
         if let Err(e) = self.put_json(&status_key(host), &status).await {
             tracing::warn!(%host, error = %e, "recording the failure");
         }
+        let notice = Notice::Failed {
+            host: host.to_string(),
+            error: error.to_string(),
+            failures: status.failures,
+            next_attempt: status.next_attempt,
+        };
+        self.inner.store.tell(notice).await;
     }
 
     async fn put_json<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), AcmeError> {
@@ -459,6 +466,7 @@ impl<S: Store> Issuer<S> {
         let stored = result?;
         order_removed?;
         let info = CertInfo::from_pem(&stored.cert_pem)?;
+        let renewal = self.inner.store.get(&cert_key(host)).await?.is_some();
         self.put_json(&cert_key(host), &stored).await?;
         let now = unix(SystemTime::now());
         let status = HostStatus {
@@ -475,6 +483,13 @@ impl<S: Store> Issuer<S> {
             ms = started.elapsed().as_millis() as u64,
             "certificate issued"
         );
+        let notice = Notice::Issued {
+            host: host.to_string(),
+            renewal,
+            issuer: info.issuer.clone(),
+            not_after: rfc3339(info.not_after),
+        };
+        self.inner.store.tell(notice).await;
         Ok(())
     }
 
@@ -516,6 +531,11 @@ impl<S: Store> Issuer<S> {
         self.inner.orders.fetch_add(1, Ordering::Relaxed);
         self.put_json(&key, &record).await?;
         tracing::info!(%host, url = %record.url, "order placed");
+        let notice = Notice::Ordered {
+            host: host.to_string(),
+            url: record.url.clone(),
+        };
+        self.inner.store.tell(notice).await;
         Ok((order, record))
     }
 

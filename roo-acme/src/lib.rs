@@ -30,4 +30,4 @@ pub mod store;
 pub use cert::{CertInfo, StoredCert};
 pub use error::AcmeError;
 pub use issuer::{AcmeConfig, ChallengeKind, Issuer};
-pub use store::{Store, StoreError};
+pub use store::{Notice, Store, StoreError};

@@ -44,6 +44,34 @@ pub trait Store: Clone + Send + Sync + 'static {
         value: Vec<u8>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Told of each step of the issuer's work that an operator would want to know of, once per
+    /// cluster (only the issuer that runs tells); an activity stream keeps them.
+    fn tell(&self, notice: Notice) -> impl Future<Output = ()> + Send {
+        let _ = notice;
+        async {}
+    }
+}
+
+/// A step of the issuer's work.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// An order was placed with the CA.
+    Ordered { host: String, url: String },
+    /// A certificate was stored: the host's first, or a renewal.
+    Issued {
+        host: String,
+        renewal: bool,
+        issuer: String,
+        /// RFC 3339.
+        not_after: String,
+    },
+    /// An attempt failed; the next is due at `next_attempt` (Unix seconds).
+    Failed {
+        host: String,
+        error: String,
+        failures: u32,
+        next_attempt: u64,
+    },
 }
 
 /// The cluster's ACME account.

@@ -7,13 +7,15 @@
 //! orders stop, and the next leader resumes them from what they stored.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use roo_acme::{Issuer, Store, StoreError};
-use roo_kv::{Consistency, Kv, KvError, Metrics};
+use roo_acme::{Issuer, Notice, Store, StoreError};
+use roo_kv::{Consistency, Kv, KvError};
+use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{self, Event};
 use crate::tables::Tables;
 
 /// How often the leader looks for certificates to get or renew, besides on changes and when
@@ -59,11 +61,43 @@ impl Store for KvStore {
         self.0.delete(key, None).await.map_err(store_error)?;
         Ok(())
     }
-}
 
-/// Whether this node leads the cluster now, by raft's metrics `m`.
-pub(crate) fn leading(kv: &Kv, m: &Metrics) -> bool {
-    m.current_leader == Some(kv.node_id()) && m.state.is_leader()
+    /// Into the activity stream: `certificate.ordered|issued|renewed|failed`.
+    async fn tell(&self, notice: Notice) {
+        let (kind, host, detail) = match notice {
+            Notice::Ordered { host, url } => ("certificate.ordered", host, json!({"order": url})),
+            Notice::Issued {
+                host,
+                renewal,
+                issuer,
+                not_after,
+            } => {
+                let kind = if renewal {
+                    "certificate.renewed"
+                } else {
+                    "certificate.issued"
+                };
+                (
+                    kind,
+                    host,
+                    json!({"issuer": issuer, "not_after": not_after}),
+                )
+            }
+            Notice::Failed {
+                host,
+                error,
+                failures,
+                next_attempt,
+            } => {
+                let next = roo_acme::cert::rfc3339(UNIX_EPOCH + Duration::from_secs(next_attempt));
+                let detail = json!({"error": error, "failures": failures, "next_attempt": next});
+                ("certificate.failed", host, detail)
+            }
+        };
+        if let Err(e) = events::record(&self.0, Event::new(kind, &host, "acme", detail)).await {
+            tracing::warn!(%host, kind, error = %e, "recording a certificate event");
+        }
+    }
 }
 
 /// Runs the issuer whenever this node leads, until `shutdown`.
@@ -75,16 +109,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut metrics = kv.raft().metrics();
-    loop {
-        // Wait to lead.
-        while !leading(&kv, &metrics.borrow_and_update()) {
-            tokio::select! {
-                changed = metrics.changed() => if changed.is_err() { return },
-                _ = shutdown.cancelled() => return,
-            }
-        }
+    while let Some(lead) = crate::leader::term(&kv, &mut metrics, &shutdown).await {
         tracing::info!("leading: the ACME issuer runs on this node");
-        let lead = shutdown.child_token();
         let mut changes = tables.subscribe();
         'leading: loop {
             let hosts = tables.routes.load().https_hosts();
@@ -92,20 +118,11 @@ pub async fn run(
             let wait = due
                 .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
                 .map_or(RECONCILE_EVERY, |d| d.clamp(MIN_WAIT, RECONCILE_EVERY));
-            let next = tokio::time::sleep(wait);
-            tokio::pin!(next);
-            loop {
-                tokio::select! {
-                    _ = &mut next => break,
-                    changed = changes.changed() => if changed.is_ok() { break },
-                    _ = wake.notified() => break,
-                    changed = metrics.changed() => {
-                        if changed.is_err() || !leading(&kv, &metrics.borrow_and_update()) {
-                            break 'leading;
-                        }
-                    }
-                    _ = shutdown.cancelled() => break 'leading,
-                }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                Ok(()) = changes.changed() => {}
+                _ = wake.notified() => {}
+                _ = lead.cancelled() => break 'leading,
             }
         }
         lead.cancel();

@@ -7,9 +7,10 @@
 //! stream to its bound ([`run`]), off the write path. Keys: `com.roo.event:<unix ms, 15
 //! digits>-<random>`.
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use roo_kv::{Consistency, Kv, KvError, Op};
+use roo_kv::{Consistency, EventKind, Kv, KvError, Op, Watch};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,9 @@ pub struct Event {
     /// Who or what made it: `api`, `swarm:<services>`...
     pub source: String,
     pub detail: Value,
+    /// Unix milliseconds of `time`, for the key.
+    #[serde(skip)]
+    at_ms: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -44,32 +48,67 @@ fn is_zero(n: &u64) -> bool {
 
 impl Event {
     pub fn new(kind: &str, subject: &str, source: &str, detail: Value) -> Event {
+        let now = SystemTime::now();
         Event {
             id: 0,
-            time: roo_acme::cert::rfc3339(SystemTime::now()),
+            time: roo_acme::cert::rfc3339(now),
             kind: kind.to_string(),
             subject: subject.to_string(),
             source: source.to_string(),
             detail,
+            at_ms: now
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
+    }
+
+    /// When it was written.
+    pub fn written(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.at_ms)
     }
 
     /// The write that stores it, for a request of several.
     pub fn op(&self) -> Result<Op, KvError> {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
         Ok(Op::Put {
             // Zero-padded, so that the keys sort by time (the trim takes the oldest first); a
             // random tail keeps two events of one millisecond apart.
-            key: format!("{EVENT_PREFIX}{ms:015}-{:08x}", rand::random::<u32>()),
+            key: format!(
+                "{EVENT_PREFIX}{:015}-{:08x}",
+                self.at_ms,
+                rand::random::<u32>()
+            ),
             value: serde_json::to_vec(self).map_err(|e| KvError::InvalidRequest(e.to_string()))?,
             prev_rev: None,
         })
     }
 }
 
+/// Stores `event` on its own (an event that tells of no KV change of its writer's); returns its
+/// id.
+pub async fn record(kv: &Kv, event: Event) -> Result<u64, KvError> {
+    let answer = kv.write(roo_kv::Request::new(vec![event.op()?])).await?;
+    Ok(answer.checked()?.rev)
+}
+
+/// Whether `event` is one of `kinds` (type prefixes; none: every type).
+pub fn matches(kinds: &[String], event: &Event) -> bool {
+    kinds.is_empty() || kinds.iter().any(|k| event.kind.starts_with(k.as_str()))
+}
+
+/// Reads the event stored at `key`; None for a value that is not one.
+fn parse(key: &str, value: &[u8], id: u64) -> Option<Event> {
+    let mut event: Event = serde_json::from_slice(value).ok()?;
+    event.id = id;
+    event.at_ms = key
+        .strip_prefix(EVENT_PREFIX)
+        .and_then(|k| k.get(..15))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_default();
+    Some(event)
+}
+
 /// The events after id `since` whose type starts with `kind` (every one when empty), oldest
+/// first. whose type starts with `kind` (every one when empty), oldest
 /// first.
 pub async fn list(
     kv: &Kv,
@@ -81,16 +120,75 @@ pub async fn list(
     let mut events: Vec<Event> = records
         .into_iter()
         .filter(|(_, r)| r.mod_rev > since)
-        .filter_map(|(_, r)| {
-            let mut event: Event = serde_json::from_slice(&r.value).ok()?;
-            event.id = r.mod_rev;
-            Some(event)
-        })
+        .filter_map(|(k, r)| parse(&k, &r.value, r.mod_rev))
         .filter(|e| e.kind.starts_with(kind))
         .collect();
     // Keys sort by the writers' clocks; ids by the order the cluster wrote them.
     events.sort_by_key(|e| e.id);
     Ok(events)
+}
+
+/// The events after an id as they are written: the stored ones first, then the new ones live.
+/// SSE readers and webhook deliveries follow the stream with it.
+pub struct Follow {
+    kv: Kv,
+    kinds: Vec<String>,
+    /// The id of the last event passed.
+    last: u64,
+    watch: Option<Watch>,
+    ready: VecDeque<Event>,
+}
+
+impl Follow {
+    /// Events after `since` of `kinds` (type prefixes; none: every type).
+    pub fn new(kv: Kv, since: u64, kinds: Vec<String>) -> Follow {
+        Follow {
+            kv,
+            kinds,
+            last: since,
+            watch: None,
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// The next event, waiting for it when there is none yet.
+    pub async fn next(&mut self) -> Result<Event, KvError> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                self.last = event.id;
+                return Ok(event);
+            }
+            let Some(watch) = &mut self.watch else {
+                // Catch up from the node's copy, then watch from where the copy stands.
+                let (records, rev) = self.kv.scan(EVENT_PREFIX, Consistency::Stale).await?;
+                let mut stored: Vec<Event> = records
+                    .into_iter()
+                    .filter(|(_, r)| r.mod_rev > self.last)
+                    .filter_map(|(k, r)| parse(&k, &r.value, r.mod_rev))
+                    .filter(|e| matches(&self.kinds, e))
+                    .collect();
+                stored.sort_by_key(|e| e.id);
+                self.ready.extend(stored);
+                self.watch = Some(self.kv.watch(EVENT_PREFIX, Some(rev.max(self.last)))?);
+                continue;
+            };
+            match watch.next().await {
+                Ok(change) if change.kind == EventKind::Put && change.rev > self.last => {
+                    let event = change
+                        .value
+                        .as_deref()
+                        .and_then(|v| parse(&change.key, v, change.rev));
+                    if let Some(event) = event.filter(|e| matches(&self.kinds, e)) {
+                        self.ready.push_back(event);
+                    }
+                }
+                Ok(_) => {}
+                // The watch fell behind the history kept: read the stream again.
+                Err(KvError::Compacted { .. }) => self.watch = None,
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// Keeps the stream to its last `kept` events while this node leads, until `shutdown`.
@@ -102,7 +200,7 @@ pub async fn run(kv: Kv, kept: usize, shutdown: CancellationToken) {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        if !crate::acme::leading(&kv, &kv.raft().metrics().borrow()) {
+        if !crate::leader::leading(&kv, &kv.raft().metrics().borrow()) {
             continue;
         }
         if let Err(e) = trim(&kv, kept).await {

@@ -39,6 +39,11 @@ pub struct HostLabels {
     pub host: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub webhook: String,
+}
+
 /// The ACME issuer's counts, as [`roo_acme::Issuer::stats`] gives them.
 pub type AcmeStats = roo_acme::issuer::Stats;
 
@@ -63,6 +68,11 @@ pub struct Metrics {
     acme_orders: Counter,
     acme_failures: Counter,
     acme_issued: Counter,
+    webhook_backlog: Family<WebhookLabels, Gauge>,
+    webhook_failures: Family<WebhookLabels, Gauge>,
+    webhook_last_status: Family<WebhookLabels, Gauge>,
+    webhook_delivered: Family<WebhookLabels, Counter>,
+    webhook_given_up: Family<WebhookLabels, Counter>,
     raft_term: Gauge,
     raft_is_leader: Gauge,
     raft_leader_id: Gauge,
@@ -97,6 +107,11 @@ impl Metrics {
             acme_orders: Counter::default(),
             acme_failures: Counter::default(),
             acme_issued: Counter::default(),
+            webhook_backlog: Family::default(),
+            webhook_failures: Family::default(),
+            webhook_last_status: Family::default(),
+            webhook_delivered: Family::default(),
+            webhook_given_up: Family::default(),
             raft_term: Gauge::default(),
             raft_is_leader: Gauge::default(),
             raft_leader_id: Gauge::default(),
@@ -142,6 +157,31 @@ impl Metrics {
             "certificate_expiry_timestamp_seconds",
             "When each host's certificate expires (Unix seconds)",
             m.certificate_expiry.clone(),
+        );
+        r.register(
+            "webhook_backlog",
+            "Events a webhook asks for and has not been delivered yet",
+            m.webhook_backlog.clone(),
+        );
+        r.register(
+            "webhook_failures",
+            "A webhook's failed delivery attempts in a row",
+            m.webhook_failures.clone(),
+        );
+        r.register(
+            "webhook_last_status",
+            "The HTTP status of a webhook's last answer (0: none)",
+            m.webhook_last_status.clone(),
+        );
+        r.register(
+            "webhook_delivered",
+            "Events delivered to a webhook, by the cluster",
+            m.webhook_delivered.clone(),
+        );
+        r.register(
+            "webhook_given_up",
+            "Events given up after a day of failed deliveries, by the cluster",
+            m.webhook_given_up.clone(),
         );
         r.register(
             "acme_orders",
@@ -248,6 +288,7 @@ impl Metrics {
             set_counter(&self.acme_failures, stats.failures);
             set_counter(&self.acme_issued, stats.issued);
         }
+        self.render_webhooks(kv).await;
         let m = kv.raft().metrics().borrow().clone();
         let applied = m.last_applied.map_or(0, |l| l.index);
         let committed = kv.committed_index();
@@ -266,6 +307,42 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics");
         }
         page
+    }
+}
+
+impl Metrics {
+    /// Each webhook's deliveries, as the cluster keeps them (the same on every node).
+    async fn render_webhooks(&self, kv: &Kv) {
+        let families = [
+            &self.webhook_backlog,
+            &self.webhook_failures,
+            &self.webhook_last_status,
+        ];
+        families.iter().for_each(|f| f.clear());
+        self.webhook_delivered.clear();
+        self.webhook_given_up.clear();
+        let hooks = match crate::webhooks::status(kv, roo_kv::Consistency::Stale).await {
+            Ok(hooks) => hooks,
+            Err(e) => {
+                tracing::debug!(error = %e, "webhook state for the metrics");
+                return;
+            }
+        };
+        for hook in hooks {
+            let labels = WebhookLabels { webhook: hook.name };
+            let d = &hook.delivery;
+            self.webhook_backlog
+                .get_or_create(&labels)
+                .set(hook.backlog as i64);
+            self.webhook_failures
+                .get_or_create(&labels)
+                .set(i64::from(d.failures));
+            self.webhook_last_status
+                .get_or_create(&labels)
+                .set(i64::from(d.last_status.unwrap_or(0)));
+            set_counter(&self.webhook_delivered.get_or_create(&labels), d.delivered);
+            set_counter(&self.webhook_given_up.get_or_create(&labels), d.given_up);
+        }
     }
 }
 

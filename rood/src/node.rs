@@ -246,6 +246,17 @@ impl Node {
             config.events_kept as usize,
             shutdown.clone(),
         )));
+        tasks.push(tokio::spawn(crate::leader::run(
+            kv.clone(),
+            shutdown.clone(),
+        )));
+        let webhooks = crate::webhooks::client(roots)
+            .map_err(|e| StartError::Config(format!("the webhook client: {e}")))?;
+        tasks.push(tokio::spawn(crate::webhooks::run(
+            kv.clone(),
+            webhooks,
+            shutdown.clone(),
+        )));
         tracing::info!(api = %api_addr, http = %http_addr, https = %https_addr, data_dir = %config.data_dir.display(), node_id = kv.node_id(), "rood started");
         Ok(Node {
             kv,

@@ -1,8 +1,8 @@
 //! Who may do what on the API.
 //!
 //! With `ROO_API_TOKEN` set, writes and membership changes need `Authorization: Bearer <admin
-//! token>`, and reads of secret keys (`com.roo.cert:`, `com.roo.acme.`) need a token: the admin
-//! one, or `ROO_API_READ_TOKEN`, which sees them with private keys taken out. Other reads stay
+//! token>`, and reads of secret keys (`com.roo.cert:`, `com.roo.acme.`, `com.roo.webhook:`) need a token: the admin
+//! one, or `ROO_API_READ_TOKEN`, which sees them with private keys and webhook secrets taken out. Other reads stay
 //! open. Without `ROO_API_TOKEN` the API is open (a warning is logged at start), but private keys
 //! are still never returned to a request without the admin token. A token that is given but
 //! wrong is refused (401) everywhere; a read token where the admin one is needed gets 403.
@@ -13,9 +13,10 @@ use roo_acme::store::{ACCOUNT_KEY, CERT_PREFIX, ORDER_PREFIX, TLSALPN01_PREFIX};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
+use crate::webhooks::WEBHOOK_PREFIX;
 
 /// Keys whose values hold secrets.
-const SECRET_PREFIXES: [&str; 2] = [CERT_PREFIX, "com.roo.acme."];
+const SECRET_PREFIXES: [&str; 3] = [CERT_PREFIX, "com.roo.acme.", WEBHOOK_PREFIX];
 
 /// The API tokens of a node.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +31,18 @@ pub enum Access {
     Anonymous,
     Read,
     Admin,
+}
+
+impl Access {
+    /// The source of a change made with this access, as the activity stream and the routes'
+    /// owners name it: `api` and the token's role.
+    pub fn source(self) -> &'static str {
+        match self {
+            Access::Anonymous => "api",
+            Access::Read => "api:read",
+            Access::Admin => "api:admin",
+        }
+    }
 }
 
 impl Tokens {
@@ -106,6 +119,17 @@ impl Tokens {
 fn redact(key: &str, value: Vec<u8>) -> Vec<u8> {
     if key == ACCOUNT_KEY {
         return br#"{"redacted":"account credentials need the admin token"}"#.to_vec();
+    }
+    if key.starts_with(WEBHOOK_PREFIX) {
+        return match serde_json::from_slice::<serde_json::Value>(&value) {
+            Ok(serde_json::Value::Object(mut map)) => {
+                if map.remove("secret").is_some() {
+                    map.insert("secret".into(), "redacted: needs the admin token".into());
+                }
+                serde_json::to_vec(&map).unwrap_or_default()
+            }
+            _ => br#"{"redacted":"not a webhook"}"#.to_vec(),
+        };
     }
     let has_key_pem = [CERT_PREFIX, TLSALPN01_PREFIX, ORDER_PREFIX]
         .iter()

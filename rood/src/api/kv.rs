@@ -13,6 +13,7 @@ use super::auth::Access;
 use super::{consistency, decode_path, only, query_u64, read_body, reply, Api, ApiError, Body};
 use crate::routes::write::{RouteChange, WriteError};
 use crate::routes::{self, RouteKey, ROUTE_PREFIX};
+use crate::webhooks::{Webhook, WEBHOOK_PREFIX};
 
 /// Header carrying a key's revision on `GET /roo/v1/kv/{key}`.
 const REVISION_HEADER: &str = "x-roo-revision";
@@ -55,9 +56,16 @@ pub(super) async fn kv(
             let idempotency_key = idempotency_key(&req)?;
             let value = read_body(req, MAX_VALUE_LEN).await?;
             if key.starts_with(ROUTE_PREFIX) {
-                let rev = write_route(api, &key, Some(value.to_vec()), prev_rev, idempotency_key)
-                    .await?
-                    .rev;
+                let rev = write_route(
+                    api,
+                    access,
+                    &key,
+                    Some(value.to_vec()),
+                    prev_rev,
+                    idempotency_key,
+                )
+                .await?
+                .rev;
                 return Ok(reply::json(
                     StatusCode::OK,
                     &json!({"ok": true, "rev": rev}),
@@ -67,6 +75,9 @@ pub(super) async fn kv(
             // take the working one down everywhere.
             if let Some(Err(e)) = crate::feed::change_from_kv(&key, Some(&value)) {
                 return Err(ApiError::BadRequest(format!("{key}: {e}")));
+            }
+            if key.starts_with(WEBHOOK_PREFIX) {
+                Webhook::parse(&value).map_err(|e| ApiError::BadRequest(format!("{key}: {e}")))?;
             }
             let op = Op::Put {
                 key,
@@ -87,7 +98,8 @@ pub(super) async fn kv(
                 // A route that is not there has nothing to remove, nor history to add to.
                 let existed = api.kv.get(&key, Consistency::Linearizable).await?.is_some();
                 if existed || prev_rev.is_some() {
-                    let answer = write_route(api, &key, None, prev_rev, idempotency_key).await?;
+                    let answer =
+                        write_route(api, access, &key, None, prev_rev, idempotency_key).await?;
                     (answer.rev, existed)
                 } else {
                     (api.kv.revision(), false)
@@ -127,6 +139,7 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> 
 /// Writes a route through the one write path: checked, stored with its owner and history.
 async fn write_route(
     api: &Api,
+    access: Access,
     key: &str,
     value: Option<Vec<u8>>,
     prev_rev: Option<u64>,
@@ -136,7 +149,7 @@ async fn write_route(
     let change = RouteChange {
         key: route,
         value,
-        source: "api".into(),
+        source: access.source().into(),
         prev_rev,
         idempotency_key,
     };

@@ -208,6 +208,8 @@ async fn handle(
         watch::watch(api, access, prefix, &req)
     } else if path == events::PATH {
         events::events(api, access, req).await
+    } else if path == events::WEBHOOKS_PATH {
+        events::webhooks(api, req).await
     } else if path == routes::PREFIX || path.starts_with("/roo/v1/routes/") {
         routes::routes(api, access, path, req).await
     } else if path == "/roo/v1/cluster" || path.starts_with("/roo/v1/cluster/") {

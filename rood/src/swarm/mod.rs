@@ -15,7 +15,7 @@
 
 pub mod labels;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +26,7 @@ use roo_kv::{Consistency, Kv, KvError};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{self, Event};
 use crate::routes::reconcile::{self, Wanted};
 use crate::routes::write::WriteError;
 use labels::Labels;
@@ -72,6 +73,15 @@ struct ServiceRoutes {
     name: String,
     /// Its share of each route it names; None: its labels are invalid, what it had is kept.
     routes: Option<BTreeMap<String, labels::Share>>,
+}
+
+/// What a reconcile did, and what it could not do.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Keys written or deleted.
+    pub changes: usize,
+    /// Services whose labels make no route, and why: `(service, error)`.
+    pub problems: Vec<(String, String)>,
 }
 
 fn now_ms() -> u64 {
@@ -209,9 +219,10 @@ async fn hold(kv: &Kv, mut rev: u64, lost: &CancellationToken) {
 /// Reconciles at start, on every service event and every [`RECONCILE_EVERY`].
 async fn watch(kv: &Kv, docker: &Docker, report: &dyn Report, lost: &CancellationToken) {
     let filters = HashMap::from([("type", vec!["service"])]);
+    let told = &mut BTreeSet::new();
     loop {
         let mut events = docker.events(Some(EventsOptionsBuilder::new().filters(&filters).build()));
-        run_reconcile(kv, docker, report).await;
+        run_reconcile(kv, docker, report, told).await;
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
         tick.tick().await;
         loop {
@@ -224,7 +235,7 @@ async fn watch(kv: &Kv, docker: &Docker, report: &dyn Report, lost: &Cancellatio
                             .and_then(|a| a.get("name"))
                             .map_or("-", String::as_str);
                         tracing::debug!(action = e.action.as_deref().unwrap_or("-"), service = name, "service event");
-                        run_reconcile(kv, docker, report).await;
+                        run_reconcile(kv, docker, report, told).await;
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "Docker event stream");
@@ -232,7 +243,7 @@ async fn watch(kv: &Kv, docker: &Docker, report: &dyn Report, lost: &Cancellatio
                     }
                     None => break,
                 },
-                _ = tick.tick() => run_reconcile(kv, docker, report).await,
+                _ = tick.tick() => run_reconcile(kv, docker, report, told).await,
                 _ = lost.cancelled() => return,
             }
         }
@@ -248,29 +259,59 @@ pub trait Report: Send + Sync {
     fn reconciled(&self, done: bool, seconds: f64);
 }
 
-async fn run_reconcile(kv: &Kv, docker: &Docker, report: &dyn Report) {
+/// Reconciles, and tells the activity stream of each problem (`swarm.error`) once while it
+/// lasts: `told` holds those told.
+async fn run_reconcile(
+    kv: &Kv,
+    docker: &Docker,
+    report: &dyn Report,
+    told: &mut BTreeSet<(String, String)>,
+) {
     let started = std::time::Instant::now();
     let result = reconcile(kv, docker).await;
     report.reconciled(result.is_ok(), started.elapsed().as_secs_f64());
-    match result {
+    let problems = match result {
         // The periodic look that finds nothing to do is no news.
-        Ok(0) => tracing::debug!(
-            ms = started.elapsed().as_millis() as u64,
-            "swarm routes reconciled"
-        ),
-        Ok(changes) => tracing::info!(
-            changes,
-            ms = started.elapsed().as_millis() as u64,
-            "swarm routes reconciled"
-        ),
-        Err(e) => tracing::warn!(error = %e, "swarm reconcile failed; routes left as they are"),
+        Ok(done) if done.changes == 0 => {
+            tracing::debug!(
+                ms = started.elapsed().as_millis() as u64,
+                "swarm routes reconciled"
+            );
+            done.problems
+        }
+        Ok(done) => {
+            tracing::info!(
+                changes = done.changes,
+                ms = started.elapsed().as_millis() as u64,
+                "swarm routes reconciled"
+            );
+            done.problems
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "swarm reconcile failed; routes left as they are");
+            vec![(String::new(), e.to_string())]
+        }
+    };
+    let now: BTreeSet<(String, String)> = problems.into_iter().collect();
+    for (service, error) in now.difference(told) {
+        let (subject, source) = match service.as_str() {
+            "" => ("swarm".to_string(), "swarm".to_string()),
+            s => (s.to_string(), source(&[s])),
+        };
+        let detail = serde_json::json!({"error": error});
+        let event = Event::new("swarm.error", &subject, &source, detail);
+        if let Err(e) = events::record(kv, event).await {
+            tracing::debug!(error = %e, "recording a swarm error");
+        }
     }
+    *told = now;
 }
 
 /// Makes the KV's watcher-made routes match the services' labels; returns how many keys it
 /// wrote or deleted. Every service naming a route gives it one backend ([`labels::compose`]).
-pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<usize, SwarmError> {
-    let services = list(docker).await?;
+pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<Reconciled, SwarmError> {
+    let mut problems = Vec::new();
+    let services = list(docker, &mut problems).await?;
     let (records, _) = kv.scan(OWNER_PREFIX, Consistency::Linearizable).await?;
     let mut owned: BTreeMap<String, Owned> = BTreeMap::new();
     for (key, record) in records {
@@ -330,6 +371,8 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<usize, SwarmError> {
             Ok(value) => Wanted::Value { value, source },
             Err(e) => {
                 tracing::warn!(%source, %key, error = %e, "the labels make an invalid route; it is left as it is");
+                let error = format!("{key}: {e}");
+                problems.extend(services.iter().map(|s| (s.to_string(), error.clone())));
                 Wanted::Held
             }
         };
@@ -367,7 +410,10 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<usize, SwarmError> {
         kv.delete(&format!("{OWNER_PREFIX}{id}"), None).await?;
         tracing::info!(service = %o.service, "service removed: its share of routes taken out");
     }
-    Ok(done.changes)
+    Ok(Reconciled {
+        changes: done.changes,
+        problems,
+    })
 }
 
 /// The source name of the watcher's writes for `services`.
@@ -375,8 +421,12 @@ fn source(services: &[&str]) -> String {
     format!("swarm:{}", services.join(","))
 }
 
-/// Every service and the routes its labels describe.
-async fn list(docker: &Docker) -> Result<Vec<ServiceRoutes>, SwarmError> {
+/// Every service and the routes its labels describe; `problems` gets the services whose labels
+/// are invalid.
+async fn list(
+    docker: &Docker,
+    problems: &mut Vec<(String, String)>,
+) -> Result<Vec<ServiceRoutes>, SwarmError> {
     let services = docker.list_services(None).await?;
     Ok(services
         .into_iter()
@@ -395,6 +445,7 @@ async fn list(docker: &Docker) -> Result<Vec<ServiceRoutes>, SwarmError> {
                 Ok(r) => Some(r),
                 Err(e) => {
                     tracing::warn!(service = %name, error = %e, "invalid roo labels; the service's routes are left as they are");
+                    problems.push((name.clone(), e.to_string()));
                     None
                 }
             };

@@ -1,7 +1,8 @@
 //! `rooctl`: the operator's command line over a node's API.
 //!
 //! `rooctl routes ls|add|rm`, `rooctl certs ls|add|rm`, `rooctl cluster status|remove`,
-//! `rooctl kv get|put|rm|ls`; `--server`/`ROO_SERVER`, `--token`/`ROO_TOKEN` (or
+//! `rooctl kv get|put|rm|ls`, `rooctl events [--follow]`, `rooctl webhooks ls|add|rm`
+//! ([`events`]); `--server`/`ROO_SERVER`, `--token`/`ROO_TOKEN` (or
 //! `--token-file`/`ROO_TOKEN_FILE`, a Docker secret); a table by default, `-o json` for scripts
 //! on every command. An error from the API is one line on stderr and a non-zero exit.
 
@@ -22,6 +23,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
 use crate::routes::{RouteKey, Scheme, ROUTE_PREFIX};
+
+mod events;
 
 /// Talks to a roo node's API.
 #[derive(Debug, Parser)]
@@ -66,6 +69,11 @@ pub enum Command {
     /// Raw keys.
     #[command(subcommand)]
     Kv(Kv),
+    /// The activity stream: what changed, when, and who changed it.
+    Events(events::EventsArgs),
+    /// Webhooks the activity stream is delivered to.
+    #[command(subcommand)]
+    Webhooks(events::Webhooks),
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,38 +176,63 @@ impl ApiClient {
         path: &str,
         body: Option<String>,
     ) -> Result<(http::HeaderMap, Bytes), CliError> {
-        let url = format!("{}{path}", self.server.trim_end_matches('/'));
-        let mut req = http::Request::builder().method(method).uri(&url);
-        if let Some(t) = &self.token {
-            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| CliError::Usage(format!("{url}: {e}")))?;
-        let unreachable = |reason: String| CliError::Unreachable {
-            server: self.server.clone(),
-            reason,
-        };
-        let sent = tokio::time::timeout(Duration::from_secs(15), self.http.request(req))
-            .await
-            .map_err(|_| unreachable("no answer in 15 s".into()))?
-            .map_err(|e| unreachable(roo_kv::error::with_causes(&e)))?;
-        let status = sent.status();
+        let sent = self.send(method, path, body, None).await?;
         let headers = sent.headers().clone();
         let body = sent
             .into_body()
             .collect()
             .await
-            .map_err(|e| unreachable(e.to_string()))?
+            .map_err(|e| self.unreachable(e.to_string()))?
             .to_bytes();
-        if status.is_success() {
-            return Ok((headers, body));
+        Ok((headers, body))
+    }
+
+    /// Sends a request; a success's head, with its body still to read. `accept`: the media type
+    /// asked for.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        accept: Option<&str>,
+    ) -> Result<http::Response<hyper::body::Incoming>, CliError> {
+        let url = format!("{}{path}", self.server.trim_end_matches('/'));
+        let mut req = http::Request::builder().method(method).uri(&url);
+        if let Some(t) = &self.token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
         }
+        if let Some(accept) = accept {
+            req = req.header(http::header::ACCEPT, accept);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| CliError::Usage(format!("{url}: {e}")))?;
+        let sent = tokio::time::timeout(Duration::from_secs(15), self.http.request(req))
+            .await
+            .map_err(|_| self.unreachable("no answer in 15 s".into()))?
+            .map_err(|e| self.unreachable(roo_kv::error::with_causes(&e)))?;
+        let status = sent.status();
+        if status.is_success() {
+            return Ok(sent);
+        }
+        let body = sent
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))?
+            .to_bytes();
         let message = serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| v["error"].as_str().map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
         Err(CliError::Api(format!("{} ({})", message, status.as_u16())))
+    }
+
+    fn unreachable(&self, reason: String) -> CliError {
+        CliError::Unreachable {
+            server: self.server.clone(),
+            reason,
+        }
     }
 
     /// Keys under `prefix` and their values.
@@ -240,6 +273,8 @@ pub async fn main() -> std::process::ExitCode {
     use clap::Parser as _;
     use std::io::Write as _;
     match run(Cli::parse()).await {
+        // Printed as it came (`rooctl events --follow`).
+        Ok(out) if out.is_empty() => std::process::ExitCode::SUCCESS,
         // A reader that went away (`rooctl kv ls | head`) is no error of rooctl's.
         Ok(out) => match writeln!(std::io::stdout().lock(), "{out}") {
             Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
@@ -486,6 +521,8 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 .await?;
             Ok(done(json_out, &key))
         }
+        Command::Events(args) => events::events(&api, json_out, args).await,
+        Command::Webhooks(command) => events::webhooks(&api, json_out, command).await,
         Command::Kv(Kv::Ls { prefix }) => {
             let rows = api
                 .scan(&prefix)
