@@ -30,7 +30,13 @@ pub async fn term(
     metrics: &mut watch::Receiver<Metrics>,
     shutdown: &CancellationToken,
 ) -> Option<CancellationToken> {
-    while !leading(kv, &metrics.borrow_and_update()) {
+    loop {
+        if shutdown.is_cancelled() {
+            return None;
+        }
+        if leading(kv, &metrics.borrow_and_update()) {
+            break;
+        }
         tokio::select! {
             changed = metrics.changed() => changed.ok()?,
             _ = shutdown.cancelled() => return None,

@@ -97,6 +97,15 @@ async fn kv_keys(http: &Http, node: &Proc, prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The activity stream's certificate events, as `node` has them.
+async fn cert_events(http: &Http, node: &Proc) -> Vec<Value> {
+    let r = http
+        .get(&node.url("/roo/v1/events?type=certificate."))
+        .await
+        .unwrap();
+    r.json()["events"].as_array().unwrap().clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_order_one_certificate_served_by_every_node() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,6 +180,25 @@ async fn one_order_one_certificate_served_by_every_node() {
     assert_eq!((status, body.as_str()), (200, "hello from app"));
     assert_eq!(pebble.count("Added order"), 1, "exactly one order");
     assert_eq!(pebble.count("Issued certificate serial"), 1);
+    // The activity stream tells of it once, whichever node is asked.
+    let told = cert_events(&http, &procs[2]).await;
+    let kinds: Vec<&str> = told.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["certificate.ordered", "certificate.issued"],
+        "{told:?}"
+    );
+    for e in &told {
+        assert_eq!(
+            (e["subject"].as_str(), e["source"].as_str()),
+            (Some("app.test"), Some("acme"))
+        );
+    }
+    assert!(told[1]["detail"]["not_after"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert!(!told[1]["detail"]["issuer"].as_str().unwrap().is_empty());
 
     // What the KV holds: an ACME certificate, the host's status, the account; no leftover
     // challenge or order.
@@ -407,6 +435,22 @@ async fn short_lived_certificates_renew_without_a_failed_handshake() {
     }
     assert!(pebble.count("Issued certificate serial") >= 2);
     eprintln!("{handshakes} handshakes, none failed, across the renewal");
+    let told = cert_events(&http, &procs[1]).await;
+    let kinds: Vec<&str> = told.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let issued = pebble.count("Issued certificate serial");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "certificate.issued").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds
+            .iter()
+            .filter(|k| **k == "certificate.renewed")
+            .count()
+            >= issued - 1,
+        "{kinds:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -459,6 +503,21 @@ async fn failures_back_off_and_bad_hosts_never_reach_the_ca() {
     .await;
     let error = status["last_error"].as_str().unwrap();
     assert!(error.contains("down.test"), "{error}");
+    let failed: Vec<Value> = cert_events(&http, &node)
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "certificate.failed")
+        .collect();
+    assert!(failed.len() >= 2, "{failed:?}");
+    assert!(
+        failed.iter().all(|e| e["subject"] == "down.test"),
+        "{failed:?}"
+    );
+    assert!(failed[0]["detail"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("down.test"));
+    assert_eq!(failed[1]["detail"]["failures"], 2);
     assert!(status["next_attempt"].as_u64().unwrap() >= status["last_attempt"].as_u64().unwrap());
     // The proxy keeps serving meanwhile; the failed host's handshake fails cleanly.
     let r = http

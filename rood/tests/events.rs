@@ -33,7 +33,7 @@ async fn each_route_write_makes_one_event_in_order() {
     assert_eq!(http.put(&key, "ftp://x").await.unwrap().status, 400);
     assert_eq!(http.delete(&key).await.unwrap().status, 200);
 
-    let all = events(&http, &api, "").await;
+    let all = events(&http, &api, "?type=route.").await;
     let kinds: Vec<&str> = all.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
@@ -63,7 +63,7 @@ async fn each_route_write_makes_one_event_in_order() {
         .json();
     assert_eq!(history["history"][0]["rev"], all[2]["id"]);
 
-    let later = events(&http, &api, &format!("?since={}", ids[0])).await;
+    let later = events(&http, &api, &format!("?since={}&type=route.", ids[0])).await;
     assert_eq!(later, all[1..]);
     let removed = events(&http, &api, "?type=route.rem").await;
     assert_eq!(removed, all[2..]);
@@ -99,4 +99,119 @@ async fn the_leader_keeps_the_stream_to_its_bound() {
         .collect();
     let newest: Vec<String> = (15..25).map(|i| format!("h{i:02}.test:http")).collect();
     assert_eq!(subjects, newest);
+}
+
+/// An SSE reader over a raw connection: what it has read so far.
+struct Sse {
+    stream: tokio::net::TcpStream,
+    seen: String,
+}
+
+impl Sse {
+    async fn open(api: &str, query: &str, headers: &str) -> Sse {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(api).await.unwrap();
+        let req = format!(
+            "GET /roo/v1/events{query} HTTP/1.1\r\nHost: {api}\r\nAccept: text/event-stream\r\n{headers}\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut sse = Sse {
+            stream,
+            seen: String::new(),
+        };
+        sse.until("\r\n\r\n").await;
+        assert!(sse.seen.starts_with("HTTP/1.1 200"), "{}", sse.seen);
+        assert!(
+            sse.seen
+                .to_ascii_lowercase()
+                .contains("content-type: text/event-stream"),
+            "{}",
+            sse.seen
+        );
+        sse
+    }
+
+    /// Reads until `needle` has come, for 10 s at most.
+    async fn until(&mut self, needle: &str) {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.seen.contains(needle) {
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no {needle:?} in 10 s; got {:?}", self.seen))
+                .unwrap();
+            assert!(n > 0, "closed; got {:?}", self.seen);
+            self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_sent_events_stream_live_and_resume_after_the_last_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), &[]).await;
+    let (http, api) = (Http::default(), node.api_addr.to_string());
+    let key = |h: &str| format!("http://{api}/roo/v1/kv/com.roo.host:{h}.test:http");
+    assert_eq!(
+        http.put(&key("old"), "http://127.0.0.1:9")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let mut live = Sse::open(&api, "?type=route.", "").await;
+    // What was stored comes first.
+    live.until("old.test:http").await;
+    assert!(live.seen.contains("event: route.added"), "{}", live.seen);
+    // Then what is written while the stream is open.
+    assert_eq!(
+        http.put(&key("new"), "http://127.0.0.1:9")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    live.until("new.test:http").await;
+    let all = events(&http, &api, "?type=route.").await;
+    let new = &all[1];
+    assert!(
+        live.seen.contains(&format!("id: {}\n", new["id"])),
+        "{}",
+        live.seen
+    );
+    let data = live
+        .seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(data, all, "the stream's events are the list's");
+    // A client that reconnects with the last id it saw gets only what came after.
+    let last = format!("Last-Event-ID: {}\r\n", all[0]["id"]);
+    let mut again = Sse::open(&api, "", &last).await;
+    again.until("new.test:http").await;
+    assert!(!again.seen.contains("old.test:http"), "{}", again.seen);
+    // A type filter leaves other events out, live too.
+    assert_eq!(http.delete(&key("new")).await.unwrap().status, 200);
+    let mut removals = Sse::open(&api, "?type=route.removed", "").await;
+    removals.until("event: route.removed").await;
+    assert!(!removals.seen.contains("route.added"), "{}", removals.seen);
+    let bad = Sse::open_status(&api, "", "Last-Event-ID: yesterday\r\n").await;
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+}
+
+impl Sse {
+    /// The head of an answer that is not a stream.
+    async fn open_status(api: &str, query: &str, headers: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(api).await.unwrap();
+        let req = format!(
+            "GET /roo/v1/events{query} HTTP/1.1\r\nHost: {api}\r\nAccept: text/event-stream\r\nConnection: close\r\n{headers}\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        out
+    }
 }

@@ -292,3 +292,128 @@ async fn every_command_against_a_live_node() {
     assert!(!ok && err.lines().count() == 1, "{err}");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_webhooks() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), &["--api-token", ADMIN]).await;
+    let server = format!("http://{}", node.api_addr);
+    let admin = Some(ADMIN);
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = received.clone();
+    let receiver = common::http_server(move |_req| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { Ok::<_, std::convert::Infallible>(http::Response::new(Default::default())) }
+    })
+    .await;
+
+    // A live follower first, so that it sees what comes next as it happens.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_rooctl"))
+        .env("ROO_SERVER", &server)
+        .args(["events", "--follow", "--type", "route."])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let header = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    assert!(header.starts_with("ID  TIME  TYPE"), "{header}");
+
+    let url = format!("http://{receiver}/hook");
+    let (ok, out, err) = rooctl(
+        &server,
+        admin,
+        &[
+            "webhooks",
+            "add",
+            "ops",
+            &url,
+            "--events",
+            "route.,certificate.",
+            "--secret",
+            "s3cret",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = rooctl(&server, admin, &["webhooks", "add", "bad", "ftp://x/"]);
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(
+        err.contains("not http:// or https://") && err.lines().count() == 1,
+        "{err}"
+    );
+    let (ok, out, err) = rooctl(
+        &server,
+        admin,
+        &["routes", "add", "ev.test", "http://web:80"],
+    );
+    assert!(ok, "{out}{err}");
+
+    let live = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    assert!(
+        live.contains("route.added") && live.contains("ev.test:https"),
+        "{live}"
+    );
+    assert!(live.contains("api:admin"), "{live}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    let (ok, out, _) = rooctl(&server, None, &["events", "--type", "route."]);
+    assert!(ok);
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows[0].starts_with("ID") && rows[0].contains("SOURCE"),
+        "{out}"
+    );
+    assert!(
+        rows[1].contains("route.added") && rows[1].contains("api:admin"),
+        "{out}"
+    );
+    let (ok, out, _) = rooctl(&server, None, &["events", "-o", "json"]);
+    assert!(ok);
+    let all: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let kinds: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"leader.changed") && kinds.contains(&"route.added"),
+        "{kinds:?}"
+    );
+
+    common::wait_for(
+        "the delivery",
+        std::time::Duration::from_secs(20),
+        || async { (received.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+    let state = common::wait_for("the state", std::time::Duration::from_secs(20), || async {
+        let (_, out, _) = rooctl(&server, None, &["webhooks", "ls"]);
+        out.lines()
+            .nth(1)
+            .filter(|l| l.contains("200"))
+            .map(str::to_string)
+    })
+    .await;
+    assert!(state.starts_with("ops") && state.contains(&url), "{state}");
+    assert!(state.contains("route.,certificate."), "{state}");
+    let (ok, out, _) = rooctl(&server, None, &["webhooks", "ls", "-o", "json"]);
+    assert!(ok);
+    let hooks: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(hooks[0]["delivered"], 1, "{hooks}");
+    assert_eq!(hooks[0]["backlog"], 0, "{hooks}");
+    assert!(hooks[0].get("secret").is_none(), "{hooks}");
+    assert!(rooctl(&server, admin, &["webhooks", "rm", "ops"]).0);
+    let (ok, _, err) = rooctl(&server, admin, &["webhooks", "rm", "ops"]);
+    assert!(!ok && err.contains("no webhook"), "{err}");
+}

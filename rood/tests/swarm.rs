@@ -233,6 +233,17 @@ async fn labels_become_routes_and_only_the_watchers_routes_change() {
             .await
             .is_none()
     );
+    // And told in the activity stream once, however often the watcher looks again.
+    let errors = wait_for("swarm.error", Duration::from_secs(20), || async {
+        let e = events_about(&http, &node, "swarm.error", &bad).await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(errors[0]["source"], format!("swarm:{bad}"));
+    assert!(
+        errors[0]["detail"]["error"].as_str().is_some(),
+        "{errors:?}"
+    );
 
     // A label change moves exactly that service's route.
     let started = Instant::now();
@@ -253,6 +264,23 @@ async fn labels_become_routes_and_only_the_watchers_routes_change() {
     assert!(
         moved < Duration::from_secs(2),
         "label change live within 2 s: {moved:?}"
+    );
+    // Each change told once, by the service that made it.
+    let source = format!("swarm:{web}");
+    let added = events_about(&http, &node, "route.added", &format!("{b}:https")).await;
+    let removed = events_about(&http, &node, "route.removed", &format!("{a}:https")).await;
+    assert_eq!(
+        (added.len(), removed.len()),
+        (1, 1),
+        "{added:?} {removed:?}"
+    );
+    assert_eq!(
+        (&added[0]["source"], &removed[0]["source"]),
+        (&source.clone().into(), &source.into())
+    );
+    assert_eq!(
+        events_about(&http, &node, "swarm.error", &bad).await.len(),
+        1
     );
     assert_eq!(
         value(&http, &node, &hand_key).await.as_deref(),
@@ -300,6 +328,27 @@ async fn labels_become_routes_and_only_the_watchers_routes_change() {
             "{name} still has a record"
         );
     }
+}
+
+/// The events of type `kind` about `subject`.
+async fn events_about(
+    http: &Http,
+    node: &Proc,
+    kind: &str,
+    subject: &str,
+) -> Vec<serde_json::Value> {
+    let r = http
+        .get(&node.url(&format!("/roo/v1/events?type={kind}")))
+        .await
+        .unwrap()
+        .json();
+    r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["subject"] == subject)
+        .cloned()
+        .collect()
 }
 
 /// Waits until `key` holds a JSON route equal to `want`.
