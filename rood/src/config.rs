@@ -9,6 +9,14 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
+/// `--events-kept`: 0, or 10 to a million.
+fn events_kept(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n == 0 || (10..=1_000_000).contains(&n) => Ok(n),
+        _ => Err("0 (no activity stream) or 10 to 1000000".into()),
+    }
+}
+
 /// A roo node: raft-replicated KV store and admin API.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "rood", version, about, args_override_self = true)]
@@ -161,7 +169,8 @@ pub struct Config {
     pub election_timeout_ms: u64,
 
     /// Events the activity stream keeps (`GET /roo/v1/events`); the leader deletes older ones.
-    #[arg(long, env = "ROO_EVENTS_KEPT", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    /// 0: no activity stream (nor webhook deliveries), on every node alike.
+    #[arg(long, env = "ROO_EVENTS_KEPT", default_value_t = 10_000, value_parser = events_kept)]
     pub events_kept: u64,
 
     /// Get certificates for https routes from an ACME CA (Let's Encrypt by default).

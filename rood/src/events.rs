@@ -8,6 +8,7 @@
 //! digits>-<random>`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use roo_kv::{Consistency, EventKind, Kv, KvError, Op, Watch};
@@ -20,6 +21,20 @@ pub const EVENT_PREFIX: &str = "com.roo.event:";
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// The most events one trimming request deletes.
 const TRIM_BATCH: usize = 1_000;
+
+/// Whether this node writes events: `--events-kept 0` turns the stream off. Process-wide, as
+/// the writers (the route write path, ACME, the cluster, the swarm watcher) share no config.
+static RECORDING: AtomicBool = AtomicBool::new(true);
+
+/// Sets whether events are written, at a node's start.
+pub fn keep(kept: u64) {
+    RECORDING.store(kept > 0, Ordering::Relaxed);
+}
+
+/// Whether events are written.
+pub fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
+}
 
 /// One event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +101,9 @@ impl Event {
 /// Stores `event` on its own (an event that tells of no KV change of its writer's); returns its
 /// id.
 pub async fn record(kv: &Kv, event: Event) -> Result<u64, KvError> {
+    if !recording() {
+        return Ok(0);
+    }
     let answer = kv.write(roo_kv::Request::new(vec![event.op()?])).await?;
     Ok(answer.checked()?.rev)
 }
@@ -193,6 +211,9 @@ impl Follow {
 
 /// Keeps the stream to its last `kept` events while this node leads, until `shutdown`.
 pub async fn run(kv: Kv, kept: usize, shutdown: CancellationToken) {
+    if kept == 0 {
+        return;
+    }
     let mut tick = tokio::time::interval(TRIM_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -241,6 +241,7 @@ impl Node {
                 shutdown.clone(),
             )));
         }
+        crate::events::keep(config.events_kept);
         tasks.push(tokio::spawn(crate::events::run(
             kv.clone(),
             config.events_kept as usize,

@@ -35,6 +35,10 @@ struct Args {
     /// Key prefix.
     #[arg(long, default_value = "bench")]
     prefix: String,
+    /// Write routes (`com.roo.host:<prefix>-<client>-<i>.bench:http`, through roo's route write
+    /// path: the route, its owner, history and event) instead of plain keys.
+    #[arg(long)]
+    routes: bool,
 }
 
 #[tokio::main]
@@ -48,7 +52,14 @@ async fn main() -> anyhow::Result<()> {
         "etcd" => true,
         t => bail!("--target {t}: use roo or etcd"),
     };
-    let value = "v".repeat(args.value_size);
+    if args.routes && etcd {
+        bail!("--routes is for roo");
+    }
+    let value = match args.routes {
+        true => "http://127.0.0.1:9".to_string(),
+        false => "v".repeat(args.value_size),
+    };
+    let routes = args.routes;
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let per_client = if args.total > 0 {
         args.total.div_ceil(args.clients as u64)
@@ -69,7 +80,10 @@ async fn main() -> anyhow::Result<()> {
             let mut errors = 0u64;
             let mut i = 0u64;
             while Instant::now() < deadline && i < per_client {
-                let key = format!("{prefix}/{c}/{i}");
+                let key = match routes {
+                    true => format!("com.roo.host:{prefix}-{c}-{i}.bench:http"),
+                    false => format!("{prefix}/{c}/{i}"),
+                };
                 let req = if etcd {
                     let body = serde_json::json!({"key": STANDARD.encode(&key), "value": STANDARD.encode(&value)});
                     http::Request::post(format!("http://{endpoint}/v3/kv/put"))

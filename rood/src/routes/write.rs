@@ -72,7 +72,11 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
         None => serde_json::Value::Null,
     };
     // What was there, for the event: its kind, and the value it replaces.
-    let old = kv.get(&key, Consistency::Stale).await?.map(|r| {
+    let old = match crate::events::recording() {
+        true => kv.get(&key, Consistency::Stale).await?,
+        false => None,
+    };
+    let old = old.map(|r| {
         Route::parse(&r.value).map_or_else(
             |_| String::from_utf8_lossy(&r.value).into_owned().into(),
             |route| route.to_json(),
@@ -84,7 +88,7 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
         (Some(_), None) => Some("route.removed"),
         (None, None) => None,
     };
-    let event = kind.map(|kind| {
+    let event = kind.filter(|_| crate::events::recording()).map(|kind| {
         let detail = serde_json::json!({"old": old, "new": value});
         Event::new(kind, &name, &change.source, detail)
     });

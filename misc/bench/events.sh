@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# What the activity stream costs and how fast webhooks hear of a change, on loopback:
+# 1. route writes/s of a 3-node cluster that writes an event with each route write, next to one
+#    that keeps no stream (--events-kept 0), alternating in the same run, same load generator;
+# 2. delivery latency: a route PUT's answer to the webhook receiver's arrival (the receiver
+#    matches the PUT's `rev` to `X-Roo-Delivery`), for routes PUT one at a time.
+#
+#   misc/bench/events.sh [seconds-per-row] [puts]
+#
+# Prints markdown; README's figures come from it.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+secs=${1:-10}
+puts=${2:-300}
+cd "$root"
+cargo build --release -q -p rood -p roo-bench
+rood=$root/target/release/rood
+kvbench=$root/target/release/kvbench
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+voters() { curl -fsS "http://$1/roo/v1/cluster" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["voters"]))'; }
+
+wait_voters() { # addr, n
+  for _ in $(seq 1 600); do
+    [ "$(voters "$1" 2>/dev/null || echo 0)" = "$2" ] && return 0
+    sleep 0.1
+  done
+  echo "roo cluster at $1 never reached $2 voters" >&2
+  exit 1
+}
+
+start_roo() { # ip, data dir, extra args...
+  local ip=$1 dir=$2; shift 2
+  ROO_CLUSTER_SECRET=bench ROO_LOG=warn ROO_ACME=false ROO_SWARM=off "$rood" \
+    --api-addr "$ip:16299" --data-dir "$dir" \
+    --http-addr "$ip:0" --https-addr "$ip:0" "$@" 2>>"$work/$ip.log" &
+  pids+=($!)
+}
+
+cluster() { # first ip's last byte, extra args...
+  local a=$1; shift
+  start_roo "127.0.0.$a" "$work/n$a" "$@"
+  wait_voters "127.0.0.$a:16299" 1
+  for b in $((a + 1)) $((a + 2)); do
+    start_roo "127.0.0.$b" "$work/n$b" --join "127.0.0.$a:16299" "$@"
+  done
+  wait_voters "127.0.0.$a:16299" 3
+}
+
+cluster 1
+cluster 4 --events-kept 0
+on=127.0.0.1:16299,127.0.0.2:16299,127.0.0.3:16299
+off=127.0.0.4:16299,127.0.0.5:16299,127.0.0.6:16299
+
+field() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d['$2'])" "$1"; }
+fmt() { printf '%.*f' "$2" "$1"; }
+
+echo "| clients | route writes/s, events on | p99 ms | events off | p99 ms | on/off writes/s |"
+echo "|---|---|---|---|---|---|"
+for clients in 1 16 64; do
+  for eps in "$on" "$off"; do
+    "$kvbench" --target roo --routes --endpoints "$eps" --clients "$clients" --seconds 2 --prefix "warm$clients" >/dev/null
+  done
+  with=$("$kvbench" --target roo --routes --endpoints "$on" --clients "$clients" --seconds "$secs" --prefix "c$clients")
+  without=$("$kvbench" --target roo --routes --endpoints "$off" --clients "$clients" --seconds "$secs" --prefix "c$clients")
+  for r in "$with" "$without"; do
+    [ "$(field "$r" errors)" = 0 ] || echo "WARNING: errors in $r" >&2
+  done
+  w=$(field "$with" writes_per_sec); wo=$(field "$without" writes_per_sec)
+  echo "| $clients | $(fmt "$w" 0) | $(fmt "$(field "$with" p99_ms)" 2) | $(fmt "$wo" 0) | $(fmt "$(field "$without" p99_ms)" 2) | $(python3 -c "print(f'{$w/$wo:.2f}')") |"
+done
+
+# Delivery latency, on the cluster with events: a receiver on loopback, one webhook.
+python3 - "$puts" <<'EOF'
+import http.client, http.server, json, sys, threading, time, statistics
+
+puts = int(sys.argv[1])
+arrived = {}
+class Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        t = time.monotonic()
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        arrived.setdefault(int(self.headers["x-roo-delivery"]), t)
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+api = http.client.HTTPConnection("127.0.0.1", 16299)
+def put(key, body):
+    api.request("PUT", "/roo/v1/kv/" + key, body)
+    rsp = api.getresponse()
+    answer = json.loads(rsp.read())
+    assert rsp.status == 200, answer
+    return answer["rev"]
+
+put("com.roo.webhook:bench", json.dumps({"url": f"http://127.0.0.1:{server.server_port}/", "events": ["route."], "secret": "bench"}))
+time.sleep(1)
+sent = {}
+for i in range(puts):
+    t = time.monotonic()
+    rev = put(f"com.roo.host:lat-{i}.bench:http", "http://127.0.0.1:9")
+    sent[rev] = t
+    time.sleep(0.02)
+deadline = time.monotonic() + 30
+while len([r for r in sent if r in arrived]) < puts and time.monotonic() < deadline:
+    time.sleep(0.05)
+ms = sorted((arrived[r] - t) * 1000 for r, t in sent.items() if r in arrived)
+if len(ms) < puts:
+    print(f"WARNING: {puts - len(ms)} deliveries missing", file=sys.stderr)
+p = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]
+print()
+print(f"delivery: route PUT sent -> webhook received, {len(ms)} PUTs one at a time: "
+      f"median {statistics.median(ms):.1f} ms, p99 {p(0.99):.1f} ms, max {ms[-1]:.1f} ms")
+EOF
