@@ -7,6 +7,9 @@
 #
 #   misc/bench/events.sh [seconds-per-row] [puts]
 #
+# CLIENTS (default "1 16 64") picks the rows; KEPT (default 10000) is the --events-kept of the
+# cluster with events.
+#
 # Prints markdown; README's figures come from it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -55,7 +58,7 @@ cluster() { # first ip's last byte, extra args...
   wait_voters "127.0.0.$a:16299" 3
 }
 
-cluster 1
+cluster 1 --events-kept "${KEPT:-10000}"
 cluster 4 --events-kept 0
 on=127.0.0.1:16299,127.0.0.2:16299,127.0.0.3:16299
 off=127.0.0.4:16299,127.0.0.5:16299,127.0.0.6:16299
@@ -63,19 +66,31 @@ off=127.0.0.4:16299,127.0.0.5:16299,127.0.0.6:16299
 field() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d['$2'])" "$1"; }
 fmt() { printf '%.*f' "$2" "$1"; }
 
-echo "| clients | route writes/s, events on | p99 ms | events off | p99 ms | on/off writes/s |"
+# ROUNDS rounds a row, the order of the two clusters swapped each round; the ratio of the sums,
+# and the lowest and highest round's ratio.
+echo "| clients | route writes/s, events on | p99 ms | events off | p99 ms | on/off writes/s (rounds' range) |"
 echo "|---|---|---|---|---|---|"
-for clients in 1 16 64; do
+for clients in ${CLIENTS:-1 16 64}; do
   for eps in "$on" "$off"; do
     "$kvbench" --target roo --routes --endpoints "$eps" --clients "$clients" --seconds 2 --prefix "warm$clients" >/dev/null
   done
-  with=$("$kvbench" --target roo --routes --endpoints "$on" --clients "$clients" --seconds "$secs" --prefix "c$clients")
-  without=$("$kvbench" --target roo --routes --endpoints "$off" --clients "$clients" --seconds "$secs" --prefix "c$clients")
-  for r in "$with" "$without"; do
-    [ "$(field "$r" errors)" = 0 ] || echo "WARNING: errors in $r" >&2
+  ws=(); wos=(); p99s=(); p99os=(); ratios=()
+  for round in $(seq 1 "${ROUNDS:-3}"); do
+    order=("$on" "$off"); [ $((round % 2)) = 0 ] && order=("$off" "$on")
+    for eps in "${order[@]}"; do
+      r=$("$kvbench" --target roo --routes --endpoints "$eps" --clients "$clients" --seconds "$secs" --prefix "c$clients-$round-${eps%%:*}")
+      [ "$(field "$r" errors)" = 0 ] || echo "WARNING: errors in $r" >&2
+      if [ "$eps" = "$on" ]; then ws+=("$(field "$r" writes_per_sec)"); p99s+=("$(field "$r" p99_ms)")
+      else wos+=("$(field "$r" writes_per_sec)"); p99os+=("$(field "$r" p99_ms)"); fi
+    done
+    ratios+=("$(python3 -c "print(${ws[-1]}/${wos[-1]})")")
   done
-  w=$(field "$with" writes_per_sec); wo=$(field "$without" writes_per_sec)
-  echo "| $clients | $(fmt "$w" 0) | $(fmt "$(field "$with" p99_ms)" 2) | $(fmt "$wo" 0) | $(fmt "$(field "$without" p99_ms)" 2) | $(python3 -c "print(f'{$w/$wo:.2f}')") |"
+  python3 - "$clients" "${ws[*]}" "${wos[*]}" "${p99s[*]}" "${p99os[*]}" "${ratios[*]}" <<'PY'
+import sys, statistics
+c, w, wo, p, po, r = sys.argv[1], *[list(map(float, a.split())) for a in sys.argv[2:]]
+print(f"| {c} | {statistics.mean(w):.0f} | {statistics.median(p):.2f} | {statistics.mean(wo):.0f} | "
+      f"{statistics.median(po):.2f} | {sum(w)/sum(wo):.2f} ({min(r):.2f}-{max(r):.2f}) |")
+PY
 done
 
 # Delivery latency, on the cluster with events: a receiver on loopback, one webhook.

@@ -64,8 +64,7 @@ pub async fn term(
 pub async fn run(kv: Kv, shutdown: CancellationToken) {
     let mut metrics = kv.raft().metrics();
     while let Some(term) = self::term(&kv, &mut metrics, &shutdown).await {
-        let m = metrics.borrow().clone();
-        let detail = json!({"node": kv.node_id(), "term": m.current_term});
+        let detail = json!({"node": kv.node_id(), "term": metrics.borrow().current_term});
         let subject = format!("node {}", kv.node_id());
         // Written once a term: the term's first leader is its only one.
         if let Err(e) = events::record(

@@ -234,21 +234,31 @@ pub async fn run(kv: Kv, client: HttpClient, shutdown: CancellationToken) {
 }
 
 /// Keeps one delivery task per webhook for this term, each started again when its webhook
-/// changes.
+/// changes. The tasks end with the term, which the caller ends when this returns.
 async fn supervise(kv: &Kv, client: &HttpClient, term: &CancellationToken) -> Result<(), KvError> {
     let mut running: HashMap<String, (Webhook, CancellationToken)> = HashMap::new();
     let (_, rev) = kv.scan(WEBHOOK_PREFIX, Consistency::Stale).await?;
     let mut changes = kv.watch(WEBHOOK_PREFIX, Some(rev))?;
-    let result = loop {
+    loop {
         let (hooks, _) = kv.scan(WEBHOOK_PREFIX, Consistency::Stale).await?;
         let mut wanted = HashMap::new();
+        let mut names = std::collections::HashSet::new();
         for (key, record) in hooks {
             let name = key.trim_start_matches(WEBHOOK_PREFIX).to_string();
+            names.insert(name.clone());
             match Webhook::parse(&record.value) {
                 Ok(hook) => {
                     wanted.insert(name, (hook, record.create_rev));
                 }
                 Err(e) => tracing::warn!(%key, error = %e, "invalid webhook; not delivering to it"),
+            }
+        }
+        // A webhook removed takes its state along: one added again under its name starts anew.
+        let (states, _) = kv.scan(STATE_PREFIX, Consistency::Stale).await?;
+        for (key, _) in states {
+            let name = key.trim_start_matches(STATE_PREFIX);
+            if !names.contains(name) {
+                kv.delete(&key, None).await?;
             }
         }
         running.retain(|name, (hook, stop)| {
@@ -268,14 +278,10 @@ async fn supervise(kv: &Kv, client: &HttpClient, term: &CancellationToken) -> Re
             tokio::spawn(async move { deliver(kv, client, name, hook, created, stop).await });
         }
         tokio::select! {
-            changed = changes.next_batch(256) => if let Err(e) = changed { break Err(e) },
-            _ = term.cancelled() => break Ok(()),
+            changed = changes.next_batch(256) => { changed?; }
+            _ = term.cancelled() => return Ok(()),
         }
-    };
-    for (_, stop) in running.values() {
-        stop.cancel();
     }
-    result
 }
 
 /// Delivers `hook`'s events in order until `stop`. A webhook without a state yet starts after
@@ -289,20 +295,30 @@ async fn deliver(
     stop: CancellationToken,
 ) {
     let state_key = format!("{STATE_PREFIX}{name}");
-    let (mut state, mut rev) = match kv.get(&state_key, Consistency::Stale).await {
-        Ok(Some(r)) => (
-            serde_json::from_slice(&r.value).unwrap_or_default(),
-            r.mod_rev,
-        ),
-        Ok(None) => (
-            Delivery {
-                done: created,
-                ..Delivery::default()
-            },
-            0,
-        ),
-        Err(e) => {
-            tracing::warn!(webhook = %name, error = %e, "reading the delivery state");
+    let pause = || async {
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY_FIRST) => true,
+            _ = stop.cancelled() => false,
+        }
+    };
+    let (mut state, mut rev) = loop {
+        match kv.get(&state_key, Consistency::Stale).await {
+            Ok(Some(r)) => {
+                break (
+                    serde_json::from_slice(&r.value).unwrap_or_default(),
+                    r.mod_rev,
+                )
+            }
+            Ok(None) => {
+                let fresh = Delivery {
+                    done: created,
+                    ..Delivery::default()
+                };
+                break (fresh, 0);
+            }
+            Err(e) => tracing::warn!(webhook = %name, error = %e, "reading the delivery state"),
+        }
+        if !pause().await {
             return;
         }
     };
@@ -316,7 +332,11 @@ async fn deliver(
             Ok(event) => event,
             Err(e) => {
                 tracing::warn!(webhook = %name, error = %e, "reading the activity stream");
-                return;
+                if !pause().await {
+                    return;
+                }
+                follow = Follow::new(kv.clone(), state.done, hook.events.clone());
+                continue;
             }
         };
         let body = Bytes::from(hook.body(&event));
@@ -325,60 +345,62 @@ async fn deliver(
                 outcome = post(&client, &hook, &event, body.clone()) => outcome,
                 _ = stop.cancelled() => return,
             };
-            state.last_attempt = Some(roo_acme::cert::rfc3339(SystemTime::now()));
-            let delivered = match outcome {
-                Ok(status) => {
-                    state.last_status = Some(status);
-                    (200..300).contains(&status)
-                }
-                Err(e) => {
-                    state.last_status = None;
-                    state.last_error = Some(e);
-                    false
-                }
-            };
-            if delivered {
-                state.done = event.id;
-                state.delivered += 1;
-                state.failures = 0;
-                state.last_error = None;
-            } else {
-                if let Some(status) = state.last_status {
-                    state.last_error = Some(format!("the receiver answered {status}"));
-                }
-                state.failures = state.failures.saturating_add(1);
-                let error = state.last_error.as_deref().unwrap_or_default();
-                // One line when deliveries start failing, not one per attempt.
-                if state.failures == 1 {
-                    tracing::warn!(webhook = %name, event = event.id, %error, "webhook delivery failed; retrying with back-off");
-                }
-                if age(&event) >= GIVE_UP_AFTER {
-                    tracing::warn!(webhook = %name, event = event.id, %error, "webhook delivery given up");
-                    state.done = event.id;
-                    state.given_up += 1;
-                    state.failures = 0;
-                }
-            }
+            state.attempted(event.id, outcome, &name, age(&event));
             match save(&kv, &state_key, &state, rev).await {
                 Ok(r) => rev = r,
                 Err(KvError::Conflict { .. }) => {
                     tracing::info!(webhook = %name, "another node delivers this webhook now");
                     return;
                 }
-                Err(e) => {
-                    tracing::warn!(webhook = %name, error = %e, "saving the delivery state");
-                    return;
-                }
+                // Kept in memory: the next save carries it.
+                Err(e) => tracing::warn!(webhook = %name, error = %e, "saving the delivery state"),
             }
             if state.done == event.id {
                 break;
             }
-            let pause = backoff(state.failures);
             tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep(backoff(state.failures)) => {}
                 _ = stop.cancelled() => return,
             }
         }
+    }
+}
+
+impl Delivery {
+    /// Notes an attempt to deliver event `id`, `age` old: its receiver's status, or why there
+    /// was none.
+    fn attempted(&mut self, id: u64, outcome: Result<u16, String>, name: &str, age: Duration) {
+        self.last_attempt = Some(roo_acme::cert::rfc3339(SystemTime::now()));
+        let error = match outcome {
+            Ok(status) if (200..300).contains(&status) => {
+                self.done = id;
+                self.delivered += 1;
+                self.failures = 0;
+                self.last_status = Some(status);
+                self.last_error = None;
+                return;
+            }
+            Ok(status) => {
+                self.last_status = Some(status);
+                format!("the receiver answered {status}")
+            }
+            Err(e) => {
+                self.last_status = None;
+                e
+            }
+        };
+        self.failures = self.failures.saturating_add(1);
+        // One line when deliveries start failing, not one per attempt.
+        if self.failures == 1 {
+            tracing::warn!(webhook = %name, event = id, %error, "webhook delivery failed; retrying with back-off");
+        }
+        if age >= GIVE_UP_AFTER {
+            tracing::warn!(webhook = %name, event = id, %error, "webhook delivery given up");
+            self.done = id;
+            self.given_up += 1;
+            self.failures = 0;
+        }
+        self.last_error = Some(error);
     }
 }
 

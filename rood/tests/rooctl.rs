@@ -417,3 +417,72 @@ async fn events_and_webhooks() {
     let (ok, _, err) = rooctl(&server, admin, &["webhooks", "rm", "ops"]);
     assert!(!ok && err.contains("no webhook"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_history_freeze_and_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), &["--api-token", ADMIN]).await;
+    let server = format!("http://{}", node.api_addr);
+    let admin = Some(ADMIN);
+    for to in ["http://one:80", "http://two:80"] {
+        assert!(rooctl(&server, admin, &["routes", "add", "h.test", to]).0);
+    }
+    let (ok, out, err) = rooctl(&server, None, &["routes", "history", "h.test"]);
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(
+        rows[0].starts_with("REV") && rows[1].contains("two") && rows[2].contains("one"),
+        "{out}"
+    );
+    assert!(rows[1].contains("api:admin"), "{out}");
+
+    assert!(rooctl(&server, admin, &["routes", "freeze", "h.test"]).0);
+    let (ok, _, err) = rooctl(
+        &server,
+        admin,
+        &["routes", "add", "h.test", "http://three:80"],
+    );
+    assert!(
+        !ok && err.contains("frozen") && err.contains("409"),
+        "{err}"
+    );
+    let (ok, _, err) = rooctl(&server, admin, &["routes", "rollback", "h.test"]);
+    assert!(!ok && err.contains("frozen"), "{err}");
+    let (ok, out, err) = rooctl(&server, admin, &["routes", "rollback", "h.test", "--force"]);
+    assert!(
+        ok && out.contains("has the value of revision"),
+        "{out}{err}"
+    );
+    assert!(rooctl(&server, admin, &["routes", "unfreeze", "h.test"]).0);
+    let (_, out, _) = rooctl(
+        &server,
+        None,
+        &["routes", "history", "h.test", "-o", "json"],
+    );
+    let history: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        history[0]["value"]
+            .as_str()
+            .unwrap()
+            .contains("http://one:80"),
+        "{history}"
+    );
+    let first = history[2]["rev"].as_u64().unwrap().to_string();
+    let (ok, _, err) = rooctl(
+        &server,
+        admin,
+        &["routes", "rollback", "h.test", "--rev", "1"],
+    );
+    assert!(!ok && err.contains("no revision 1"), "{err}");
+    assert!(
+        rooctl(
+            &server,
+            admin,
+            &["routes", "rollback", "h.test", "--rev", &first]
+        )
+        .0
+    );
+    let (_, out, _) = rooctl(&server, None, &["routes", "history", "h.test"]);
+    assert!(out.lines().nth(1).unwrap().contains("one"), "{out}");
+}

@@ -11,8 +11,8 @@ use serde_json::json;
 
 use super::auth::Access;
 use super::{consistency, decode_path, only, query_u64, read_body, reply, Api, ApiError, Body};
-use crate::routes::write::{RouteChange, WriteError};
-use crate::routes::{self, RouteKey, ROUTE_PREFIX};
+use crate::routes::write::RouteChange;
+use crate::routes::{RouteKey, ROUTE_PREFIX};
 use crate::webhooks::{Webhook, WEBHOOK_PREFIX};
 
 /// Header carrying a key's revision on `GET /roo/v1/kv/{key}`.
@@ -63,6 +63,7 @@ pub(super) async fn kv(
                     Some(value.to_vec()),
                     prev_rev,
                     idempotency_key,
+                    force(&uri)?,
                 )
                 .await?
                 .rev;
@@ -98,8 +99,16 @@ pub(super) async fn kv(
                 // A route that is not there has nothing to remove, nor history to add to.
                 let existed = api.kv.get(&key, Consistency::Linearizable).await?.is_some();
                 if existed || prev_rev.is_some() {
-                    let answer =
-                        write_route(api, access, &key, None, prev_rev, idempotency_key).await?;
+                    let answer = write_route(
+                        api,
+                        access,
+                        &key,
+                        None,
+                        prev_rev,
+                        idempotency_key,
+                        force(&uri)?,
+                    )
+                    .await?;
                     (answer.rev, existed)
                 } else {
                     (api.kv.revision(), false)
@@ -115,6 +124,17 @@ pub(super) async fn kv(
             ))
         }
         _ => Err(ApiError::NotFound),
+    }
+}
+
+/// `?force=true`: a change to a frozen route (the admin token's, as every write).
+fn force(uri: &http::Uri) -> Result<bool, ApiError> {
+    match super::query_param(uri, "force")?.as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "force={other:?}: true or false"
+        ))),
     }
 }
 
@@ -137,6 +157,7 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> 
 }
 
 /// Writes a route through the one write path: checked, stored with its owner and history.
+#[allow(clippy::too_many_arguments)]
 async fn write_route(
     api: &Api,
     access: Access,
@@ -144,20 +165,14 @@ async fn write_route(
     value: Option<Vec<u8>>,
     prev_rev: Option<u64>,
     idempotency_key: Option<String>,
+    force: bool,
 ) -> Result<roo_kv::Response, ApiError> {
     let route = RouteKey::parse(key).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let change = RouteChange {
-        key: route,
-        value,
-        source: access.source().into(),
-        prev_rev,
-        idempotency_key,
-    };
-    match routes::write::write(&api.kv, change).await {
-        Ok(answer) => Ok(answer),
-        Err(WriteError::Invalid(e)) => Err(ApiError::BadRequest(format!("{key}: {e}"))),
-        Err(WriteError::Kv(e)) => Err(e.into()),
-    }
+    let mut change = RouteChange::new(route, value, access.source());
+    change.prev_rev = prev_rev;
+    change.idempotency_key = idempotency_key;
+    change.force = force;
+    super::routes::write(api, change).await
 }
 
 /// Writes one op, answered as the first time when its idempotency key was seen before.

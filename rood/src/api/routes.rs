@@ -1,15 +1,19 @@
-//! `/roo/v1/routes`: every route as the route model reads it, with its owner and state; and
-//! `/roo/v1/routes/<route>/history`, a route's changes, newest first.
+//! `/roo/v1/routes`: every route as the route model reads it, with its owner and state;
+//! `/roo/v1/routes/<route>/history`, a route's changes, newest first; and `POST` to
+//! `.../freeze`, `.../unfreeze` and `.../rollback` (`{"rev":N}`, by default the value before the
+//! current one).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::auth::Access;
-use super::{consistency, decode_path, only, reply, Api, ApiError, Body};
-use crate::routes::write::{self, OWNER_PREFIX};
+use super::{consistency, decode_path, only, read_body, reply, Api, ApiError, Body};
+use crate::routes::write::{
+    self, RouteChange, WriteError, FROZEN_PREFIX, OWNER_PREFIX, ROLLED_BACK_PREFIX,
+};
 use crate::routes::{Route, RouteKey, ROUTE_PREFIX};
 
 pub(super) const PREFIX: &str = "/roo/v1/routes";
@@ -20,30 +24,145 @@ pub(super) async fn routes(
     path: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    only(&req, &[Method::GET])?;
-    api.tokens.require_reader(access, ROUTE_PREFIX)?;
     let rest = path.strip_prefix(PREFIX).unwrap_or_default();
     if rest.is_empty() || rest == "/" {
+        only(&req, &[Method::GET])?;
+        api.tokens.require_reader(access, ROUTE_PREFIX)?;
         return list(api, &req).await;
     }
-    let name = rest
+    let (name, action) = rest
         .strip_prefix('/')
-        .and_then(|r| r.strip_suffix("/history"))
+        .and_then(|r| r.rsplit_once('/'))
         .ok_or(ApiError::NotFound)?;
     let key = RouteKey::parse(&format!("{ROUTE_PREFIX}{}", decode_path(name)?))
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let history = write::history(&api.kv, &key, consistency(req.uri())?).await?;
+    match action {
+        "history" => {
+            only(&req, &[Method::GET])?;
+            api.tokens.require_reader(access, ROUTE_PREFIX)?;
+            history(api, &key, &req).await
+        }
+        "freeze" | "unfreeze" => {
+            only(&req, &[Method::POST])?;
+            api.tokens.require_admin(access)?;
+            let stored = key.to_string();
+            let consistency = roo_kv::Consistency::Linearizable;
+            if api.kv.get(&stored, consistency).await?.is_none() {
+                return Err(ApiError::NotFound);
+            }
+            let frozen = action == "freeze";
+            let changed = write::freeze(&api.kv, &key, frozen, access.source()).await?;
+            let state = if frozen { "frozen" } else { "ok" };
+            Ok(reply::json(
+                StatusCode::OK,
+                &json!({"ok": true, "state": state, "changed": changed}),
+            ))
+        }
+        "rollback" => {
+            only(&req, &[Method::POST])?;
+            api.tokens.require_admin(access)?;
+            rollback(api, access, key, req).await
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// Makes a route change through the write path, its errors as the API answers them.
+pub(super) async fn write(api: &Api, change: RouteChange) -> Result<roo_kv::Response, ApiError> {
+    let name = write::route_name(&change.key);
+    match write::write(&api.kv, change).await {
+        Ok(answer) => Ok(answer),
+        Err(WriteError::Invalid(e)) => Err(ApiError::BadRequest(format!("{name}: {e}"))),
+        Err(e @ WriteError::Frozen(_)) => Err(ApiError::Conflict(e.to_string())),
+        Err(WriteError::Kv(e)) => Err(e.into()),
+    }
+}
+
+async fn history(
+    api: &Api,
+    key: &RouteKey,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let history = write::history(&api.kv, key, consistency(req.uri())?).await?;
     let history: Vec<Value> = history
         .into_iter()
-        .map(|(rev, r)| json!({"rev": rev, "time": r.time, "source": r.source, "value": r.value}))
+        .map(|(rev, r)| {
+            let mut entry =
+                json!({"rev": rev, "time": r.time, "source": r.source, "value": r.value});
+            if let Some(of) = r.rollback_of {
+                entry["rollback_of"] = of.into();
+            }
+            entry
+        })
         .collect();
     Ok(reply::json(StatusCode::OK, &json!({"history": history})))
+}
+
+/// Restores the value a route had at revision `rev` (by default the one before the current), as
+/// a new revision.
+async fn rollback(
+    api: &Api,
+    access: Access,
+    key: RouteKey,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let force = super::query_param(req.uri(), "force")?.as_deref() == Some("true");
+    let body = read_body(req, 4096).await?;
+    let rev =
+        match body.iter().all(u8::is_ascii_whitespace) {
+            true => None,
+            false => {
+                let asked: Value = serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
+                match &asked["rev"] {
+                    Value::Null => None,
+                    v => Some(v.as_u64().ok_or_else(|| {
+                        ApiError::BadRequest(format!("rev: {v} is not a revision"))
+                    })?),
+                }
+            }
+        };
+    let history = write::history(&api.kv, &key, roo_kv::Consistency::Linearizable).await?;
+    let name = write::route_name(&key);
+    let (rev, record) = match rev {
+        Some(rev) => history
+            .into_iter()
+            .find(|(r, _)| *r == rev)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("{name} has no revision {rev} in its history"))
+            })?,
+        None => history.into_iter().nth(1).ok_or_else(|| {
+            ApiError::BadRequest(format!("{name} has no earlier value to roll back to"))
+        })?,
+    };
+    let value = match &record.value {
+        Value::Null => None,
+        v => Some(v.to_string().into_bytes()),
+    };
+    let mut change = RouteChange::new(key, value, access.source());
+    change.rollback_of = Some(rev);
+    change.force = force;
+    let answer = write(api, change).await?;
+    Ok(reply::json(
+        StatusCode::OK,
+        &json!({"ok": true, "rev": answer.rev, "restored": rev}),
+    ))
 }
 
 async fn list(api: &Api, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let consistency = consistency(req.uri())?;
     let (records, _) = api.kv.scan(ROUTE_PREFIX, consistency).await?;
     let (owners, _) = api.kv.scan(OWNER_PREFIX, consistency).await?;
+    let names = |prefix: &'static str| async move {
+        let (records, _) = api.kv.scan(prefix, consistency).await?;
+        let names: HashSet<String> = records
+            .into_iter()
+            .map(|(k, _)| k.trim_start_matches(prefix).to_string())
+            .collect();
+        Ok::<_, ApiError>(names)
+    };
+    let frozen = names(FROZEN_PREFIX).await?;
+    let rolled_back = names(ROLLED_BACK_PREFIX).await?;
     let owners: HashMap<String, String> = owners
         .into_iter()
         .map(|(k, r)| {
@@ -51,26 +170,32 @@ async fn list(api: &Api, req: &Request<Incoming>) -> Result<Response<Body>, ApiE
             (name, String::from_utf8_lossy(&r.value).into_owned())
         })
         .collect();
-    let routes: Vec<Value> = records
-        .into_iter()
-        .map(|(key, record)| {
-            let name = key.trim_start_matches(ROUTE_PREFIX);
-            // Routes written before owners were recorded were put through the API.
-            let owner = owners.get(name).map_or("api", String::as_str);
-            let mut route = json!({"route": name, "rev": record.mod_rev, "owner": owner});
-            match Route::parse(&record.value) {
-                Ok(r) => {
-                    route["value"] = r.to_json();
-                    route["state"] = "ok".into();
+    let mut routes = Vec::with_capacity(records.len());
+    for (key, record) in records {
+        let key: String = key;
+        let name = key.trim_start_matches(ROUTE_PREFIX);
+        // Routes written before owners were recorded were put through the API.
+        let owner = owners.get(name).map_or("api", String::as_str);
+        let mut route = json!({"route": name, "rev": record.mod_rev, "owner": owner});
+        match Route::parse(&record.value) {
+            Ok(r) => {
+                route["value"] = r.to_json();
+                route["state"] = if frozen.contains(name) {
+                    "frozen"
+                } else if rolled_back.contains(name) {
+                    "rolled_back"
+                } else {
+                    "ok"
                 }
-                Err(e) => {
-                    route["value"] = String::from_utf8_lossy(&record.value).into();
-                    route["state"] = "invalid".into();
-                    route["error"] = e.to_string().into();
-                }
+                .into();
             }
-            route
-        })
-        .collect();
+            Err(e) => {
+                route["value"] = String::from_utf8_lossy(&record.value).into();
+                route["state"] = "invalid".into();
+                route["error"] = e.to_string().into();
+            }
+        }
+        routes.push(route);
+    }
     Ok(reply::json(StatusCode::OK, &json!({"routes": routes})))
 }

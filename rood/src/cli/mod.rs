@@ -93,6 +93,36 @@ pub enum Routes {
         #[arg(long, value_parser = ["http", "https"])]
         scheme: Option<String>,
     },
+    /// The route's changes, newest first: revision, time, source, value.
+    History {
+        host: String,
+        #[arg(long, default_value = "https", value_parser = ["http", "https"])]
+        scheme: String,
+    },
+    /// Restores the value the route had at `--rev` (by default the one before the current), as
+    /// a new revision.
+    Rollback {
+        host: String,
+        #[arg(long)]
+        rev: Option<u64>,
+        #[arg(long, default_value = "https", value_parser = ["http", "https"])]
+        scheme: String,
+        /// Even if the route is frozen.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Nobody but a forced admin request changes the route until it is unfrozen: not the swarm
+    /// watcher, not a rollout.
+    Freeze {
+        host: String,
+        #[arg(long, default_value = "https", value_parser = ["http", "https"])]
+        scheme: String,
+    },
+    Unfreeze {
+        host: String,
+        #[arg(long, default_value = "https", value_parser = ["http", "https"])]
+        scheme: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -521,6 +551,66 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
                 .await?;
             Ok(done(json_out, &key))
         }
+        Command::Routes(Routes::History { host, scheme }) => {
+            let name = route_name(&host, &scheme)?;
+            let body = api
+                .call("GET", &format!("/roo/v1/routes/{name}/history"), None)
+                .await?;
+            let v: Value =
+                serde_json::from_slice(&body).map_err(|e| CliError::Api(e.to_string()))?;
+            let rows: Vec<Value> = v["history"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut h| {
+                    let ms = h["time"].as_u64().unwrap_or(0);
+                    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+                    h["time"] = roo_acme::cert::rfc3339(at).into();
+                    h["value"] = match &h["value"] {
+                        Value::Null => "(removed)".into(),
+                        v => v.to_string().into(),
+                    };
+                    h
+                })
+                .collect();
+            if json_out {
+                return Ok(Value::Array(rows).to_string());
+            }
+            Ok(render(false, &["rev", "time", "source", "value"], rows))
+        }
+        Command::Routes(Routes::Rollback {
+            host,
+            rev,
+            scheme,
+            force,
+        }) => {
+            let name = route_name(&host, &scheme)?;
+            let body = rev.map(|rev| json!({"rev": rev}).to_string());
+            let path = format!("/roo/v1/routes/{name}/rollback?force={force}");
+            let answer = api.call("POST", &path, body).await?;
+            let v: Value =
+                serde_json::from_slice(&answer).map_err(|e| CliError::Api(e.to_string()))?;
+            if json_out {
+                return Ok(v.to_string());
+            }
+            Ok(format!(
+                "ok: {name} has the value of revision {} again (revision {})",
+                v["restored"], v["rev"]
+            ))
+        }
+        Command::Routes(Routes::Freeze { host, scheme }) => {
+            let name = route_name(&host, &scheme)?;
+            api.call("POST", &format!("/roo/v1/routes/{name}/freeze"), None)
+                .await?;
+            Ok(done(json_out, &name))
+        }
+        Command::Routes(Routes::Unfreeze { host, scheme }) => {
+            let name = route_name(&host, &scheme)?;
+            api.call("POST", &format!("/roo/v1/routes/{name}/unfreeze"), None)
+                .await?;
+            Ok(done(json_out, &name))
+        }
         Command::Events(args) => events::events(&api, json_out, args).await,
         Command::Webhooks(command) => events::webhooks(&api, json_out, command).await,
         Command::Kv(Kv::Ls { prefix }) => {
@@ -550,6 +640,12 @@ async fn removed_one(
         return Err(CliError::Api(format!("no {what} {key}")));
     }
     Ok(done(json_out, key))
+}
+
+/// `<host>[:<port>]:<scheme>`, the route's name in the API.
+fn route_name(host: &str, scheme: &str) -> Result<String, CliError> {
+    let key = route_key(host, scheme)?;
+    Ok(key.trim_start_matches(ROUTE_PREFIX).to_string())
 }
 
 fn route_key(host: &str, scheme: &str) -> Result<String, CliError> {

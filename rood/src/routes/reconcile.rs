@@ -23,10 +23,11 @@ pub enum Wanted {
 /// One step of a reconcile, at one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    /// Write `value` over what the source made before.
+    /// Write `value` over what the source made before (`made`).
     Change {
         key: String,
         value: String,
+        made: String,
         source: String,
     },
     /// Write `value` where the source made nothing: unless the key has a route already.
@@ -71,9 +72,10 @@ pub fn diff(
                 key: key.clone(),
                 value: value.clone(),
             },
-            (Some(Wanted::Value { value, source }), Some(_)) => Step::Change {
+            (Some(Wanted::Value { value, source }), Some((made, _))) => Step::Change {
                 key: key.clone(),
                 value: value.clone(),
+                made: made.clone(),
                 source: source.clone(),
             },
             (Some(Wanted::Value { value, source }), None) => Step::Add {
@@ -94,6 +96,20 @@ pub struct Reconciled {
     pub changes: usize,
     /// The value at each key the source now stands for: what it should remember.
     pub standing: BTreeMap<String, String>,
+    /// Frozen routes left as they are, and the source that would have changed them.
+    pub held: Vec<(String, String)>,
+}
+
+impl Reconciled {
+    /// A frozen route left as it is: the source still stands for what it `made` there, so that
+    /// it makes the change once the route is unfrozen.
+    fn hold(&mut self, key: String, source: String, made: Option<String>) {
+        tracing::info!(%source, %key, "the route is frozen; left as it is");
+        if let Some(made) = made {
+            self.standing.insert(key.clone(), made);
+        }
+        self.held.push((key, source));
+    }
 }
 
 /// Makes `steps` through the one write path.
@@ -109,17 +125,30 @@ pub async fn reconcile(kv: &Kv, steps: Vec<Step>) -> Result<Reconciled, WriteErr
                     tracing::warn!(%source, %key, "a route put by hand exists; left as it is");
                     continue;
                 }
-                put(kv, &key, Some(value.clone()), &source, None).await?;
-                tracing::info!(%source, %key, %value, "route added");
-                done.changes += 1;
-                done.standing.insert(key, value);
+                match put(kv, &key, Some(value.clone()), &source, None).await {
+                    Ok(()) => {
+                        tracing::info!(%source, %key, %value, "route added");
+                        done.changes += 1;
+                        done.standing.insert(key, value);
+                    }
+                    Err(WriteError::Frozen(_)) => done.hold(key, source, None),
+                    Err(e) => return Err(e),
+                }
             }
-            Step::Change { key, value, source } => {
-                put(kv, &key, Some(value.clone()), &source, None).await?;
-                tracing::info!(%source, %key, %value, "route changed");
-                done.changes += 1;
-                done.standing.insert(key, value);
-            }
+            Step::Change {
+                key,
+                value,
+                made,
+                source,
+            } => match put(kv, &key, Some(value.clone()), &source, None).await {
+                Ok(()) => {
+                    tracing::info!(%source, %key, %value, "route changed");
+                    done.changes += 1;
+                    done.standing.insert(key, value);
+                }
+                Err(WriteError::Frozen(_)) => done.hold(key, source, Some(made)),
+                Err(e) => return Err(e),
+            },
             Step::Remove { key, made, source } => {
                 let current = kv.get(&key, Consistency::Linearizable).await?;
                 let Some(record) = current.filter(|r| r.value == made.as_bytes()) else {
@@ -134,6 +163,7 @@ pub async fn reconcile(kv: &Kv, steps: Vec<Step>) -> Result<Reconciled, WriteErr
                     Err(WriteError::Kv(KvError::Conflict { .. })) => {
                         tracing::info!(%source, %key, "route changed by hand meanwhile; left alone");
                     }
+                    Err(WriteError::Frozen(_)) => done.hold(key, source, Some(made)),
                     Err(e) => return Err(e),
                 }
             }
@@ -149,13 +179,8 @@ async fn put(
     source: &str,
     prev_rev: Option<u64>,
 ) -> Result<(), WriteError> {
-    let change = RouteChange {
-        key: RouteKey::parse(key)?,
-        value: value.map(String::into_bytes),
-        source: source.to_string(),
-        prev_rev,
-        idempotency_key: None,
-    };
+    let mut change = RouteChange::new(RouteKey::parse(key)?, value.map(String::into_bytes), source);
+    change.prev_rev = prev_rev;
     write::write(kv, change).await?;
     Ok(())
 }
@@ -196,6 +221,7 @@ mod tests {
                 Step::Change {
                     key: s("changed"),
                     value: s("B"),
+                    made: s("b"),
                     source: s("s:2")
                 },
                 Step::Remove {

@@ -7,7 +7,11 @@
 //! Keys, beside the route's own `com.roo.host:<route>`:
 //! - `com.roo.route.owner:<route>`: who wrote it last (`api`, `swarm:<services>`, ...);
 //! - `com.roo.route.history:<route>:<time>`: `{"time":..,"source":..,"value":..}` for each
-//!   change (value null for a removal), the last [`HISTORY_KEPT`] kept.
+//!   change (value null for a removal), the last [`HISTORY_KEPT`] kept;
+//! - `com.roo.route.frozen:<route>`: present while the route is frozen ([`freeze`]): a change
+//!   that is not forced is refused, in the same request that would make it;
+//! - `com.roo.route.rolled_back:<route>`: the revision the current value was restored from,
+//!   while it stands.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,6 +23,8 @@ use crate::events::Event;
 
 pub const OWNER_PREFIX: &str = "com.roo.route.owner:";
 pub const HISTORY_PREFIX: &str = "com.roo.route.history:";
+pub const FROZEN_PREFIX: &str = "com.roo.route.frozen:";
+pub const ROLLED_BACK_PREFIX: &str = "com.roo.route.rolled_back:";
 /// History records kept per route.
 pub const HISTORY_KEPT: usize = 20;
 
@@ -27,6 +33,8 @@ pub const HISTORY_KEPT: usize = 20;
 pub enum WriteError {
     #[error(transparent)]
     Invalid(#[from] RouteError),
+    #[error("{0} is frozen: unfreeze it first, or force the change with the admin token")]
+    Frozen(String),
     #[error(transparent)]
     Kv(#[from] KvError),
 }
@@ -43,6 +51,25 @@ pub struct RouteChange {
     pub prev_rev: Option<u64>,
     /// The client's name for the request: a retry is answered as the first time.
     pub idempotency_key: Option<String>,
+    /// Made even if the route is frozen (an admin's `?force=true`).
+    pub force: bool,
+    /// The revision whose value this restores (a rollback).
+    pub rollback_of: Option<u64>,
+}
+
+impl RouteChange {
+    /// A change by `source`, not forced, not a rollback.
+    pub fn new(key: RouteKey, value: Option<Vec<u8>>, source: &str) -> RouteChange {
+        RouteChange {
+            key,
+            value,
+            source: source.to_string(),
+            prev_rev: None,
+            idempotency_key: None,
+            force: false,
+            rollback_of: None,
+        }
+    }
 }
 
 /// One entry of a route's history.
@@ -53,6 +80,9 @@ pub struct HistoryRecord {
     pub source: String,
     /// The route as JSON (null: removed).
     pub value: serde_json::Value,
+    /// The revision whose value this change restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
 }
 
 /// `<host>[:<port>]:<scheme>`: the route's name in the API and in its owner and history keys.
@@ -83,13 +113,17 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
         )
     });
     let kind = match (&old, &change.value) {
+        _ if change.rollback_of.is_some() => Some("route.rolled_back"),
         (None, Some(_)) => Some("route.added"),
         (Some(_), Some(_)) => Some("route.changed"),
         (Some(_), None) => Some("route.removed"),
         (None, None) => None,
     };
     let event = kind.filter(|_| crate::events::recording()).map(|kind| {
-        let detail = serde_json::json!({"old": old, "new": value});
+        let mut detail = serde_json::json!({"old": old, "new": value});
+        if let Some(rev) = change.rollback_of {
+            detail["rev"] = rev.into();
+        }
         Event::new(kind, &name, &change.source, detail)
     });
     let now = SystemTime::now()
@@ -99,6 +133,7 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
         time: now,
         source: change.source.clone(),
         value,
+        rollback_of: change.rollback_of,
     };
     let history = format!("{HISTORY_PREFIX}{name}:");
     // The oldest records go in the same request, so that at most HISTORY_KEPT stay.
@@ -136,13 +171,72 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
     if let Some(event) = event {
         ops.push(event.op()?);
     }
+    let rolled_back = format!("{ROLLED_BACK_PREFIX}{name}");
+    ops.push(match change.rollback_of {
+        Some(rev) => Op::Put {
+            key: rolled_back,
+            value: rev.to_string().into_bytes(),
+            prev_rev: None,
+        },
+        None => Op::Delete {
+            key: rolled_back,
+            prev_rev: None,
+        },
+    });
+    let frozen = format!("{FROZEN_PREFIX}{name}");
+    if !change.force {
+        // A guard, no change: holds while the route is not frozen.
+        ops.push(Op::Delete {
+            key: frozen.clone(),
+            prev_rev: Some(0),
+        });
+    }
     ops.extend(kept.into_iter().take(excess).map(|(key, _)| Op::Delete {
         key,
         prev_rev: None,
     }));
     let mut req = roo_kv::Request::new(ops);
     req.idempotency_key = change.idempotency_key;
-    Ok(kv.write(req).await?.checked()?)
+    match kv.write(req).await?.checked() {
+        Err(KvError::Conflict { key, .. }) if key == frozen => Err(WriteError::Frozen(name)),
+        answer => Ok(answer?),
+    }
+}
+
+/// Freezes (`frozen`) or unfreezes a route, as `source`; its event tells the stream. Returns
+/// false when it already was so.
+pub async fn freeze(kv: &Kv, key: &RouteKey, frozen: bool, source: &str) -> Result<bool, KvError> {
+    let name = route_name(key);
+    let marker = format!("{FROZEN_PREFIX}{name}");
+    let was = kv.get(&marker, Consistency::Linearizable).await?;
+    if was.is_some() == frozen {
+        return Ok(false);
+    }
+    let (kind, op) = match frozen {
+        true => {
+            let now = roo_acme::cert::rfc3339(SystemTime::now());
+            let value = serde_json::json!({"time": now, "source": source});
+            let op = Op::Put {
+                key: marker,
+                value: value.to_string().into_bytes(),
+                prev_rev: Some(0),
+            };
+            ("route.frozen", op)
+        }
+        false => {
+            let op = Op::Delete {
+                key: marker,
+                prev_rev: was.map(|r| r.mod_rev),
+            };
+            ("route.unfrozen", op)
+        }
+    };
+    let mut ops = vec![op];
+    if crate::events::recording() {
+        ops.push(Event::new(kind, &name, source, serde_json::json!({})).op()?);
+    }
+    kv.write(roo_kv::Request::new(ops)).await?.checked()?;
+    Ok(true)
 }
 
 /// A route's history, newest first.

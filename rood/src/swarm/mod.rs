@@ -80,8 +80,29 @@ struct ServiceRoutes {
 pub struct Reconciled {
     /// Keys written or deleted.
     pub changes: usize,
-    /// Services whose labels make no route, and why: `(service, error)`.
-    pub problems: Vec<(String, String)>,
+    /// What it could not do, for the activity stream.
+    pub problems: Vec<Problem>,
+}
+
+/// Something the watcher could not do, told once while it lasts: `swarm.error` (labels that
+/// make no route, a failed reconcile) or `route.held` (a frozen route left as it is).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    pub kind: &'static str,
+    pub subject: String,
+    pub source: String,
+    pub error: String,
+}
+
+impl Problem {
+    fn labels(service: &str, error: String) -> Problem {
+        Problem {
+            kind: "swarm.error",
+            subject: service.to_string(),
+            source: source(&[service]),
+            error,
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -265,7 +286,7 @@ async fn run_reconcile(
     kv: &Kv,
     docker: &Docker,
     report: &dyn Report,
-    told: &mut BTreeSet<(String, String)>,
+    told: &mut BTreeSet<Problem>,
 ) {
     let started = std::time::Instant::now();
     let result = reconcile(kv, docker).await;
@@ -289,19 +310,21 @@ async fn run_reconcile(
         }
         Err(e) => {
             tracing::warn!(error = %e, "swarm reconcile failed; routes left as they are");
-            vec![(String::new(), e.to_string())]
+            let error = e.to_string();
+            vec![Problem {
+                kind: "swarm.error",
+                subject: "swarm".into(),
+                source: "swarm".into(),
+                error,
+            }]
         }
     };
-    let now: BTreeSet<(String, String)> = problems.into_iter().collect();
-    for (service, error) in now.difference(told) {
-        let (subject, source) = match service.as_str() {
-            "" => ("swarm".to_string(), "swarm".to_string()),
-            s => (s.to_string(), source(&[s])),
-        };
-        let detail = serde_json::json!({"error": error});
-        let event = Event::new("swarm.error", &subject, &source, detail);
+    let now: BTreeSet<Problem> = problems.into_iter().collect();
+    for p in now.difference(told) {
+        let detail = serde_json::json!({"error": p.error});
+        let event = Event::new(p.kind, &p.subject, &p.source, detail);
         if let Err(e) = events::record(kv, event).await {
-            tracing::debug!(error = %e, "recording a swarm error");
+            tracing::debug!(error = %e, "recording a swarm problem");
         }
     }
     *told = now;
@@ -372,13 +395,23 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<Reconciled, SwarmErro
             Err(e) => {
                 tracing::warn!(%source, %key, error = %e, "the labels make an invalid route; it is left as it is");
                 let error = format!("{key}: {e}");
-                problems.extend(services.iter().map(|s| (s.to_string(), error.clone())));
+                problems.extend(services.iter().map(|s| Problem::labels(s, error.clone())));
                 Wanted::Held
             }
         };
         wanted.entry(key).or_insert(want);
     }
     let done = reconcile::reconcile(kv, reconcile::diff(&made, &wanted)).await?;
+    problems.extend(done.held.iter().map(|(key, source)| {
+        Problem {
+            kind: "route.held",
+            subject: key
+                .trim_start_matches(crate::routes::ROUTE_PREFIX)
+                .to_string(),
+            source: source.clone(),
+            error: "the route is frozen".into(),
+        }
+    }));
     let written = done.standing;
     // Ownership records: each service's keys and what stands there.
     for service in &services {
@@ -425,7 +458,7 @@ fn source(services: &[&str]) -> String {
 /// are invalid.
 async fn list(
     docker: &Docker,
-    problems: &mut Vec<(String, String)>,
+    problems: &mut Vec<Problem>,
 ) -> Result<Vec<ServiceRoutes>, SwarmError> {
     let services = docker.list_services(None).await?;
     Ok(services
@@ -445,7 +478,7 @@ async fn list(
                 Ok(r) => Some(r),
                 Err(e) => {
                     tracing::warn!(service = %name, error = %e, "invalid roo labels; the service's routes are left as they are");
-                    problems.push((name.clone(), e.to_string()));
+                    problems.push(Problem::labels(&name, e.to_string()));
                     None
                 }
             };
