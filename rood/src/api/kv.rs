@@ -157,7 +157,6 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> 
 }
 
 /// Writes a route through the one write path: checked, stored with its owner and history.
-#[allow(clippy::too_many_arguments)]
 async fn write_route(
     api: &Api,
     access: Access,
