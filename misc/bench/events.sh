@@ -2,13 +2,14 @@
 # What the activity stream costs and how fast webhooks hear of a change, on loopback:
 # 1. route writes/s of a 3-node cluster that writes an event with each route write, next to one
 #    that keeps no stream (--events-kept 0), alternating in the same run, same load generator;
+#    then plain key writes (no event: what the stream costs the rest of the KV);
 # 2. delivery latency: a route PUT's answer to the webhook receiver's arrival (the receiver
 #    matches the PUT's `rev` to `X-Roo-Delivery`), for routes PUT one at a time.
 #
 #   misc/bench/events.sh [seconds-per-row] [puts]
 #
-# CLIENTS (default "1 16 64") picks the rows; KEPT (default 10000) is the --events-kept of the
-# cluster with events.
+# ROWS (default "routes:1 routes:16 routes:64 plain:64") picks the rows; KEPT (default 10000)
+# is the --events-kept of the cluster with events.
 #
 # Prints markdown; README's figures come from it.
 set -euo pipefail
@@ -68,24 +69,26 @@ fmt() { printf '%.*f' "$2" "$1"; }
 
 # ROUNDS rounds a row, the order of the two clusters swapped each round; the ratio of the sums,
 # and the lowest and highest round's ratio.
-echo "| clients | route writes/s, events on | p99 ms | events off | p99 ms | on/off writes/s (rounds' range) |"
-echo "|---|---|---|---|---|---|"
-for clients in ${CLIENTS:-1 16 64}; do
+echo "| writes | clients | writes/s, events on | p99 ms | events off | p99 ms | on/off writes/s (rounds' range) |"
+echo "|---|---|---|---|---|---|---|"
+for row in ${ROWS:-routes:1 routes:16 routes:64 plain:64}; do
+  what=${row%%:*}; clients=${row##*:}
+  mode=(); [ "$what" = routes ] && mode=(--routes)
   for eps in "$on" "$off"; do
-    "$kvbench" --target roo --routes --endpoints "$eps" --clients "$clients" --seconds 2 --prefix "warm$clients" >/dev/null
+    "$kvbench" --target roo "${mode[@]}" --endpoints "$eps" --clients "$clients" --seconds 2 --prefix "warm$what$clients" >/dev/null
   done
   ws=(); wos=(); p99s=(); p99os=(); ratios=()
   for round in $(seq 1 "${ROUNDS:-3}"); do
     order=("$on" "$off"); [ $((round % 2)) = 0 ] && order=("$off" "$on")
     for eps in "${order[@]}"; do
-      r=$("$kvbench" --target roo --routes --endpoints "$eps" --clients "$clients" --seconds "$secs" --prefix "c$clients-$round-${eps%%:*}")
+      r=$("$kvbench" --target roo "${mode[@]}" --endpoints "$eps" --clients "$clients" --seconds "$secs" --prefix "$what$clients-$round-${eps%%:*}")
       [ "$(field "$r" errors)" = 0 ] || echo "WARNING: errors in $r" >&2
       if [ "$eps" = "$on" ]; then ws+=("$(field "$r" writes_per_sec)"); p99s+=("$(field "$r" p99_ms)")
       else wos+=("$(field "$r" writes_per_sec)"); p99os+=("$(field "$r" p99_ms)"); fi
     done
     ratios+=("$(python3 -c "print(${ws[-1]}/${wos[-1]})")")
   done
-  python3 - "$clients" "${ws[*]}" "${wos[*]}" "${p99s[*]}" "${p99os[*]}" "${ratios[*]}" <<'PY'
+  python3 - "$what | $clients" "${ws[*]}" "${wos[*]}" "${p99s[*]}" "${p99os[*]}" "${ratios[*]}" <<'PY'
 import sys, statistics
 c, w, wo, p, po, r = sys.argv[1], *[list(map(float, a.split())) for a in sys.argv[2:]]
 print(f"| {c} | {statistics.mean(w):.0f} | {statistics.median(p):.2f} | {statistics.mean(wo):.0f} | "
