@@ -16,7 +16,8 @@
 //! - [`acme`]: where a certificate comes from when nobody put one by hand: the ACME issuer
 //!   (`roo-acme`), run on the raft leader over the KV.
 //! - [`events`]: the activity stream: typed events of what changed and who changed it, kept in
-//!   the KV.
+//!   the KV; [`webhooks`] deliver it, once per cluster.
+//! - [`leader`]: work that runs on the raft leader only, and the cluster's events.
 //! - [`feed`]: routes and certificates from the KV (scan, then watch), as typed changes applied
 //!   to the [`tables`] the proxy reads (immutable snapshots, swapped whole).
 //! - [`proxy`]: where a request is routed: the HTTP and HTTPS listeners, the request's phases,
