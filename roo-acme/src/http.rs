@@ -31,12 +31,8 @@ impl CaClient {
     pub(crate) fn new(ca_file: Option<&Path>, timeout: Duration) -> Result<CaClient, AcmeError> {
         let roots = crate::roots::system_and(ca_file)
             .map_err(|e| AcmeError::Config(format!("ROO_ACME_CA_FILE {e}")))?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| AcmeError::Config(format!("TLS: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = crate::roots::client_config(roots)
+            .map_err(|e| AcmeError::Config(format!("TLS: {e}")))?;
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(timeout));
         http.enforce_http(false);

@@ -1,5 +1,6 @@
 //! The roots a TLS client of roo trusts: the system's, plus a PEM file the operator names (a
-//! private CA, Pebble's in tests). Used for the CA, for upstreams and by rooctl.
+//! private CA, Pebble's in tests). Used for the CA, for upstreams, for webhook receivers and by
+//! rooctl.
 
 use std::path::Path;
 
@@ -30,6 +31,15 @@ pub fn system_and(extra: Option<&Path>) -> Result<RootCertStore, String> {
         roots.add(cert).map_err(|e| bad(&e))?;
     }
     Ok(roots)
+}
+
+/// A TLS client configuration that checks servers against `roots`, with no client certificate.
+pub fn client_config(roots: RootCertStore) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 #[cfg(test)]

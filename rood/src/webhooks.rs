@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -200,13 +199,7 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// A client that checks receivers' certificates against `roots` (the upstreams' roots: the
 /// system's and `ROO_UPSTREAM_CA_FILE`'s).
 pub fn client(roots: rustls::RootCertStore) -> Result<HttpClient, String> {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = roo_acme::roots::client_config(roots).map_err(|e| e.to_string())?;
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(TIMEOUT));
     http.enforce_http(false);

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -324,13 +323,8 @@ pub async fn main() -> std::process::ExitCode {
 pub async fn run(cli: Cli) -> Result<String, CliError> {
     let roots = roo_acme::roots::system_and(cli.cacert.as_deref())
         .map_err(|e| CliError::Usage(format!("--cacert {e}")))?;
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| CliError::Usage(format!("TLS: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls =
+        roo_acme::roots::client_config(roots).map_err(|e| CliError::Usage(format!("TLS: {e}")))?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
