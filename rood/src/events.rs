@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use roo_kv::{Consistency, EventKind, Kv, KvError, Op, Watch};
+use roo_kv::{Consistency, EventKind, Kv, KvError, Op, Record, Watch};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -125,25 +125,28 @@ fn parse(key: &str, value: &[u8], id: u64) -> Option<Event> {
     Some(event)
 }
 
-/// The events after id `since` whose type starts with `kind` (every one when empty), oldest
-/// first. whose type starts with `kind` (every one when empty), oldest
-/// first.
+/// The events after id `since` of `kinds` (type prefixes; none: every type), oldest first.
 pub async fn list(
     kv: &Kv,
     since: u64,
-    kind: &str,
+    kinds: &[String],
     consistency: Consistency,
 ) -> Result<Vec<Event>, KvError> {
     let (records, _) = kv.scan(EVENT_PREFIX, consistency).await?;
+    Ok(stored(records, since, kinds))
+}
+
+/// The events among scanned `records` after id `since` of `kinds`, oldest first.
+fn stored(records: Vec<(String, Record)>, since: u64, kinds: &[String]) -> Vec<Event> {
     let mut events: Vec<Event> = records
         .into_iter()
         .filter(|(_, r)| r.mod_rev > since)
         .filter_map(|(k, r)| parse(&k, &r.value, r.mod_rev))
-        .filter(|e| e.kind.starts_with(kind))
+        .filter(|e| matches(kinds, e))
         .collect();
     // Keys sort by the writers' clocks; ids by the order the cluster wrote them.
     events.sort_by_key(|e| e.id);
-    Ok(events)
+    events
 }
 
 /// The events after an id as they are written: the stored ones first, then the new ones live.
@@ -179,14 +182,7 @@ impl Follow {
             let Some(watch) = &mut self.watch else {
                 // Catch up from the node's copy, then watch from where the copy stands.
                 let (records, rev) = self.kv.scan(EVENT_PREFIX, Consistency::Stale).await?;
-                let mut stored: Vec<Event> = records
-                    .into_iter()
-                    .filter(|(_, r)| r.mod_rev > self.last)
-                    .filter_map(|(k, r)| parse(&k, &r.value, r.mod_rev))
-                    .filter(|e| matches(&self.kinds, e))
-                    .collect();
-                stored.sort_by_key(|e| e.id);
-                self.ready.extend(stored);
+                self.ready.extend(stored(records, self.last, &self.kinds));
                 self.watch = Some(self.kv.watch(EVENT_PREFIX, Some(rev.max(self.last)))?);
                 continue;
             };

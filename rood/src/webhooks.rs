@@ -160,7 +160,7 @@ pub struct Status {
 pub async fn status(kv: &Kv, consistency: Consistency) -> Result<Vec<Status>, KvError> {
     let (hooks, _) = kv.scan(WEBHOOK_PREFIX, consistency).await?;
     let (states, _) = kv.scan(STATE_PREFIX, Consistency::Stale).await?;
-    let all = events::list(kv, 0, "", Consistency::Stale).await?;
+    let all = events::list(kv, 0, &[], Consistency::Stale).await?;
     let states: HashMap<String, Delivery> = states
         .into_iter()
         .filter_map(|(k, r)| {

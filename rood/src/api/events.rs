@@ -30,16 +30,20 @@ pub(super) async fn events(
 ) -> Result<Response<Body>, ApiError> {
     only(&req, &[Method::GET])?;
     api.tokens.require_reader(access, EVENT_PREFIX)?;
-    let kind = query_param(req.uri(), "type")?.unwrap_or_default();
+    // One type prefix, or every type.
+    let kinds: Vec<String> = query_param(req.uri(), "type")?
+        .filter(|k| !k.is_empty())
+        .into_iter()
+        .collect();
     if wants_stream(&req) {
         let since = match query_u64(req.uri(), "since")? {
             Some(since) => since,
             None => last_event_id(&req)?,
         };
-        return Ok(stream_events(api, since, kind));
+        return Ok(stream_events(api, since, kinds));
     }
     let since = query_u64(req.uri(), "since")?.unwrap_or(0);
-    let events = events::list(&api.kv, since, &kind, consistency(req.uri())?).await?;
+    let events = events::list(&api.kv, since, &kinds, consistency(req.uri())?).await?;
     Ok(reply::json(StatusCode::OK, &json!({"events": events})))
 }
 
@@ -81,8 +85,7 @@ fn message(event: &Event) -> Bytes {
     ))
 }
 
-fn stream_events(api: &Api, since: u64, kind: String) -> Response<Body> {
-    let kinds = if kind.is_empty() { vec![] } else { vec![kind] };
+fn stream_events(api: &Api, since: u64, kinds: Vec<String>) -> Response<Body> {
     let mut follow = Follow::new(api.kv.clone(), since, kinds);
     let shutdown = api.shutdown.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
