@@ -5,17 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_for, Http};
+use common::{events, wait_for, Http};
 use serde_json::Value;
-
-async fn events(http: &Http, api: &str, query: &str) -> Vec<Value> {
-    let r = http
-        .get(&format!("http://{api}/roo/v1/events{query}"))
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["events"].as_array().unwrap().clone()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_route_write_makes_one_event_in_order() {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{wait_for, Http};
+use common::{events, wait_for, Http};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -121,15 +121,6 @@ async fn put(http: &Http, api: &str, key: &str, value: &str) -> common::Reply {
     http.put(&format!("http://{api}/roo/v1/kv/{key}"), value.to_string())
         .await
         .unwrap()
-}
-
-async fn events(http: &Http, api: &str, query: &str) -> Vec<Value> {
-    let r = http
-        .get(&format!("http://{api}/roo/v1/events{query}"))
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["events"].as_array().unwrap().clone()
 }
 
 async fn webhook_state(http: &Http, api: &str, name: &str) -> Value {

@@ -207,13 +207,7 @@ impl ApiClient {
     ) -> Result<(http::HeaderMap, Bytes), CliError> {
         let sent = self.send(method, path, body, None).await?;
         let headers = sent.headers().clone();
-        let body = sent
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.unreachable(e.to_string()))?
-            .to_bytes();
-        Ok((headers, body))
+        Ok((headers, self.read(sent).await?))
     }
 
     /// Sends a request; a success's head, with its body still to read. `accept`: the media type
@@ -244,17 +238,20 @@ impl ApiClient {
         if status.is_success() {
             return Ok(sent);
         }
-        let body = sent
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.unreachable(e.to_string()))?
-            .to_bytes();
+        let body = self.read(sent).await?;
         let message = serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| v["error"].as_str().map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
         Err(CliError::Api(format!("{} ({})", message, status.as_u16())))
+    }
+
+    /// An answer's whole body.
+    async fn read(&self, answer: http::Response<hyper::body::Incoming>) -> Result<Bytes, CliError> {
+        let body = answer.into_body().collect().await;
+        Ok(body
+            .map_err(|e| self.unreachable(e.to_string()))?
+            .to_bytes())
     }
 
     fn unreachable(&self, reason: String) -> CliError {

@@ -239,6 +239,16 @@ pub fn leaf_of(tls: &TlsStream) -> CertificateDer<'static> {
         .into_owned()
 }
 
+/// The activity stream of the node whose API is `api`, `query` (`?type=route.`) applied.
+pub async fn events(http: &Http, api: &str, query: &str) -> Vec<Value> {
+    let r = http
+        .get(&format!("http://{api}/roo/v1/events{query}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["events"].as_array().unwrap().clone()
+}
+
 /// Waits until `check` returns Some, polling every 50 ms, or panics with `what` after `limit`.
 pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
