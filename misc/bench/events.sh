@@ -30,16 +30,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-voters() { curl -fsS "http://$1/roo/v1/cluster" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["voters"]))'; }
-
-wait_voters() { # addr, n
-  for _ in $(seq 1 600); do
-    [ "$(voters "$1" 2>/dev/null || echo 0)" = "$2" ] && return 0
-    sleep 0.1
-  done
-  echo "roo cluster at $1 never reached $2 voters" >&2
-  exit 1
-}
+. "$root/misc/bench/lib.sh"
 
 start_roo() { # ip, data dir, extra args...
   local ip=$1 dir=$2; shift 2
@@ -64,8 +55,6 @@ cluster 4 --events-kept 0
 on=127.0.0.1:16299,127.0.0.2:16299,127.0.0.3:16299
 off=127.0.0.4:16299,127.0.0.5:16299,127.0.0.6:16299
 
-field() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d['$2'])" "$1"; }
-fmt() { printf '%.*f' "$2" "$1"; }
 
 # ROUNDS rounds a row, the order of the two clusters swapped each round; the ratio of the sums,
 # and the lowest and highest round's ratio.

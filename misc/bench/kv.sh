@@ -33,16 +33,7 @@ wait_http() { # url, what
   exit 1
 }
 
-voters() { curl -fsS "http://$1/roo/v1/cluster" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["voters"]))'; }
-
-wait_voters() { # addr, n
-  for _ in $(seq 1 600); do
-    [ "$(voters "$1" 2>/dev/null || echo 0)" = "$2" ] && return 0
-    sleep 0.1
-  done
-  echo "roo cluster at $1 never reached $2 voters" >&2
-  exit 1
-}
+. "$root/misc/bench/lib.sh"
 
 start_roo() { # index, data dir, extra args...
   local i=$1 dir=$2; shift 2
@@ -72,8 +63,6 @@ done
 for n in 1 2 3; do wait_http "http://127.0.0.1:${n}2379/health" "etcd member $n"; done
 etcd_eps=127.0.0.1:12379,127.0.0.1:22379,127.0.0.1:32379
 
-field() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d['$2'])" "$1"; }
-fmt() { printf '%.*f' "$2" "$1"; }
 
 echo "| clients | roo writes/s | roo p50 ms | roo p99 ms | etcd writes/s | etcd p50 ms | etcd p99 ms | roo/etcd writes/s | roo/etcd p99 |"
 echo "|---|---|---|---|---|---|---|---|---|"
