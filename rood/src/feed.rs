@@ -72,7 +72,10 @@ pub fn change_from_kv(key: &str, value: Option<&[u8]>) -> Option<Result<Change, 
         return Some(match value {
             None => Ok(Change::RemoveRoute(route_key)),
             Some(v) => Route::parse(v)
-                .map(|r| Change::SetRoute(route_key, Arc::new(r)))
+                .map(|mut r| {
+                    r.name = crate::routes::write::route_name(&route_key).into();
+                    Change::SetRoute(route_key, Arc::new(r))
+                })
                 .map_err(|e| e.to_string()),
         });
     }

@@ -21,6 +21,7 @@ use roo_kv::Kv;
 
 use crate::report::{Level, Report, Served, Upstream};
 use crate::routes::Scheme;
+use crate::stats::{Tally, Totals};
 use crate::tables::Tables;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +38,13 @@ pub struct UpstreamLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HostLabels {
     pub host: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteInfoLabels {
+    pub route: String,
+    pub rev: String,
+    pub state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,6 +71,7 @@ pub struct Metrics {
     swarm_reconcile_seconds: Histogram,
     // Read when rendered.
     routes: Gauge,
+    route_info: Family<RouteInfoLabels, Gauge>,
     certificates: Gauge,
     certificate_expiry: Family<HostLabels, Gauge>,
     acme_orders: Counter,
@@ -102,6 +111,7 @@ impl Metrics {
             swarm_reconcile_errors: Counter::default(),
             swarm_reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             routes: Gauge::default(),
+            route_info: Family::default(),
             certificates: Gauge::default(),
             certificate_expiry: Family::default(),
             acme_orders: Counter::default(),
@@ -148,6 +158,11 @@ impl Metrics {
             m.tls_handshake_failures.clone(),
         );
         r.register("routes", "Routes in the table", m.routes.clone());
+        r.register(
+            "route_info",
+            "Each route's revision and state (ok, frozen, progressing, paused, rolled_back, invalid)",
+            m.route_info.clone(),
+        );
         r.register(
             "certificates",
             "Certificates in the table",
@@ -251,6 +266,24 @@ impl Metrics {
         })
     }
 
+    /// Every route's backends' counts since the start, summed over the workers (the
+    /// [`crate::stats`] source).
+    pub fn backend_totals(&self) -> Totals {
+        let mut totals = Totals::new();
+        for worker in lock(&self.requests.workers).iter() {
+            let counts = lock(&worker.0);
+            for (route, by_backend) in &counts.requests {
+                for (backend, of_backend) in by_backend {
+                    totals
+                        .entry((route.clone(), backend.clone()))
+                        .or_default()
+                        .add(&of_backend.tally);
+                }
+            }
+        }
+        totals
+    }
+
     fn request_counts(&self) -> Arc<RequestCounts> {
         let counts = Arc::new(RequestCounts::default());
         lock(&self.requests.workers).push(counts.clone());
@@ -289,6 +322,7 @@ impl Metrics {
             set_counter(&self.acme_issued, stats.issued);
         }
         self.render_webhooks(kv).await;
+        self.render_route_info(kv).await;
         let m = kv.raft().metrics().borrow().clone();
         let applied = m.last_applied.map_or(0, |l| l.index);
         let committed = kv.committed_index();
@@ -311,6 +345,37 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Each route's revision and state, as the KV on this node has them.
+    async fn render_route_info(&self, kv: &Kv) {
+        self.route_info.clear();
+        let stale = roo_kv::Consistency::Stale;
+        let read = async {
+            let (routes, _) = kv.scan(crate::routes::ROUTE_PREFIX, stale).await?;
+            let states = crate::api::routes::RouteStates::read(kv, stale).await?;
+            Ok::<_, roo_kv::KvError>((routes, states))
+        };
+        let (routes, states) = match read.await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::debug!(error = %e, "route state for the metrics");
+                return;
+            }
+        };
+        for (key, record) in routes {
+            let name = key.trim_start_matches(crate::routes::ROUTE_PREFIX);
+            let state = match crate::routes::Route::parse(&record.value) {
+                Ok(_) => states.of(name),
+                Err(_) => "invalid",
+            };
+            let labels = RouteInfoLabels {
+                route: name.to_string(),
+                rev: record.mod_rev.to_string(),
+                state: state.to_string(),
+            };
+            self.route_info.get_or_create(&labels).set(1);
+        }
+    }
+
     /// Each webhook's deliveries, as the cluster keeps them (the same on every node).
     async fn render_webhooks(&self, kv: &Kv) {
         let families = [
@@ -411,15 +476,21 @@ pub struct RequestCounts(Mutex<Counts>);
 
 #[derive(Debug, Default)]
 struct Counts {
-    /// Host, then backend (`-` when none was chosen), then upstream (none when none was
-    /// reached), then status class (1xx to 5xx).
-    requests: HashMap<Box<str>, ByBackend, ahash::RandomState>,
+    /// Route, then backend (`-` when none was chosen), then upstream (none when none was
+    /// reached) and status class (1xx to 5xx), beside the backend's [`Tally`].
+    requests: HashMap<Arc<str>, ByBackend, ahash::RandomState>,
     /// Durations, by listener ([`scheme_index`]).
     seconds: [Durations; 2],
 }
 
-type ByBackend = HashMap<Box<str>, ByUpstream, ahash::RandomState>;
+type ByBackend = HashMap<Arc<str>, BackendCounts, ahash::RandomState>;
 type ByUpstream = HashMap<Option<Upstream>, [u64; 5], ahash::RandomState>;
+
+#[derive(Debug, Default)]
+struct BackendCounts {
+    upstreams: ByUpstream,
+    tally: Tally,
+}
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Durations {
@@ -440,7 +511,7 @@ impl RequestCounts {
     /// Counts one answered request.
     fn request(&self, s: &Served<'_>) {
         let Served {
-            host,
+            route,
             status,
             backend,
             upstream,
@@ -454,23 +525,23 @@ impl RequestCounts {
             400..=499 => 3,
             _ => 4,
         };
-        let host = crate::routes::lowercase(host);
         let bucket = DURATION_BOUNDS
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(DURATION_BUCKETS - 1);
         let mut counts = lock(&self.0);
-        let by_backend = match counts.requests.get_mut(&*host) {
+        let by_backend = match counts.requests.get_mut(route) {
             Some(by_backend) => by_backend,
-            None => counts.requests.entry(host.into()).or_default(),
+            None => counts.requests.entry(route.into()).or_default(),
         };
         let backend = backend.unwrap_or("-");
-        let by_upstream = match by_backend.get_mut(backend) {
-            Some(by_upstream) => by_upstream,
+        let of_backend = match by_backend.get_mut(backend) {
+            Some(of_backend) => of_backend,
             None => by_backend.entry(backend.into()).or_default(),
         };
+        of_backend.tally.count(status, seconds);
         let upstream = upstream.cloned();
-        let classes = by_upstream.entry(upstream).or_default();
+        let classes = of_backend.upstreams.entry(upstream).or_default();
         classes[class] += 1;
         let d = &mut counts.seconds[scheme_index(scheme)];
         d.buckets[bucket] += 1;
@@ -493,13 +564,15 @@ impl Collector for Requests {
         let mut seconds = [Durations::default(); 2];
         for worker in lock(&self.workers).iter() {
             let counts = lock(&worker.0);
-            for (host, by_backend) in &counts.requests {
-                for (backend, by_upstream) in by_backend {
-                    for (upstream, classes) in by_upstream {
+            for (route, by_backend) in &counts.requests {
+                // The host part of `<host>[:<port>]:<scheme>`.
+                let host: Box<str> = route.split(':').next().unwrap_or_default().into();
+                for (backend, of_backend) in by_backend {
+                    for (upstream, classes) in &of_backend.upstreams {
                         let upstream = upstream
                             .as_ref()
                             .map_or_else(|| "-".to_string(), Upstream::to_string);
-                        let key = (host.clone(), backend.clone(), upstream);
+                        let key = (host.clone(), Box::from(&**backend), upstream);
                         let sum = requests.entry(key).or_default();
                         for (sum, n) in sum.iter_mut().zip(classes) {
                             *sum += n;
@@ -584,8 +657,8 @@ mod tests {
         let metrics = Metrics::new();
         let (one, two) = (metrics.request_counts(), metrics.request_counts());
         let upstream = Upstream::Addr(([10, 0, 0, 1], 80).into());
-        let served = |host, status, backend, upstream, scheme, seconds| Served {
-            host,
+        let served = |route, status, backend, upstream, scheme, seconds| Served {
+            route,
             status,
             backend,
             upstream,
@@ -593,7 +666,7 @@ mod tests {
             seconds,
         };
         one.request(&served(
-            "Example.COM",
+            "example.com:http",
             200,
             Some("v1"),
             Some(&upstream),
@@ -601,7 +674,7 @@ mod tests {
             0.0007,
         ));
         two.request(&served(
-            "example.com",
+            "example.com:http",
             204,
             Some("v1"),
             Some(&upstream),
@@ -609,7 +682,7 @@ mod tests {
             100.0,
         ));
         two.request(&served(
-            "example.com",
+            "example.com:https",
             503,
             None,
             None,

@@ -34,9 +34,9 @@ impl fmt::Display for Upstream {
 /// One answered request.
 #[derive(Debug)]
 pub struct Served<'a> {
-    /// The routed host, or `-` for a request no route took (so that request headers cannot grow
-    /// a label set).
-    pub host: &'a str,
+    /// The route's name (`<host>[:<port>]:<scheme>`), or `-` for a request no route took (so
+    /// that request headers cannot grow a label set).
+    pub route: &'a str,
     pub status: u16,
     /// The route's backend; None for this node's own answers.
     pub backend: Option<&'a str>,

@@ -64,8 +64,8 @@ pub async fn handle(
         (Some(token), _) => (
             acme_challenge(state, &token).await,
             Some(Reached {
-                backend: None,
-                upstream: Upstream::Acme,
+                route: None,
+                upstream: Some(Upstream::Acme),
             }),
             false,
         ),
@@ -93,16 +93,16 @@ pub async fn handle(
         },
         (None, Err(e)) => (error_response(e), None, false),
     };
-    let label_host = match (&host, routed) {
-        (Ok(h), true) => h.name,
+    let route_name = match reached.as_ref().and_then(|r| r.route.as_ref()) {
+        Some((route, _)) if routed => &*route.name,
         _ => "-",
     };
     let seconds = started.elapsed().as_secs_f64();
     let status = resp.status().as_u16();
     let backend = reached.as_ref().and_then(Reached::backend_name);
-    let upstream = reached.as_ref().map(|r| &r.upstream);
+    let upstream = reached.as_ref().and_then(|r| r.upstream.as_ref());
     state.report.served(&Served {
-        host: label_host,
+        route: route_name,
         status,
         backend,
         upstream,
@@ -126,16 +126,18 @@ pub async fn handle(
     resp
 }
 
-/// Where a request went: the route's backend (none for this node's own answers) and upstream.
+/// Where a request went: the route's backend (none for this node's own answers) and upstream
+/// (none when it was not reached: the backend answered through this node's 502 or 504).
 struct Reached {
-    backend: Option<(Arc<Route>, Choice)>,
-    upstream: Upstream,
+    /// The route that took the request, and its backend when one was chosen.
+    route: Option<(Arc<Route>, Option<Choice>)>,
+    upstream: Option<Upstream>,
 }
 
 impl Reached {
     fn backend_name(&self) -> Option<&str> {
-        let (route, choice) = self.backend.as_ref()?;
-        Some(&route.backend(*choice).name)
+        let (route, choice) = self.route.as_ref()?;
+        Some(&route.backend((*choice)?).name)
     }
 }
 
@@ -170,7 +172,11 @@ async fn route(
     let mut coding = None;
     if let Some(m) = middlewares {
         if let Some(answer) = request_filters(m, &mut req, info, started) {
-            return Ok((answer, None));
+            let reached = Reached {
+                route: Some((route.clone(), None)),
+                upstream: None,
+            };
+            return Ok((answer, Some(reached)));
         }
         if m.compress_min_bytes.is_some() && req.method() != Method::HEAD {
             coding = Coding::accepted(req.headers());
@@ -191,7 +197,17 @@ async fn route(
         answer_changes: middlewares.map_or(&[], Middlewares::answer_changes),
     };
     let (resp, upstream) =
-        forward::forward(state, chosen, host.text, req, info, started, alarm).await?;
+        match forward::forward(state, chosen, host.text, req, info, started, alarm).await {
+            Ok(answer) => answer,
+            // The backend's failure, counted as its own.
+            Err(e) => {
+                let reached = Reached {
+                    route: Some((route.clone(), Some(choice))),
+                    upstream: None,
+                };
+                return Ok((error_response(&e), Some(reached)));
+            }
+        };
     let (mut parts, mut body) = resp.into_parts();
     if route.sticky.is_some() || middlewares.is_some() {
         let mut head = ResponseHead::of(&mut parts);
@@ -207,8 +223,8 @@ async fn route(
         parts.status == StatusCode::SWITCHING_PROTOCOLS,
     );
     let reached = Reached {
-        backend: Some((route, choice)),
-        upstream,
+        route: Some((route, Some(choice))),
+        upstream: Some(upstream),
     };
     Ok((Response::from_parts(parts, body), Some(reached)))
 }

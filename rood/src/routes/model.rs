@@ -31,6 +31,9 @@ const MAX_ORDER: u32 = 1000;
 /// Where a host's requests go.
 #[derive(Debug)]
 pub struct Route {
+    /// The route's name, `<host>[:<port>]:<scheme>`, as its counts are kept under; set by the
+    /// table's feed (empty for a route not in a table).
+    pub name: Box<str>,
     /// The host's own backends: every request that no path takes. Empty when only paths are
     /// routed: other requests get 404.
     pub target: Target,
@@ -619,6 +622,7 @@ impl Route {
             }
         }
         Ok(Route {
+            name: Box::default(),
             target: own,
             paths,
             sticky,
@@ -628,6 +632,7 @@ impl Route {
 
     fn single(backend: Backend) -> Route {
         Route {
+            name: Box::default(),
             target: Target {
                 order: WeightedOrder::new(&[backend.weight]),
                 backends: vec![backend],
