@@ -17,6 +17,10 @@
 //!   (`roo-acme`), run on the raft leader over the KV.
 //! - [`events`]: the activity stream: typed events of what changed and who changed it, kept in
 //!   the KV; [`webhooks`] deliver it, once per cluster.
+//! - [`stats`]: how each backend (version) of a route is doing, over a recent window, on this
+//!   node and across the cluster.
+//! - [`rollout`]: where a rollout is decided: stepped canaries that promote or abort on the
+//!   [`stats`], run by the raft leader, their state in the KV.
 //! - [`leader`]: work that runs on the raft leader only, and the cluster's events.
 //! - [`feed`]: routes and certificates from the KV (scan, then watch), as typed changes applied
 //!   to the [`tables`] the proxy reads (immutable snapshots, swapped whole).
@@ -52,7 +56,9 @@ pub mod metrics;
 pub mod node;
 pub mod proxy;
 pub mod report;
+pub mod rollout;
 pub mod routes;
+pub mod stats;
 pub mod swarm;
 pub mod tables;
 pub mod webhooks;

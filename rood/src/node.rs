@@ -152,6 +152,10 @@ impl Node {
         };
         let acme_wake = Arc::new(tokio::sync::Notify::new());
         let metrics = Arc::new(Metrics::new());
+        let stats = Arc::new(crate::stats::Stats::new({
+            let metrics = metrics.clone();
+            Box::new(move || metrics.backend_totals())
+        }));
         // One state per proxy worker: each has its own upstream connections.
         let roots = crate::proxy::upstream::upstream_roots(config.upstream_ca_file.as_deref())?;
         let down = Arc::new(crate::proxy::health::Down::default());
@@ -195,6 +199,7 @@ impl Node {
             metrics: metrics.clone(),
             tables: tables.clone(),
             acme: issuer.clone(),
+            stats: stats.clone(),
         };
         let (form_kv, form_shutdown) = (kv.clone(), shutdown.clone());
         let mut tasks = vec![
@@ -205,6 +210,12 @@ impl Node {
                 Duration::from_secs(10),
             )),
             tokio::spawn(feed::run(kv.clone(), tables.clone(), shutdown.clone())),
+            tokio::spawn(stats.clone().run(shutdown.clone())),
+            tokio::spawn(crate::rollout::run(
+                kv.clone(),
+                stats.clone(),
+                shutdown.clone(),
+            )),
             tokio::spawn(proxy::health::run(
                 tables.clone(),
                 crate::dns::resolver(config.resolver, Duration::from_secs(30))?,

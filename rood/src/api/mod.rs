@@ -13,7 +13,9 @@ mod events;
 mod kv;
 mod pprof;
 mod reply;
-mod routes;
+mod rollouts;
+pub(crate) mod routes;
+mod stats;
 mod watch;
 
 use std::convert::Infallible;
@@ -55,6 +57,8 @@ pub struct Api {
     pub tables: Arc<Tables>,
     /// The ACME issuer, when ACME is on (for metrics).
     pub acme: Option<Issuer<KvStore>>,
+    /// This node's recent counts by backend.
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 /// How long a TLS client may take over its handshake on the API port.
@@ -157,6 +161,10 @@ impl Conn {
 /// Finds the handler for a request.
 pub async fn route(api: &Api, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
+    if let Some(route) = path.strip_prefix(crate::stats::PEER_PATH) {
+        // Between nodes too: the same peer check as raft's.
+        return stats::peer(api, route, &req).unwrap_or_else(|e| e.into_response());
+    }
     if path.starts_with(roo_kv::network::RPC_PREFIX) {
         // Between nodes: the cluster secret, checked by roo-kv.
         return roo_kv::network::server::handle(&api.kv, req)
@@ -212,6 +220,13 @@ async fn handle(
         events::webhooks(api, req).await
     } else if path == routes::PREFIX || path.starts_with("/roo/v1/routes/") {
         routes::routes(api, access, path, req).await
+    } else if let Some(route) = path.strip_prefix(stats::PREFIX) {
+        only(&req, &[Method::GET])?;
+        api.tokens
+            .require_reader(access, crate::routes::ROUTE_PREFIX)?;
+        stats::stats(api, route, &req).await
+    } else if path.starts_with(rollouts::PREFIX) {
+        rollouts::rollouts(api, access, path, req).await
     } else if path == "/roo/v1/cluster" || path.starts_with("/roo/v1/cluster/") {
         cluster::cluster(api, access, path, req).await
     } else {

@@ -17,6 +17,9 @@ pub type Body = BoxBody<Bytes, Infallible>;
 pub enum ApiError {
     #[error("not found")]
     NotFound,
+    /// Not found, with what was not.
+    #[error("{0}")]
+    NotFoundWhy(String),
     #[error("method not allowed")]
     MethodNotAllowed(Vec<Method>),
     #[error("{0}")]
@@ -41,7 +44,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NotFoundWhy(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

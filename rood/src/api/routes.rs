@@ -149,20 +149,58 @@ async fn rollback(
     ))
 }
 
+/// What tells a route's state beside its value: freezes, rollouts under way, rollbacks.
+pub(crate) struct RouteStates {
+    frozen: HashSet<String>,
+    rolling: HashMap<String, &'static str>,
+    rolled_back: HashSet<String>,
+}
+
+impl RouteStates {
+    pub(crate) async fn read(
+        kv: &roo_kv::Kv,
+        consistency: roo_kv::Consistency,
+    ) -> Result<RouteStates, roo_kv::KvError> {
+        let names = |prefix: &'static str| async move {
+            let (records, _) = kv.scan(prefix, consistency).await?;
+            let names: HashSet<String> = records
+                .into_iter()
+                .map(|(k, _)| k.trim_start_matches(prefix).to_string())
+                .collect();
+            Ok::<_, roo_kv::KvError>(names)
+        };
+        let rolling = crate::rollout::list(kv, consistency)
+            .await?
+            .into_iter()
+            .filter(|(_, r, _)| r.state.open())
+            .map(|(name, r, _)| (name, r.state.as_str()))
+            .collect();
+        Ok(RouteStates {
+            frozen: names(FROZEN_PREFIX).await?,
+            rolling,
+            rolled_back: names(ROLLED_BACK_PREFIX).await?,
+        })
+    }
+
+    /// The state of the valid route `name`: a freeze first, then a rollout under way.
+    pub(crate) fn of(&self, name: &str) -> &'static str {
+        if self.frozen.contains(name) {
+            "frozen"
+        } else if let Some(state) = self.rolling.get(name) {
+            state
+        } else if self.rolled_back.contains(name) {
+            "rolled_back"
+        } else {
+            "ok"
+        }
+    }
+}
+
 async fn list(api: &Api, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let consistency = consistency(req.uri())?;
     let (records, _) = api.kv.scan(ROUTE_PREFIX, consistency).await?;
     let (owners, _) = api.kv.scan(OWNER_PREFIX, consistency).await?;
-    let names = |prefix: &'static str| async move {
-        let (records, _) = api.kv.scan(prefix, consistency).await?;
-        let names: HashSet<String> = records
-            .into_iter()
-            .map(|(k, _)| k.trim_start_matches(prefix).to_string())
-            .collect();
-        Ok::<_, ApiError>(names)
-    };
-    let frozen = names(FROZEN_PREFIX).await?;
-    let rolled_back = names(ROLLED_BACK_PREFIX).await?;
+    let states = RouteStates::read(&api.kv, consistency).await?;
     let owners: HashMap<String, String> = owners
         .into_iter()
         .map(|(k, r)| {
@@ -180,14 +218,7 @@ async fn list(api: &Api, req: &Request<Incoming>) -> Result<Response<Body>, ApiE
         match Route::parse(&record.value) {
             Ok(r) => {
                 route["value"] = r.to_json();
-                route["state"] = if frozen.contains(name) {
-                    "frozen"
-                } else if rolled_back.contains(name) {
-                    "rolled_back"
-                } else {
-                    "ok"
-                }
-                .into();
+                route["state"] = states.of(name).into();
             }
             Err(e) => {
                 route["value"] = String::from_utf8_lossy(&record.value).into();

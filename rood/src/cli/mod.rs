@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use crate::routes::{RouteKey, Scheme, ROUTE_PREFIX};
 
 mod events;
+mod rollouts;
 
 /// Talks to a roo node's API.
 #[derive(Debug, Parser)]
@@ -73,6 +74,11 @@ pub enum Command {
     /// Webhooks the activity stream is delivered to.
     #[command(subcommand)]
     Webhooks(events::Webhooks),
+    /// Stepped canaries: a backend's weight raised step by step while it does well.
+    #[command(subcommand)]
+    Rollout(rollouts::Rollout),
+    /// Each backend's requests, success rate and latency across the cluster.
+    Stats(rollouts::StatsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -604,6 +610,8 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
         }
         Command::Events(args) => events::events(&api, json_out, args).await,
         Command::Webhooks(command) => events::webhooks(&api, json_out, command).await,
+        Command::Rollout(command) => rollouts::rollout(&api, json_out, command).await,
+        Command::Stats(args) => rollouts::stats(&api, json_out, args).await,
         Command::Kv(Kv::Ls { prefix }) => {
             let rows = api
                 .scan(&prefix)

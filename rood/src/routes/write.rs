@@ -55,6 +55,9 @@ pub struct RouteChange {
     pub force: bool,
     /// The revision whose value this restores (a rollback).
     pub rollback_of: Option<u64>,
+    /// More writes that go in the same request, standing or falling with the change (a
+    /// rollout's state and its event).
+    pub also: Vec<Op>,
 }
 
 impl RouteChange {
@@ -68,6 +71,7 @@ impl RouteChange {
             idempotency_key: None,
             force: false,
             rollback_of: None,
+            also: Vec::new(),
         }
     }
 }
@@ -195,6 +199,7 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
         key,
         prev_rev: None,
     }));
+    ops.extend(change.also);
     let mut req = roo_kv::Request::new(ops);
     req.idempotency_key = change.idempotency_key;
     match kv.write(req).await?.checked() {
