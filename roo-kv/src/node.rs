@@ -205,7 +205,11 @@ impl Kv {
         let (log, sm) = store::open(&config.data_dir)?;
         let handle = sm.handle();
         let committed = log.committed_index();
-        let client = PeerClient::new(config.cluster_secret.clone(), config.peer_tls.as_ref());
+        let client = PeerClient::new(
+            config.cluster_secret.clone(),
+            config.peer_tls.as_ref(),
+            (id, &config.advertise),
+        );
         let network = NetworkFactory {
             client: client.clone(),
             max_backoff: config.election_timeout / 2,

@@ -35,6 +35,8 @@ pub enum Formation {
 /// How many identical DNS answers in a row the lowest peer waits for before it bootstraps.
 const STABLE_ROUNDS: u32 = 3;
 const ROUND: Duration = Duration::from_secs(1);
+/// A peer's status, without the health that only its leader knows.
+const STATUS_PATH: &str = "/roo/v1/cluster?health=false";
 
 /// How often a member resolves its peers again.
 const TRACK_EVERY: Duration = Duration::from_secs(3);
@@ -104,19 +106,22 @@ async fn track(kv: &Kv, names: &str, resolver: &TokioResolver, port: u16) {
     let me = kv.advertise().to_string();
     loop {
         tokio::time::sleep(TRACK_EVERY).await;
-        for peer in peers(names, resolver, port)
-            .await
-            .iter()
-            .filter(|p| **p != me)
-        {
+        let found = peers(names, resolver, port).await;
+        tracing::debug!(peers = ?found, %me, "peers resolved");
+        for peer in found.iter().filter(|p| **p != me) {
             let status: Result<ClusterStatus, _> =
-                kv.peer_client().get(peer, "/roo/v1/cluster", ROUND).await;
-            if let Ok(s) = status {
-                kv.peer_moved(s.node_id, peer);
+                kv.peer_client().get(peer, STATUS_PATH, ROUND).await;
+            match status {
+                Ok(s) => kv.peer_moved(s.node_id, peer),
+                Err(e) => tracing::debug!(%peer, error = %e, "peer status"),
             }
         }
-        if let Err(e) = kv.update_addresses().await {
-            tracing::warn!(error = %e, "updating member addresses");
+        // Bounded: a change of addresses commits only once a quorum hears of it, and a peer
+        // that moved too is found only by the next round of this loop.
+        match tokio::time::timeout(TRACK_EVERY, kv.update_addresses()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "updating member addresses"),
+            Err(_) => tracing::info!("member addresses not updated yet: no quorum heard of them"),
         }
     }
 }
@@ -169,7 +174,7 @@ async fn discover(kv: &Kv, name: &str, resolver: &TokioResolver, port: u16) {
         // Any peer already in a cluster: join through it.
         for peer in peers.iter().filter(|p| **p != me) {
             let status: Result<ClusterStatus, _> =
-                kv.peer_client().get(peer, "/roo/v1/cluster", ROUND).await;
+                kv.peer_client().get(peer, STATUS_PATH, ROUND).await;
             if matches!(status, Ok(s) if s.initialized) {
                 match kv.join(peer, Duration::from_secs(120)).await {
                     Ok(()) => return,

@@ -664,7 +664,7 @@ async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploy
     let api_override = dir.path().join("api.yml");
     std::fs::write(
         &api_override,
-        format!("version: \"3.8\"\nservices:\n  roo:\n    ports:\n      - target: 6299\n        published: {api_port}\n        mode: host\n"),
+        format!("version: \"3.8\"\nservices:\n  roo:\n    environment:\n      ROO_LOG: info,rood::cluster=debug\n    ports:\n      - target: 6299\n        published: {api_port}\n        mode: host\n  manager:\n    environment:\n      ROO_LOG: info,rood::cluster=debug\n"),
     )
     .unwrap();
     let env = vec![
@@ -830,14 +830,39 @@ async fn the_roo_stack_routes_labelled_services_and_keeps_its_kv_across_redeploy
     stack.remove();
     stack.deploy(&env, &files).unwrap();
     wait_api().await;
+    let failed = std::sync::atomic::AtomicU32::new(0);
     let kept = wait_for(
         "the hand-made route after the redeploy",
         Duration::from_secs(60),
         || async {
             let r = http
                 .get(&format!("http://{api}/roo/v1/kv/{hand_key}"))
-                .await
-                .ok()?;
+                .await;
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("reading the hand-made route: {e}");
+                    return None;
+                }
+            };
+            if r.status != 200 {
+                eprintln!("reading the hand-made route: {} {}", r.status, r.text());
+                if failed.fetch_add(1, Ordering::SeqCst) == 3 {
+                    for service in ["roo", "manager"] {
+                        let name = format!("{}_{service}", stack.name);
+                        let logs = Command::new("docker")
+                            .args(["service", "logs", "--tail", "400", &name])
+                            .output();
+                        if let Ok(out) = logs {
+                            eprintln!(
+                                "{name}:\n{}{}",
+                                String::from_utf8_lossy(&out.stdout),
+                                String::from_utf8_lossy(&out.stderr)
+                            );
+                        }
+                    }
+                }
+            }
             (r.status == 200).then(|| r.text())
         },
     )

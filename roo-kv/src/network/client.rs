@@ -46,6 +46,9 @@ pub enum CallError {
 pub struct PeerClient {
     transport: Transport,
     secret: Option<String>,
+    /// `<node id> <advertise address>`: told to every peer ([`super::FROM_HEADER`]), so that a
+    /// peer learns where this node is now from any RPC of its.
+    from: Option<http::HeaderValue>,
     moved: Arc<RwLock<HashMap<NodeId, String>>>,
     peers: Peers,
 }
@@ -58,7 +61,7 @@ enum Transport {
 }
 
 impl PeerClient {
-    pub fn new(secret: Option<String>, tls: Option<&PeerTls>) -> Self {
+    pub fn new(secret: Option<String>, tls: Option<&PeerTls>, from: (NodeId, &str)) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -79,6 +82,7 @@ impl PeerClient {
         PeerClient {
             transport,
             secret,
+            from: http::HeaderValue::from_str(&format!("{} {}", from.0, from.1)).ok(),
             moved: Arc::default(),
             peers: Peers::default(),
         }
@@ -163,6 +167,9 @@ impl PeerClient {
             .header(http::header::CONTENT_TYPE, "application/json");
         if let Some(secret) = &self.secret {
             req = req.header(SECRET_HEADER, secret.as_str());
+        }
+        if let Some(from) = &self.from {
+            req = req.header(super::FROM_HEADER, from);
         }
         let req = req
             .body(Full::new(payload))

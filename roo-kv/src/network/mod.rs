@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 pub const RPC_PREFIX: &str = "/roo/v1/raft/";
 /// Header carrying the cluster secret.
 pub const SECRET_HEADER: &str = "x-roo-cluster-secret";
+/// Header carrying the sending node's id and advertise address, `<id> <host:port>`.
+pub const FROM_HEADER: &str = "x-roo-from";
 /// Largest RPC body accepted (an append batch or a snapshot chunk).
 pub const MAX_RPC_BODY: usize = 256 * 1024 * 1024;
 

@@ -120,6 +120,17 @@ where
         }
         return error(StatusCode::UNAUTHORIZED, why);
     }
+    // A peer that moved (a redeployed container) says where it is now: the raft messages this
+    // node sends it go there from now on, even before any DNS or membership change tells.
+    let from = req
+        .headers()
+        .get(super::FROM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .and_then(|(id, addr)| Some((id.parse::<crate::NodeId>().ok()?, addr.to_string())));
+    if let Some((id, addr)) = from {
+        kv.peer_moved(id, &addr);
+    }
     let body = req.into_body();
     macro_rules! body {
         () => {

@@ -22,12 +22,16 @@ pub(super) async fn cluster(
             let mut value =
                 serde_json::to_value(status).map_err(|e| ApiError::Internal(e.to_string()))?;
             // Reachability and lag as the leader sees them; a node without a leader says why.
-            match api.kv.members_health().await {
-                Ok(health) => {
+            // Peers finding where each other moved leave it out (`?health=false`): a node with
+            // no leader would only answer it when it gives up looking for one.
+            let health = super::query_param(req.uri(), "health")?.as_deref() != Some("false");
+            match health.then_some(api.kv.members_health().await) {
+                None => {}
+                Some(Ok(health)) => {
                     value["health"] = serde_json::to_value(health)
                         .map_err(|e| ApiError::Internal(e.to_string()))?
                 }
-                Err(e) => value["health_error"] = e.to_string().into(),
+                Some(Err(e)) => value["health_error"] = e.to_string().into(),
             }
             Ok(reply::json(StatusCode::OK, &value))
         }
