@@ -508,3 +508,64 @@ async fn a_new_leader_continues_a_rollout_at_its_step() {
     // A check made while the old leader was gone names it as missing, or none was due then.
     assert_eq!(c.weights(name).await[1], ("v2".to_string(), 100));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rooctl_load_shows_each_backend_by_the_header_the_route_asks_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), &[]).await;
+    let (http, api) = (Http::default(), node.api_addr.to_string());
+    let (v1, v2) = (
+        version(0, Duration::ZERO).await,
+        version(2, Duration::ZERO).await,
+    );
+    let value = json!({"expose_backend": true, "backends": [
+        {"name": "v1", "url": format!("http://{v1}"), "weight": 50},
+        {"name": "v2", "url": format!("http://{v2}"), "weight": 50},
+    ]});
+    let url = format!("http://{api}/roo/v1/kv/com.roo.host:load.test:http");
+    assert_eq!(http.put(&url, value.to_string()).await.unwrap().status, 200);
+    let proxy = format!("http://{}/", node.http_addr);
+    let named = wait_for("the route", Duration::from_secs(10), || async {
+        let r = http
+            .send("GET", &proxy, &[("host", "load.test")], "")
+            .await
+            .ok()?;
+        let name = r.headers.get("x-roo-backend")?.to_str().ok()?.to_string();
+        Some(name)
+    })
+    .await;
+    assert!(named == "v1" || named == "v2", "{named}");
+
+    let args = [
+        "load",
+        &proxy,
+        "--host",
+        "load.test",
+        "--rate",
+        "100",
+        "--duration",
+        "2",
+        "--concurrency",
+        "2",
+    ];
+    let (ok, out) = rooctl(&api, &args);
+    assert!(ok, "{out}");
+    // Per second and backend: requests and errors; v2 fails every other answer.
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let sum = |backend: &str, col: usize| -> u64 {
+        rows.iter()
+            .filter(|r| r[1] == backend)
+            .map(|r| r[col].parse::<u64>().unwrap())
+            .sum()
+    };
+    assert!(sum("v1", 2) >= 40 && sum("v2", 2) >= 40, "{out}");
+    assert_eq!(sum("v1", 3), 0, "{out}");
+    assert!(sum("v2", 3) >= 15, "{out}");
+    assert!(rows.iter().all(|r| r[0] == "0" || r[0] == "1"), "{out}");
+    let (ok, out) = rooctl(&api, &["load", "ftp://x", "--duration", "1"]);
+    assert!(!ok && out.contains("http://"), "{out}");
+}

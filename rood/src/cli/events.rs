@@ -134,7 +134,7 @@ async fn follow(api: &ApiClient, json_out: bool, path: &str) -> Result<String, C
     Err(CliError::Api("the node closed the stream".into()))
 }
 
-fn print_line(out: &mut std::io::Stdout, line: &str) -> Result<(), CliError> {
+pub(super) fn print_line(out: &mut std::io::Stdout, line: &str) -> Result<(), CliError> {
     let mut out = out.lock();
     writeln!(out, "{line}")
         .and_then(|()| out.flush())

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use crate::routes::{RouteKey, Scheme, ROUTE_PREFIX};
 
 mod events;
+mod load;
 mod rollouts;
 
 /// Talks to a roo node's API.
@@ -79,6 +80,8 @@ pub enum Command {
     Rollout(rollouts::Rollout),
     /// Each backend's requests, success rate and latency across the cluster.
     Stats(rollouts::StatsArgs),
+    /// Fake clients: requests through a proxy, and what each backend answered, second by second.
+    Load(load::LoadArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -612,6 +615,7 @@ pub async fn run(cli: Cli) -> Result<String, CliError> {
         Command::Webhooks(command) => events::webhooks(&api, json_out, command).await,
         Command::Rollout(command) => rollouts::rollout(&api, json_out, command).await,
         Command::Stats(args) => rollouts::stats(&api, json_out, args).await,
+        Command::Load(args) => load::load(&api, json_out, args).await,
         Command::Kv(Kv::Ls { prefix }) => {
             let rows = api
                 .scan(&prefix)

@@ -209,8 +209,13 @@ async fn route(
             }
         };
     let (mut parts, mut body) = resp.into_parts();
-    if route.sticky.is_some() || middlewares.is_some() {
+    if route.sticky.is_some() || middlewares.is_some() || route.expose_backend {
         let mut head = ResponseHead::of(&mut parts);
+        if route.expose_backend {
+            if let Ok(name) = HeaderValue::from_str(&backend.name) {
+                head.append(X_ROO_BACKEND, name);
+            }
+        }
         if let Some(cookie) = route.sticky.as_deref() {
             bind(&mut head, cookie, &backend.name, sticking, &upstream);
         }
@@ -327,6 +332,7 @@ fn strip_prefix(req: &mut Request<ProxyBody>, path: &PathRoute) -> Result<(), Pr
 }
 
 const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_ROO_BACKEND: HeaderName = HeaderName::from_static("x-roo-backend");
 
 /// The key authorization of an HTTP-01 token, from the replicated challenge table, for any
 /// host: the CA reaches whichever node the name points at.

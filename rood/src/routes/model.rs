@@ -43,6 +43,9 @@ pub struct Route {
     pub sticky: Option<Box<str>>,
     /// Active checks of every backend's addresses.
     pub health: Option<HealthCheck>,
+    /// Answers name the backend that made them (`X-Roo-Backend`), for clients that watch a
+    /// rollout (`rooctl load`).
+    pub expose_backend: bool,
 }
 
 /// An active health check: `GET path` on each address of each plain-HTTP backend every
@@ -432,6 +435,8 @@ struct RouteJson {
     sticky: Option<StickyJson>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     health: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    expose_backend: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -627,6 +632,7 @@ impl Route {
             paths,
             sticky,
             health: json.health,
+            expose_backend: json.expose_backend,
         })
     }
 
@@ -642,6 +648,7 @@ impl Route {
             paths: Vec::new(),
             sticky: None,
             health: None,
+            expose_backend: false,
         }
     }
 
@@ -689,6 +696,7 @@ impl Route {
                 cookie: c.to_string(),
             }),
             health: self.health.clone(),
+            expose_backend: self.expose_backend,
         };
         serde_json::to_value(json).unwrap_or_default()
     }
