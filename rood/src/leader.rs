@@ -154,7 +154,7 @@ async fn watch_members(kv: &Kv, term: &CancellationToken) {
 }
 
 /// The members, voters and learners, with their addresses.
-fn members(kv: &Kv) -> BTreeMap<u64, String> {
+pub(crate) fn members(kv: &Kv) -> BTreeMap<u64, String> {
     let m = kv.raft().metrics().borrow().clone();
     m.membership_config
         .membership()

@@ -307,14 +307,7 @@ impl ClusterWindow {
 /// Route `route`'s counts over `window` from every member: this node's own, the others' over
 /// the peer channel, all at once.
 pub async fn gather(kv: &Kv, stats: &Stats, route: &str, window: Duration) -> ClusterWindow {
-    let members: Vec<(u64, String)> = {
-        let m = kv.raft().metrics().borrow().clone();
-        m.membership_config
-            .membership()
-            .nodes()
-            .map(|(id, node)| (*id, node.addr.clone()))
-            .collect()
-    };
+    let members = crate::leader::members(kv);
     let path = format!(
         "{PEER_PATH}{}?window_ms={}",
         percent_encoding::utf8_percent_encode(route, percent_encoding::NON_ALPHANUMERIC),
@@ -323,7 +316,7 @@ pub async fn gather(kv: &Kv, stats: &Stats, route: &str, window: Duration) -> Cl
     let me = kv.node_id();
     let asks = members
         .iter()
-        .filter(|(id, _)| *id != me)
+        .filter(|(id, _)| **id != me)
         .map(|(id, addr)| {
             let client = kv.peer_client();
             let addr = client.address(*id, addr);
