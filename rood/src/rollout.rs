@@ -514,7 +514,12 @@ pub async fn run(kv: Kv, stats: std::sync::Arc<Stats>, shutdown: CancellationTok
                     continue;
                 };
                 if let Err(e) = check(&kv, &stats, &key, r, rev).await {
-                    tracing::warn!(route = %name, error = %e, "rollout check");
+                    // Tried again at the next look: said once a while.
+                    static FAILED: roo_kv::throttle::Throttles =
+                        roo_kv::throttle::Throttles::new(Duration::from_secs(30));
+                    if let Some(held_back) = FAILED.ready(&name) {
+                        tracing::warn!(route = %name, error = %e, held_back, "rollout check");
+                    }
                 }
             }
         }
@@ -539,6 +544,18 @@ async fn check(
             .await
             .map(|_| ());
     }
+    let route = match route_value(kv, key).await {
+        Ok(route) => route,
+        // Nothing left to roll out to.
+        Err(e @ (RolloutError::NoRoute(_) | RolloutError::Invalid(_))) => {
+            tracing::warn!(route = %name, error = %e, "rollout aborted");
+            r.state = State::Aborted;
+            return save(kv, key, &r, rev, "rollout.aborted", SOURCE, None)
+                .await
+                .map(|_| ());
+        }
+        Err(e) => return Err(e),
+    };
     let window = r.plan.window();
     let seen = stats::gather(kv, stats, &name, window).await;
     let canary = seen
@@ -593,11 +610,7 @@ async fn check(
             ("rollout.promoted", true)
         }
     };
-    let route = match weights {
-        true => Some(route_value(kv, key).await?),
-        false => None,
-    };
-    save(kv, key, &r, rev, kind, SOURCE, route).await?;
+    save(kv, key, &r, rev, kind, SOURCE, weights.then_some(route)).await?;
     tracing::info!(route = %name, kind, step = r.step, weight = r.weight, "rollout");
     Ok(())
 }

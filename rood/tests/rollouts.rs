@@ -382,6 +382,18 @@ async fn canaries_promote_abort_hold_and_pause_on_the_proxys_numbers() {
     assert_eq!(c.weights("idle.test:http").await[1], ("v2".to_string(), 0));
     assert_eq!(c.act(0, "idle.test:http", "resume").await.status, 409);
 
+    // A route removed under its rollout ends it.
+    assert_eq!(
+        c.begin(1, "idle.test:http", plan(&[50], json!({})))
+            .await
+            .status,
+        200
+    );
+    let url = format!("http://{}/roo/v1/kv/com.roo.host:idle.test:http", c.api(0));
+    assert_eq!(c.http.delete(&url).await.unwrap().status, 200);
+    c.wait_state("idle.test:http", "aborted", Duration::from_secs(30))
+        .await;
+
     // The stats come from every node: each proxied some of the traffic.
     let url = format!(
         "http://{}/roo/v1/stats/bad.test:http?window_s=600",
