@@ -18,7 +18,8 @@ fn route_name(raw: &str) -> Result<String, ApiError> {
     Ok(crate::routes::write::route_name(&key))
 }
 
-/// The window asked for in `name` (in `unit` of a second), 1 s to [`MAX_WINDOW_S`].
+/// The window asked for in `name`, counted in `per_s` units a second (1: seconds, 1000:
+/// milliseconds), from 1 s to [`MAX_WINDOW_S`].
 fn window<B>(req: &Request<B>, name: &str, per_s: u64, default: u64) -> Result<Duration, ApiError> {
     let bad = || {
         ApiError::BadRequest(format!(
