@@ -142,15 +142,9 @@ impl Cluster {
 
     /// The route as the routes list gives it.
     async fn route(&self, name: &str) -> Value {
-        let url = format!("http://{}/roo/v1/routes", self.live());
-        let all = self.http.get(&url).await.unwrap().json();
-        all["routes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["route"] == name)
-            .cloned()
-            .unwrap()
+        let route = common::listed_route(&self.http, self.live(), name).await;
+        assert!(!route.is_null(), "{name} is not listed");
+        route
     }
 
     /// The route's backends' weights, by name.

@@ -4,22 +4,6 @@
 mod common;
 
 use common::Http;
-use serde_json::Value;
-
-async fn state(http: &Http, api: &str, name: &str) -> Value {
-    let all = http
-        .get(&format!("http://{api}/roo/v1/routes"))
-        .await
-        .unwrap()
-        .json();
-    all["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["route"] == name)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn freeze_holds_changes_and_rollback_restores_a_revision() {
@@ -35,7 +19,10 @@ async fn freeze_holds_changes_and_rollback_restores_a_revision() {
     }
     let r = http.send("POST", &route("freeze"), &[], "").await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(state(&http, &api, name).await["state"], "frozen");
+    assert_eq!(
+        common::listed_route(&http, &api, name).await["state"],
+        "frozen"
+    );
     // Frozen: refused with the reason, nothing changed; forced, made.
     let r = http.put(&kv, "http://127.0.0.1:3").await.unwrap();
     assert_eq!(r.status, 409, "{}", r.text());
@@ -73,7 +60,7 @@ async fn freeze_holds_changes_and_rollback_restores_a_revision() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(state(&http, &api, name).await["state"], "ok");
+    assert_eq!(common::listed_route(&http, &api, name).await["state"], "ok");
 
     // Rollback: by default the value before the current one, as a new revision.
     let history = http.get(&route("history")).await.unwrap().json()["history"].clone();
@@ -94,7 +81,7 @@ async fn freeze_holds_changes_and_rollback_restores_a_revision() {
         http.get(&kv).await.unwrap().json()["backends"][0]["url"],
         "http://127.0.0.1:2"
     );
-    let listed = state(&http, &api, name).await;
+    let listed = common::listed_route(&http, &api, name).await;
     assert_eq!(listed["state"], "rolled_back");
     assert!(listed["rev"].as_u64().unwrap() > revs[0]);
     // To a named revision.
@@ -115,7 +102,7 @@ async fn freeze_holds_changes_and_rollback_restores_a_revision() {
         http.put(&kv, "http://127.0.0.1:4").await.unwrap().status,
         200
     );
-    assert_eq!(state(&http, &api, name).await["state"], "ok");
+    assert_eq!(common::listed_route(&http, &api, name).await["state"], "ok");
 
     // Bad requests change nothing.
     for (path, body, status) in [

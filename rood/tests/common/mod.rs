@@ -249,6 +249,22 @@ pub async fn events(http: &Http, api: &str, query: &str) -> Vec<Value> {
     r.json()["events"].as_array().unwrap().clone()
 }
 
+/// Route `name` as `GET /roo/v1/routes` of the node at `api` gives it; null when it has none.
+pub async fn listed_route(http: &Http, api: &str, name: &str) -> Value {
+    let all = http
+        .get(&format!("http://{api}/roo/v1/routes"))
+        .await
+        .unwrap()
+        .json();
+    all["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 /// Waits until `check` returns Some, polling every 50 ms, or panics with `what` after `limit`.
 pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
