@@ -5,7 +5,8 @@
 //! An event that tells of a KV change goes in the same request as the change: it is stored once
 //! per cluster, or not at all, and its id is that request's revision. The leader keeps the
 //! stream to its bound ([`run`]), off the write path. Keys: `com.roo.event:<unix ms, 15
-//! digits>-<random>`.
+//! digits>-<random>`; the value holds the rest but the time, which the key has: an event is
+//! written with every route write, so its bytes are the stream's cost to the KV.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,18 @@ pub fn keep(kept: u64) {
 /// Whether events are written.
 pub fn recording() -> bool {
     RECORDING.load(Ordering::Relaxed)
+}
+
+/// An event as the KV holds it.
+#[derive(Serialize, Deserialize)]
+struct Stored<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    subject: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    source: std::borrow::Cow<'a, str>,
+    detail: Value,
 }
 
 /// One event.
@@ -92,7 +105,13 @@ impl Event {
                 self.at_ms,
                 rand::random::<u32>()
             ),
-            value: serde_json::to_vec(self).map_err(|e| KvError::InvalidRequest(e.to_string()))?,
+            value: serde_json::to_vec(&Stored {
+                kind: self.kind.as_str().into(),
+                subject: self.subject.as_str().into(),
+                source: self.source.as_str().into(),
+                detail: self.detail.clone(),
+            })
+            .map_err(|e| KvError::InvalidRequest(e.to_string()))?,
             prev_rev: None,
         })
     }
@@ -115,17 +134,24 @@ pub fn matches(kinds: &[String], event: &Event) -> bool {
 
 /// Reads the event stored at `key`; None for a value that is not one.
 fn parse(key: &str, value: &[u8], id: u64) -> Option<Event> {
-    let mut event: Event = serde_json::from_slice(value).ok()?;
-    event.id = id;
-    event.at_ms = key
+    let stored: Stored<'_> = serde_json::from_slice(value).ok()?;
+    let at_ms: u64 = key
         .strip_prefix(EVENT_PREFIX)
         .and_then(|k| k.get(..15))
-        .and_then(|ms| ms.parse().ok())
-        .unwrap_or_default();
-    Some(event)
+        .and_then(|ms| ms.parse().ok())?;
+    Some(Event {
+        id,
+        time: roo_acme::cert::rfc3339(UNIX_EPOCH + Duration::from_millis(at_ms)),
+        kind: stored.kind.into_owned(),
+        subject: stored.subject.into_owned(),
+        source: stored.source.into_owned(),
+        detail: stored.detail,
+        at_ms,
+    })
 }
 
-/// The events after id `since` of `kinds` (type prefixes; none: every type), oldest first.
+/// The events after id `since` of `kinds` (type prefixes; none: every type), oldest first, as
+/// stored: route events name their values by revision ([`crate::routes::write::with_values`]).
 pub async fn list(
     kv: &Kv,
     since: u64,
@@ -149,8 +175,8 @@ fn stored(records: Vec<(String, Record)>, since: u64, kinds: &[String]) -> Vec<E
     events
 }
 
-/// The events after an id as they are written: the stored ones first, then the new ones live.
-/// SSE readers and webhook deliveries follow the stream with it.
+/// The events after an id as they are written: the stored ones first, then the new ones live,
+/// route events with their values. SSE readers and webhook deliveries follow the stream with it.
 pub struct Follow {
     kv: Kv,
     kinds: Vec<String>,
@@ -175,9 +201,12 @@ impl Follow {
     /// The next event, waiting for it when there is none yet.
     pub async fn next(&mut self) -> Result<Event, KvError> {
         loop {
-            if let Some(event) = self.ready.pop_front() {
-                self.last = event.id;
-                return Ok(event);
+            if let Some(event) = self.ready.front_mut() {
+                crate::routes::write::with_values(&self.kv, std::slice::from_mut(event)).await?;
+                if let Some(event) = self.ready.pop_front() {
+                    self.last = event.id;
+                    return Ok(event);
+                }
             }
             let Some(watch) = &mut self.watch else {
                 // Catch up from the node's copy, then watch from where the copy stands.

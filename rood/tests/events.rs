@@ -46,6 +46,10 @@ async fn each_route_write_makes_one_event_in_order() {
     assert_eq!(name(&all[1]["detail"]["new"]), "v2");
     assert_eq!(name(&all[2]["detail"]["old"]), "v2");
     assert!(all[2]["detail"]["new"].is_null());
+    // Stored, an event names the values by revision; the answer reads them from the history.
+    assert!(all[0]["detail"].get("old_rev").is_none(), "{all:?}");
+    assert_eq!(all[1]["detail"]["old_rev"], all[0]["id"]);
+    assert_eq!(all[2]["detail"]["old_rev"], all[1]["id"]);
     // The event's id is the revision of the write it tells of.
     let history = http
         .get(&format!("http://{api}/roo/v1/routes/ev.test:http/history"))

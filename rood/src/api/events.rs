@@ -43,7 +43,8 @@ pub(super) async fn events(
         return Ok(stream_events(api, since, kinds));
     }
     let since = query_u64(req.uri(), "since")?.unwrap_or(0);
-    let events = events::list(&api.kv, since, &kinds, consistency(req.uri())?).await?;
+    let mut events = events::list(&api.kv, since, &kinds, consistency(req.uri())?).await?;
+    crate::routes::write::with_values(&api.kv, &mut events).await?;
     Ok(reply::json(StatusCode::OK, &json!({"events": events})))
 }
 

@@ -13,6 +13,7 @@
 //! - `com.roo.route.rolled_back:<route>`: the revision the current value was restored from,
 //!   while it stands.
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use roo_kv::{Consistency, Kv, KvError, Op};
@@ -25,6 +26,13 @@ pub const OWNER_PREFIX: &str = "com.roo.route.owner:";
 pub const HISTORY_PREFIX: &str = "com.roo.route.history:";
 pub const FROZEN_PREFIX: &str = "com.roo.route.frozen:";
 pub const ROLLED_BACK_PREFIX: &str = "com.roo.route.rolled_back:";
+/// The events a route write makes, whose values [`with_values`] reads from the history.
+const ROUTE_EVENTS: [&str; 4] = [
+    "route.added",
+    "route.changed",
+    "route.removed",
+    "route.rolled_back",
+];
 /// History records kept per route.
 pub const HISTORY_KEPT: usize = 20;
 
@@ -105,17 +113,12 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
         Some(v) => Route::parse(v)?.to_json(),
         None => serde_json::Value::Null,
     };
-    // What was there, for the event: its kind, and the value it replaces.
+    // What was there, for the event: its kind, and the revision it replaces. The event names
+    // the two revisions, not the values: those are in the route's history ([`with_values`]).
     let old = match crate::events::recording() {
-        true => kv.get(&key, Consistency::Stale).await?,
+        true => kv.get(&key, Consistency::Stale).await?.map(|r| r.mod_rev),
         false => None,
     };
-    let old = old.map(|r| {
-        Route::parse(&r.value).map_or_else(
-            |_| String::from_utf8_lossy(&r.value).into_owned().into(),
-            |route| route.to_json(),
-        )
-    });
     let kind = match (&old, &change.value) {
         _ if change.rollback_of.is_some() => Some("route.rolled_back"),
         (None, Some(_)) => Some("route.added"),
@@ -124,7 +127,10 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
         (None, None) => None,
     };
     let event = kind.filter(|_| crate::events::recording()).map(|kind| {
-        let mut detail = serde_json::json!({"old": old, "new": value});
+        let mut detail = serde_json::json!({});
+        if let Some(rev) = old {
+            detail["old_rev"] = rev.into();
+        }
         if let Some(rev) = change.rollback_of {
             detail["rev"] = rev.into();
         }
@@ -250,7 +256,16 @@ pub async fn history(
     key: &RouteKey,
     consistency: Consistency,
 ) -> Result<Vec<(u64, HistoryRecord)>, KvError> {
-    let prefix = format!("{HISTORY_PREFIX}{}:", route_name(key));
+    named_history(kv, &route_name(key), consistency).await
+}
+
+/// The history of the route named `name`, newest first.
+async fn named_history(
+    kv: &Kv,
+    name: &str,
+    consistency: Consistency,
+) -> Result<Vec<(u64, HistoryRecord)>, KvError> {
+    let prefix = format!("{HISTORY_PREFIX}{name}:");
     let (records, _) = kv.scan(&prefix, consistency).await?;
     let mut out: Vec<(u64, HistoryRecord)> = records
         .into_iter()
@@ -258,4 +273,38 @@ pub async fn history(
         .collect();
     out.reverse();
     Ok(out)
+}
+
+/// Puts into the route events among `events` the values they name by revision: `detail.new`,
+/// the value stored at the event's id, and `detail.old`, that at `detail.old_rev` (null for
+/// none, a removal's new value too), both from the routes' history. A value whose history
+/// record was trimmed away stays out; its revision remains.
+pub async fn with_values(kv: &Kv, events: &mut [Event]) -> Result<(), KvError> {
+    let mut histories: HashMap<String, HashMap<u64, serde_json::Value>> = HashMap::new();
+    for event in events.iter_mut() {
+        if !ROUTE_EVENTS.contains(&event.kind.as_str()) || event.detail.get("new").is_some() {
+            continue;
+        }
+        if !histories.contains_key(&event.subject) {
+            let records = named_history(kv, &event.subject, Consistency::Stale).await?;
+            let values = records.into_iter().map(|(rev, r)| (rev, r.value)).collect();
+            histories.insert(event.subject.clone(), values);
+        }
+        let values = &histories[&event.subject];
+        let old_rev = event
+            .detail
+            .get("old_rev")
+            .and_then(serde_json::Value::as_u64);
+        let old = match old_rev {
+            None => Some(serde_json::Value::Null),
+            Some(rev) => values.get(&rev).cloned(),
+        };
+        if let (Some(old), Some(detail)) = (old, event.detail.as_object_mut()) {
+            detail.insert("old".into(), old);
+        }
+        if let (Some(new), Some(detail)) = (values.get(&event.id), event.detail.as_object_mut()) {
+            detail.insert("new".into(), new.clone());
+        }
+    }
+    Ok(())
 }
