@@ -471,6 +471,230 @@ async fn services_of_one_host_are_its_weighted_backends_each_owning_its_own() {
     until(&http, &node, &key, None).await;
 }
 
+/// The backends of route `name` and their weights, as the routes list reads them.
+async fn weights(http: &Http, node: &Proc, name: &str) -> Vec<(String, u64)> {
+    let route = common::listed_route(http, &node.addr.to_string(), name).await;
+    route["value"]["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            let name = b["name"].as_str().unwrap_or_default().to_string();
+            (name, b["weight"].as_u64().unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Waits until route `name` has exactly these backends and weights.
+async fn until_weights(http: &Http, node: &Proc, name: &str, want: &[(&str, u64)]) {
+    let want: Vec<(String, u64)> = want.iter().map(|(n, w)| (n.to_string(), *w)).collect();
+    wait_for(
+        &format!("{name} at {want:?}"),
+        Duration::from_secs(20),
+        || async { (weights(http, node, name).await == want).then_some(()) },
+    )
+    .await;
+}
+
+async fn rollout(http: &Http, node: &Proc, name: &str) -> serde_json::Value {
+    let r = http
+        .get(&node.url(&format!("/roo/v1/rollouts/{name}")))
+        .await
+        .unwrap();
+    match r.status {
+        200 => r.json(),
+        _ => serde_json::Value::Null,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_service_s_rollout_label_starts_its_rollout_and_owns_the_weights() {
+    let Some(image) = engine() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let node = watching_node(dir.path()).await;
+    let http = Http::default();
+    let tag = format!("{:x}", rand::random::<u32>());
+    let (v1, v2, v3) = (
+        format!("roo-t-r1-{tag}"),
+        format!("roo-t-r2-{tag}"),
+        format!("roo-t-r3-{tag}"),
+    );
+    let host = format!("r-{tag}.test");
+    let name = format!("{host}:https");
+    let mut services = Services {
+        image: image.0.clone(),
+        names: Vec::new(),
+    };
+    let origin = format!("OriginHosts={host}");
+    let labels = |backend: &'static str| {
+        vec![
+            "--label".to_string(),
+            origin.clone(),
+            "--label".to_string(),
+            "DestinationPort=80".to_string(),
+            "--label".to_string(),
+            format!("roo.backend={backend}"),
+        ]
+    };
+    let create = |services: &mut Services, service: &str, args: Vec<String>| {
+        services.create(
+            service,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+    };
+    create(&mut services, &v1, labels("stable"));
+    until_weights(&http, &node, &name, &[("stable", 100)]).await;
+
+    // No traffic: every check holds, so the rollout stays at its first step.
+    let mut canary = labels("canary");
+    canary.extend([
+        "--label".to_string(),
+        "roo.rollout=steps:20,60,100;interval:1s".to_string(),
+    ]);
+    create(&mut services, &v2, canary);
+    until_weights(&http, &node, &name, &[("stable", 80), ("canary", 20)]).await;
+    let r = rollout(&http, &node, &name).await;
+    assert_eq!(r["state"], "progressing", "{r}");
+    assert_eq!(r["canary"], "canary");
+    assert_eq!(r["stable_backend"], "stable");
+    assert_eq!(r["interval_ms"], 1000);
+    assert_eq!(r["source"], format!("swarm:{v2}"));
+    // Written through the one write path: the canary came in at 0, then the rollout's first
+    // step, started by the canary's service.
+    let history = http
+        .get(&node.url(&format!("/roo/v1/routes/{name}/history")))
+        .await
+        .unwrap()
+        .json();
+    let sources: Vec<&str> = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["source"].as_str().unwrap())
+        .collect();
+    let (started_by, composed) = (format!("swarm:{v2}"), format!("swarm:{v1},{v2}"));
+    assert_eq!(sources[..2], [&started_by, &composed], "{history}");
+    assert_eq!(history["history"][1]["value"]["backends"][1]["weight"], 0);
+
+    // A label change on the stable service is made, but its weight label is not: the rollout's
+    // weights stand.
+    docker(&[
+        "service",
+        "update",
+        "-d",
+        "--label-add",
+        "roo.weight=50",
+        "--label-add",
+        "roo.health.path=/",
+        &v1,
+    ])
+    .unwrap();
+    wait_for("the health label made", Duration::from_secs(20), || async {
+        let route = common::listed_route(&http, &node.addr.to_string(), &name).await;
+        (route["value"]["health"]["path"] == "/").then_some(())
+    })
+    .await;
+    assert_eq!(
+        weights(&http, &node, &name).await,
+        [("stable".to_string(), 80), ("canary".to_string(), 20)]
+    );
+    wait_for("a check that held", Duration::from_secs(20), || async {
+        let r = rollout(&http, &node, &name).await;
+        let held = r["checks"]
+            .as_array()?
+            .iter()
+            .any(|c| c["verdict"] == "hold");
+        (held && r["step"] == 0).then_some(())
+    })
+    .await;
+
+    // Promoted by hand: the watcher keeps 0/100 and starts no second rollout of this canary.
+    let promote = http
+        .send(
+            "POST",
+            &node.url(&format!("/roo/v1/rollouts/{name}/promote")),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(promote.status, 200, "{}", promote.text());
+    until_weights(&http, &node, &name, &[("stable", 0), ("canary", 100)]).await;
+    docker(&[
+        "service",
+        "update",
+        "-d",
+        "--label-rm",
+        "roo.health.path",
+        &v1,
+    ])
+    .unwrap();
+    wait_for("the health label gone", Duration::from_secs(20), || async {
+        let route = common::listed_route(&http, &node.addr.to_string(), &name).await;
+        route["value"]["health"].is_null().then_some(())
+    })
+    .await;
+    assert_eq!(
+        weights(&http, &node, &name).await,
+        [("stable".to_string(), 0), ("canary".to_string(), 100)]
+    );
+    assert_eq!(rollout(&http, &node, &name).await["state"], "promoted");
+
+    // The old version goes; the next one comes while the route is frozen: held back, nothing
+    // started; once unfrozen, it comes in at 0 and its rollout starts against the canary of
+    // before.
+    docker(&["service", "rm", &v1]).unwrap();
+    until_weights(&http, &node, &name, &[("canary", 100)]).await;
+    let frozen = http
+        .send(
+            "POST",
+            &node.url(&format!("/roo/v1/routes/{name}/freeze")),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(frozen.status, 200, "{}", frozen.text());
+    let mut next = labels("next");
+    next.extend([
+        "--label".to_string(),
+        "roo.rollout=steps:50,100;interval:1s".to_string(),
+    ]);
+    create(&mut services, &v3, next);
+    wait_for("route.held", Duration::from_secs(20), || async {
+        let held = events_about(&http, &node, "route.held", &name).await;
+        (!held.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        weights(&http, &node, &name).await,
+        [("canary".to_string(), 100)]
+    );
+    assert_eq!(rollout(&http, &node, &name).await["state"], "promoted");
+    let unfrozen = http
+        .send(
+            "POST",
+            &node.url(&format!("/roo/v1/routes/{name}/unfreeze")),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(unfrozen.status, 200, "{}", unfrozen.text());
+    // Unfreezing is no service event: the periodic reconcile (30 s) or the next event makes
+    // the change. A label on an unrelated service gives that event now.
+    docker(&["service", "update", "-d", "--label-add", "roo.nudge=1", &v2]).unwrap();
+    until_weights(&http, &node, &name, &[("canary", 50), ("next", 50)]).await;
+    let r = rollout(&http, &node, &name).await;
+    assert_eq!(
+        (r["canary"].as_str(), r["stable_backend"].as_str()),
+        (Some("next"), Some("canary"))
+    );
+    assert_eq!(r["source"], format!("swarm:{v3}"));
+    let started = events_about(&http, &node, "rollout.started", &name).await;
+    assert_eq!(started.len(), 2, "{started:?}");
+}
+
 /// Runs `f`, ignoring errors: cleanup.
 fn quietly(args: &[&str]) {
     let _ = docker(args);

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use roo_kv::{Consistency, Kv, KvError};
 
 use super::write::{self, RouteChange, WriteError};
-use super::RouteKey;
+use super::{Route, RouteKey};
 
 /// What a source wants at a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,18 +140,25 @@ pub async fn reconcile(kv: &Kv, steps: Vec<Step>) -> Result<Reconciled, WriteErr
                 value,
                 made,
                 source,
-            } => match put(kv, &key, Some(value.clone()), &source, None).await {
-                Ok(()) => {
-                    tracing::info!(%source, %key, %value, "route changed");
-                    done.changes += 1;
+            } => {
+                if same_route(kv, &key, &value).await? {
+                    // Already so (a rollout set these weights): the source stands for it now.
                     done.standing.insert(key, value);
+                    continue;
                 }
-                Err(WriteError::Frozen(_)) => done.hold(key, source, Some(made)),
-                Err(e) => return Err(e),
-            },
+                match put(kv, &key, Some(value.clone()), &source, None).await {
+                    Ok(()) => {
+                        tracing::info!(%source, %key, %value, "route changed");
+                        done.changes += 1;
+                        done.standing.insert(key, value);
+                    }
+                    Err(WriteError::Frozen(_)) => done.hold(key, source, Some(made)),
+                    Err(e) => return Err(e),
+                }
+            }
             Step::Remove { key, made, source } => {
                 let current = kv.get(&key, Consistency::Linearizable).await?;
-                let Some(record) = current.filter(|r| r.value == made.as_bytes()) else {
+                let Some(record) = current.filter(|r| reads_as(&r.value, &made)) else {
                     tracing::info!(%source, %key, "route changed by hand since; left alone");
                     continue;
                 };
@@ -170,6 +177,19 @@ pub async fn reconcile(kv: &Kv, steps: Vec<Step>) -> Result<Reconciled, WriteErr
         }
     }
     Ok(done)
+}
+
+/// Whether the route stored at `key` reads as `value` does.
+async fn same_route(kv: &Kv, key: &str, value: &str) -> Result<bool, KvError> {
+    let record = kv.get(key, Consistency::Linearizable).await?;
+    Ok(record.is_some_and(|r| reads_as(&r.value, value)))
+}
+
+/// Whether a stored route value is `value`, or reads as the same route (the rollout controller
+/// writes the weights it sets in the model's own form).
+fn reads_as(stored: &[u8], value: &str) -> bool {
+    let read = |v: &[u8]| Route::parse(v).ok().map(|r| r.to_json());
+    stored == value.as_bytes() || read(stored).is_some_and(|s| Some(s) == read(value.as_bytes()))
 }
 
 async fn put(

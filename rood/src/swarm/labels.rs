@@ -10,6 +10,11 @@
 //! `roo.strip_prefix`) or the host's own, with a cohort from `roo.match.header` or
 //! `roo.match.cookie` (`Name=value`). [`compose`] makes one route of every service's share of
 //! it: two services naming the same host are two weighted backends of one route.
+//!
+//! `roo.rollout` (`steps:10,25,50,100;interval:60s`, and optionally `failure_limit:2`,
+//! `min_requests:20`, `max_p99:500ms`, `min_success:99%`) makes the service's backend the
+//! canary of a rollout ([`rollout_plan`]); while a route has such a share, its weights are the
+//! rollout's, not the labels' ([`compose`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -29,6 +34,8 @@ pub enum LabelError {
     },
     #[error("DestinationPort is missing")]
     NoDestinationPort,
+    #[error("roo.rollout is {value:?}: {reason}")]
+    Rollout { value: String, reason: String },
 }
 
 /// The labels of a service, looked up with Roo's precedence.
@@ -87,6 +94,8 @@ pub struct Share {
     pub health: Option<String>,
     /// The middlewares of the backend's target (`roo.middlewares`: the JSON list).
     pub middlewares: Option<Value>,
+    /// `roo.rollout`, checked: the backend is a rollout's canary.
+    pub rollout: Option<String>,
 }
 
 impl Share {
@@ -99,6 +108,83 @@ impl Share {
             && self.sticky.is_none()
             && self.health.is_none()
             && self.middlewares.is_none()
+            && self.rollout.is_none()
+    }
+}
+
+/// A duration label's value in milliseconds: `500ms`, `60s`, `2m`, `1h`.
+fn millis(text: &str) -> Option<u64> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let n: u64 = digits.parse().ok()?;
+    let unit = match &text[digits.len()..] {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+/// The rollout plan that `roo.rollout`'s value gives `backend` as its canary: `name:value` pairs
+/// split by `;`, checked as the API checks a plan.
+pub fn rollout_plan(text: &str, backend: &str) -> Result<crate::rollout::Plan, String> {
+    let mut plan = serde_json::Map::new();
+    plan.insert("canary".into(), backend.into());
+    for pair in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, value) = pair
+            .split_once(':')
+            .map(|(n, v)| (n.trim(), v.trim()))
+            .ok_or_else(|| format!("{pair:?} is not name:value"))?;
+        let bad = || format!("{name}: {value:?} is not {}", expected(name));
+        let (field, v): (&str, Value) = match name {
+            "steps" => {
+                let steps: Result<Vec<u32>, _> =
+                    value.split(',').map(|w| w.trim().parse::<u32>()).collect();
+                ("steps", steps.map_err(|_| bad())?.into())
+            }
+            "interval" => ("interval_ms", millis(value).ok_or_else(bad)?.into()),
+            "max_p99" => ("max_p99_ms", millis(value).ok_or_else(bad)?.into()),
+            "failure_limit" => (
+                "failure_limit",
+                value.parse::<u32>().map_err(|_| bad())?.into(),
+            ),
+            "min_requests" => (
+                "min_requests",
+                value.parse::<u64>().map_err(|_| bad())?.into(),
+            ),
+            "min_success" => {
+                let rate = match value.strip_suffix('%') {
+                    Some(pct) => pct.trim().parse::<f64>().map(|p| p / 100.0),
+                    None => value.parse::<f64>(),
+                };
+                ("min_success_rate", rate.map_err(|_| bad())?.into())
+            }
+            _ => return Err(format!("{name}: not one of {}", ROLLOUT_FIELDS.join(", "))),
+        };
+        if plan.insert(field.into(), v).is_some() {
+            return Err(format!("{name} is given twice"));
+        }
+    }
+    let plan = Value::Object(plan).to_string();
+    crate::rollout::Plan::parse(plan.as_bytes()).map_err(|e| e.to_string())
+}
+
+const ROLLOUT_FIELDS: [&str; 6] = [
+    "steps",
+    "interval",
+    "failure_limit",
+    "min_requests",
+    "max_p99",
+    "min_success",
+];
+
+fn expected(name: &str) -> &'static str {
+    match name {
+        "steps" => "weights split by commas",
+        "interval" | "max_p99" => "a duration such as 500ms, 60s, 2m",
+        "min_success" => "a rate such as 99% or 0.99",
+        _ => "a whole number",
     }
 }
 
@@ -122,7 +208,14 @@ fn agreed<'a, T: PartialEq>(
 
 /// The route value that the services' shares of one route make (by service name); checked by
 /// the route model before it is stored. An error names the labels the services disagree on.
-pub fn compose(shares: &BTreeMap<String, Share>) -> Result<String, String> {
+///
+/// A route with a `roo.rollout` among its shares has the weights its rollouts give it: those
+/// `stored` (the route's backends' weights as they stand, by name), a new canary 0, a new other
+/// backend its label's.
+pub fn compose(
+    shares: &BTreeMap<String, Share>,
+    stored: &HashMap<String, u32>,
+) -> Result<String, String> {
     if let [(service, share)] = shares.iter().collect::<Vec<_>>()[..] {
         if share.is_plain(service) {
             return Ok(share.url.clone());
@@ -151,11 +244,18 @@ pub fn compose(shares: &BTreeMap<String, Share>) -> Result<String, String> {
             middlewares.insert(target, m.clone());
         }
     }
+    let rollout = shares.values().any(|s| s.rollout.is_some());
     let mut own = (Vec::new(), Vec::new());
     let mut paths: BTreeMap<&str, (bool, Vec<Value>, Vec<Value>)> = BTreeMap::new();
     for share in shares.values() {
-        let backend =
-            json!({"name": share.backend, "url": share.url, "weight": share.weight.unwrap_or(100)});
+        let label = share.weight.unwrap_or(100);
+        let weight = match (rollout, stored.get(&share.backend)) {
+            (false, _) => label,
+            (true, Some(w)) => *w,
+            (true, None) if share.rollout.is_some() => 0,
+            (true, None) => label,
+        };
+        let backend = json!({"name": share.backend, "url": share.url, "weight": weight});
         let cohort = share
             .cohort
             .as_ref()
@@ -297,7 +397,27 @@ pub fn routes(service: &str, labels: &Labels<'_>) -> Result<BTreeMap<String, Sha
             _ => return Err(invalid("roo.middlewares", v, "a JSON list of middlewares")),
         },
     };
+    let rollout = match labels.get_roo("roo.rollout") {
+        None => None,
+        Some(_) if path.is_some() => {
+            return Err(invalid(
+                "roo.rollout",
+                "with roo.path",
+                "a rollout moves a host's own backends, not a path's",
+            ))
+        }
+        Some(v) => match rollout_plan(v, backend) {
+            Ok(_) => Some(v.to_string()),
+            Err(reason) => {
+                return Err(LabelError::Rollout {
+                    value: v.to_string(),
+                    reason,
+                })
+            }
+        },
+    };
     let share = Share {
+        rollout,
         backend: backend.to_string(),
         url: destination,
         weight,
@@ -348,7 +468,11 @@ mod tests {
                 .map(|(k, share)| {
                     (
                         k,
-                        compose(&BTreeMap::from([("app_web".to_string(), share)])).unwrap(),
+                        compose(
+                            &BTreeMap::from([("app_web".to_string(), share)]),
+                            &HashMap::new(),
+                        )
+                        .unwrap(),
                     )
                 })
                 .collect()
@@ -480,7 +604,7 @@ mod tests {
                 &[("roo.path", "/api"), ("roo.strip_prefix", "true")],
             ),
         ]);
-        let value = compose(&shares).unwrap();
+        let value = compose(&shares, &HashMap::new()).unwrap();
         let route = crate::routes::Route::parse(value.as_bytes()).unwrap();
         assert_eq!(
             route.to_json(),
@@ -496,7 +620,10 @@ mod tests {
         );
         // One service alone with no new label stays Roo's plain URL.
         let alone = BTreeMap::from([share("app_v1", &[])]);
-        assert_eq!(compose(&alone).unwrap(), "http://app_v1:80");
+        assert_eq!(
+            compose(&alone, &HashMap::new()).unwrap(),
+            "http://app_v1:80"
+        );
         // Route-wide labels: given by one service, or the same by all; else an error.
         let shares = BTreeMap::from([
             share(
@@ -511,7 +638,9 @@ mod tests {
                 )],
             ),
         ]);
-        let route = crate::routes::Route::parse(compose(&shares).unwrap().as_bytes()).unwrap();
+        let route =
+            crate::routes::Route::parse(compose(&shares, &HashMap::new()).unwrap().as_bytes())
+                .unwrap();
         let json = route.to_json();
         assert_eq!(json["sticky"]["cookie"], "roo_sticky");
         assert_eq!(json["health"]["path"], "/healthz");
@@ -521,7 +650,7 @@ mod tests {
             share("app_v2", &[("roo.sticky", "b")]),
         ]);
         assert_eq!(
-            compose(&shares).unwrap_err(),
+            compose(&shares, &HashMap::new()).unwrap_err(),
             "app_v1 and app_v2 give different roo.sticky"
         );
         for bad in [
@@ -542,5 +671,100 @@ mod tests {
             let error = routes("svc", &Labels::new(&s, &c)).unwrap_err();
             assert!(error.to_string().starts_with(bad.0), "{bad:?}: {error}");
         }
+    }
+
+    #[test]
+    fn a_rollout_label_is_a_plan_for_the_service_s_backend() {
+        let plan = rollout_plan(
+            "steps:10,50,100; interval:2m;failure_limit:3;min_requests:5;max_p99:250ms;min_success:99.5%",
+            "v2",
+        )
+        .unwrap();
+        assert_eq!(plan.canary, "v2");
+        assert_eq!(plan.steps, [10, 50, 100]);
+        assert_eq!(plan.interval_ms, 120_000);
+        assert_eq!((plan.failure_limit, plan.min_requests), (3, 5));
+        assert_eq!(plan.max_p99_ms, 250.0);
+        assert!((plan.min_success_rate - 0.995).abs() < 1e-9);
+        // What is not given is Flagger's default, as in the API.
+        let plan = rollout_plan("interval:30s", "v2").unwrap();
+        assert_eq!((plan.steps.len(), plan.failure_limit), (4, 2));
+        for (bad, says) in [
+            ("steps:10,x", "steps"),
+            ("steps:50,10", "rising"),
+            ("interval:60", "duration"),
+            ("interval:60s;interval:30s", "twice"),
+            ("speed:fast", "not one of"),
+            ("steps", "name:value"),
+            ("min_success:high", "rate"),
+        ] {
+            let error = rollout_plan(bad, "v2").unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+        let (s, c) = (
+            map(&[
+                ("OriginHosts", "a.test"),
+                ("DestinationPort", "80"),
+                ("roo.rollout", "steps:0"),
+            ]),
+            map(&[]),
+        );
+        let error = routes("svc", &Labels::new(&s, &c)).unwrap_err();
+        assert!(error.to_string().starts_with("roo.rollout"), "{error}");
+    }
+
+    #[test]
+    fn a_route_with_a_canary_keeps_the_weights_the_rollout_gave_it() {
+        let share = |service: &str, labels: &[(&str, &str)]| {
+            let mut all = vec![("OriginHosts", "app.test"), ("DestinationPort", "80")];
+            all.extend_from_slice(labels);
+            let (s, c) = (map(&all), map(&[]));
+            let routes = routes(service, &Labels::new(&s, &c)).unwrap();
+            (
+                service.to_string(),
+                routes["com.roo.host:app.test:https"].clone(),
+            )
+        };
+        let weights = |value: String| -> Vec<u64> {
+            let route = crate::routes::Route::parse(value.as_bytes()).unwrap();
+            route.to_json()["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["weight"].as_u64().unwrap())
+                .collect()
+        };
+        let shares = BTreeMap::from([
+            share("app_v1", &[("roo.backend", "v1"), ("roo.weight", "70")]),
+            share(
+                "app_v2",
+                &[("roo.backend", "v2"), ("roo.rollout", "interval:1s")],
+            ),
+        ]);
+        // A new canary starts at 0, beside the other backend's label weight.
+        assert_eq!(weights(compose(&shares, &HashMap::new()).unwrap()), [70, 0]);
+        // Then what the rollout set stands, whatever the labels say.
+        let stored = HashMap::from([("v1".to_string(), 75), ("v2".to_string(), 25)]);
+        assert_eq!(weights(compose(&shares, &stored).unwrap()), [75, 25]);
+        // No canary: the labels' weights, whatever is stored.
+        let plain = BTreeMap::from([share("app_v1", &[("roo.backend", "v1")])]);
+        let stored = HashMap::from([("v1".to_string(), 0)]);
+        assert_eq!(
+            compose(&plain, &stored).unwrap(),
+            r#"{"backends":[{"name":"v1","url":"http://app_v1:80","weight":100}]}"#
+        );
+        // The canary of before keeps its label: still the rollout's weights.
+        let two = BTreeMap::from([
+            share(
+                "app_v1",
+                &[("roo.backend", "v1"), ("roo.rollout", "interval:1s")],
+            ),
+            share(
+                "app_v2",
+                &[("roo.backend", "v2"), ("roo.rollout", "interval:1s")],
+            ),
+        ]);
+        let stored = HashMap::from([("v1".to_string(), 100)]);
+        assert_eq!(weights(compose(&two, &stored).unwrap()), [100, 0]);
     }
 }

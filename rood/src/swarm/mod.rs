@@ -51,6 +51,8 @@ pub enum SwarmError {
     Record { key: String, reason: String },
     #[error(transparent)]
     Route(#[from] WriteError),
+    #[error(transparent)]
+    Rollout(#[from] crate::rollout::RolloutError),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -382,16 +384,34 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<Reconciled, SwarmErro
             }
         }
     }
-    for (key, shares) in shares {
+    // The routes with a canary, and the rollout each asks for.
+    let mut canaries = Vec::new();
+    for (key, shares) in &shares {
         let services: Vec<&str> = shares.keys().map(String::as_str).collect();
         let source = source(&services);
-        let checked = labels::compose(&shares).and_then(|value| {
+        let stored = match shares.values().any(|s| s.rollout.is_some()) {
+            true => stored_weights(kv, key).await?,
+            false => HashMap::new(),
+        };
+        let checked = labels::compose(shares, &stored).and_then(|value| {
             crate::routes::Route::parse(value.as_bytes())
                 .map(|_| value)
                 .map_err(|e| e.to_string())
         });
         let want = match checked {
-            Ok(value) => Wanted::Value { value, source },
+            Ok(value) => {
+                let asked: Vec<(String, crate::rollout::Plan)> = shares
+                    .iter()
+                    .filter_map(|(service, share)| {
+                        let plan = labels::rollout_plan(share.rollout.as_deref()?, &share.backend);
+                        Some((service.clone(), plan.ok()?))
+                    })
+                    .collect();
+                if !asked.is_empty() {
+                    canaries.push((key.clone(), asked));
+                }
+                Wanted::Value { value, source }
+            }
             Err(e) => {
                 tracing::warn!(%source, %key, error = %e, "the labels make an invalid route; it is left as it is");
                 let error = format!("{key}: {e}");
@@ -399,9 +419,22 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<Reconciled, SwarmErro
                 Wanted::Held
             }
         };
-        wanted.entry(key).or_insert(want);
+        wanted.entry(key.clone()).or_insert(want);
     }
     let done = reconcile::reconcile(kv, reconcile::diff(&made, &wanted)).await?;
+    for (key, asked) in canaries {
+        if done.held.iter().any(|(k, _)| *k == key) {
+            continue;
+        }
+        let service = asked[0].0.clone();
+        match start_rollout(kv, &key, asked).await {
+            Ok(()) => {}
+            Err(SwarmError::Rollout(e)) => {
+                problems.push(Problem::labels(&service, format!("{key}: {e}")))
+            }
+            Err(e) => return Err(e),
+        }
+    }
     problems.extend(done.held.iter().map(|(key, source)| {
         Problem {
             kind: "route.held",
@@ -447,6 +480,65 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<Reconciled, SwarmErro
         changes: done.changes,
         problems,
     })
+}
+
+/// The weights of the backends of the route at `key` as stored, by name: while the route has a
+/// canary, the rollout's.
+async fn stored_weights(kv: &Kv, key: &str) -> Result<HashMap<String, u32>, SwarmError> {
+    let Some(record) = kv.get(key, Consistency::Linearizable).await? else {
+        return Ok(HashMap::new());
+    };
+    let Ok(route) = crate::routes::Route::parse(&record.value) else {
+        return Ok(HashMap::new());
+    };
+    let json = route.to_json();
+    let backends = json["backends"].as_array().into_iter().flatten();
+    Ok(backends
+        .filter_map(|b| {
+            let weight = u32::try_from(b["weight"].as_u64()?).ok()?;
+            Some((b["name"].as_str()?.to_string(), weight))
+        })
+        .collect())
+}
+
+/// Starts the rollout that a service's `roo.rollout` asks for (`asked`: by service) on the
+/// route at `key`, for a backend that the route's rollout has not had yet as its canary or
+/// stable backend: a canary under way, promoted or aborted is not rolled out again until its
+/// backend's name changes or a rollout is started by hand; the canary of before, now stable,
+/// keeps its label. Two new canaries at once are refused.
+async fn start_rollout(
+    kv: &Kv,
+    key: &str,
+    asked: Vec<(String, crate::rollout::Plan)>,
+) -> Result<(), SwarmError> {
+    use crate::rollout::RolloutError;
+    let route = crate::routes::RouteKey::parse(key).map_err(WriteError::from)?;
+    let current = crate::rollout::get(kv, &route, Consistency::Linearizable).await?;
+    let had = |backend: &str| {
+        current
+            .as_ref()
+            .is_some_and(|(r, _)| r.plan.canary == backend || r.stable_backend == backend)
+    };
+    let mut new: Vec<(String, crate::rollout::Plan)> = asked
+        .into_iter()
+        .filter(|(_, plan)| !had(&plan.canary))
+        .collect();
+    let (service, plan) = match new.len() {
+        0 => return Ok(()),
+        1 => new.remove(0),
+        _ => {
+            let services: Vec<&str> = new.iter().map(|(s, _)| s.as_str()).collect();
+            return Err(RolloutError::Invalid(format!(
+                "{} each give roo.rollout for a new backend: one canary at a time",
+                services.join(" and ")
+            ))
+            .into());
+        }
+    };
+    let canary = plan.canary.clone();
+    crate::rollout::start(kv, &route, plan, &source(&[&service])).await?;
+    tracing::info!(%service, %key, %canary, "rollout started by roo.rollout");
+    Ok(())
 }
 
 /// The source name of the watcher's writes for `services`.
