@@ -266,13 +266,17 @@ impl Metrics {
         })
     }
 
-    /// Every route's backends' counts since the start, summed over the workers (the
-    /// [`crate::stats`] source).
-    pub fn backend_totals(&self) -> Totals {
+    /// The backends' counts since the start of `route` (None: of every route), summed over the
+    /// workers (the [`crate::stats`] source).
+    pub fn backend_totals(&self, route: Option<&str>) -> Totals {
         let mut totals = Totals::new();
         for worker in lock(&self.requests.workers).iter() {
             let counts = lock(&worker.0);
-            for (route, by_backend) in &counts.requests {
+            let routes: Vec<(&Arc<str>, &ByBackend)> = match route {
+                Some(r) => counts.requests.get_key_value(r).into_iter().collect(),
+                None => counts.requests.iter().collect(),
+            };
+            for (route, by_backend) in routes {
                 for (backend, of_backend) in by_backend {
                     totals
                         .entry((route.clone(), backend.clone()))

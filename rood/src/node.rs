@@ -154,7 +154,7 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         let stats = Arc::new(crate::stats::Stats::new({
             let metrics = metrics.clone();
-            Box::new(move || metrics.backend_totals())
+            Box::new(move |route: Option<&str>| metrics.backend_totals(route))
         }));
         // One state per proxy worker: each has its own upstream connections.
         let roots = crate::proxy::upstream::upstream_roots(config.upstream_ca_file.as_deref())?;

@@ -177,8 +177,8 @@ pub type BackendName = (Arc<str>, Arc<str>);
 /// Every backend's counts since this node started, as the workers' reports add them up.
 pub type Totals = HashMap<BackendName, Tally>;
 
-/// Reads the workers' totals now.
-pub type Source = Box<dyn Fn() -> Totals + Send + Sync>;
+/// Reads the workers' totals now: of one route, or (None) of every route.
+pub type Source = Box<dyn Fn(Option<&str>) -> Totals + Send + Sync>;
 
 /// This node's recent counts, a second at a time.
 pub struct Stats {
@@ -191,9 +191,13 @@ struct Seconds {
     /// The totals at the last sample, and when it was.
     last: Totals,
     at: Option<Instant>,
-    /// Each second's change, newest last: when it ended, and the backends that moved.
-    kept: VecDeque<(Instant, HashMap<BackendName, Tally>)>,
+    /// Each second's change, newest last: when it ended, and the backends that moved, by route
+    /// (a query reads its route's, however many others moved).
+    kept: VecDeque<(Instant, Moved)>,
 }
+
+/// The backends that moved in a second, by route: `(backend, change)`.
+type Moved = HashMap<Arc<str>, Vec<(Arc<str>, Tally)>>;
 
 impl Stats {
     pub fn new(source: Source) -> Stats {
@@ -205,19 +209,19 @@ impl Stats {
 
     /// Takes the change since the last sample as one more second.
     pub fn sample(&self) {
-        let now_totals = (self.source)();
+        let now_totals = (self.source)(None);
         let now = Instant::now();
         let mut s = lock(&self.seconds);
-        let moved: HashMap<BackendName, Tally> = now_totals
-            .iter()
-            .filter_map(|(k, t)| {
-                let d = match s.last.get(k) {
-                    Some(before) => t.since(before),
-                    None => t.clone(),
-                };
-                (d.requests > 0).then(|| (k.clone(), d))
-            })
-            .collect();
+        let mut moved = Moved::new();
+        for (k, t) in &now_totals {
+            let d = match s.last.get(k) {
+                Some(before) => t.since(before),
+                None => t.clone(),
+            };
+            if d.requests > 0 {
+                moved.entry(k.0.clone()).or_default().push((k.1.clone(), d));
+            }
+        }
         s.kept.push_back((now, moved));
         while s.kept.len() as u64 > MAX_WINDOW_S {
             s.kept.pop_front();
@@ -241,11 +245,11 @@ impl Stats {
     /// Route `route`'s counts by backend over the last `window` on this node: the seconds kept
     /// and what came since the last of them.
     pub fn window(&self, route: &str, window: Duration) -> BTreeMap<String, Tally> {
-        let totals = (self.source)();
+        let totals = (self.source)(Some(route));
         let now = Instant::now();
         let s = lock(&self.seconds);
         let mut out: BTreeMap<String, Tally> = BTreeMap::new();
-        for (k, t) in totals.iter().filter(|(k, _)| &*k.0 == route) {
+        for (k, t) in &totals {
             let d = match s.last.get(k) {
                 Some(before) => t.since(before),
                 None => t.clone(),
@@ -257,8 +261,8 @@ impl Stats {
             if now.duration_since(*at) >= window {
                 break;
             }
-            for (k, t) in moved.iter().filter(|(k, _)| &*k.0 == route) {
-                out.entry(k.1.to_string()).or_default().add(t);
+            for (backend, t) in moved.get(route).into_iter().flatten() {
+                out.entry(backend.to_string()).or_default().add(t);
             }
         }
         out
@@ -401,7 +405,12 @@ mod tests {
     fn a_window_sums_the_seconds_within_it() {
         let totals = Arc::new(Mutex::new(Totals::new()));
         let source = totals.clone();
-        let stats = Stats::new(Box::new(move || lock(&source).clone()));
+        let stats = Stats::new(Box::new(move |route: Option<&str>| {
+            let all = lock(&source).clone();
+            all.into_iter()
+                .filter(|(k, _)| route.is_none_or(|r| *k.0 == *r))
+                .collect()
+        }));
         let key: BackendName = ("a.test:http".into(), "v1".into());
         let add = |n: u64, status: u16| {
             let mut t = lock(&totals);
