@@ -159,3 +159,77 @@ async fn freeze_holds_changes_and_rollback_restores_a_revision() {
     );
     assert_eq!(events[5]["detail"]["rev"], revs[1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_state_and_events_survive_a_restart_of_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    // Snapshots every 20 entries: what comes back is read from snapshots, not only the log.
+    let mut procs = common::process_cluster(dir.path(), 3, &["--snapshot-every", "20"]).await;
+    let http = Http::default();
+    let name = "kept.test:http";
+    let api = procs[0].addr.clone();
+    let kv = format!("http://{api}/roo/v1/kv/com.roo.host:{name}");
+    for i in 1..=5 {
+        let r = http
+            .put(&kv, format!("http://127.0.0.1:{i}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for i in 0..40 {
+        let other = format!("http://{api}/roo/v1/kv/filler{i}");
+        assert_eq!(http.put(&other, "x").await.unwrap().status, 200);
+    }
+    let route = |api: &str, action: &str| format!("http://{api}/roo/v1/routes/{name}/{action}");
+    let body = || async {
+        let h = http.get(&route(&api, "history")).await.unwrap().json();
+        h["history"][3]["rev"].to_string()
+    };
+    let rollback = format!(r#"{{"rev":{}}}"#, body().await);
+    let r = http
+        .send("POST", &route(&api, "rollback"), &[], rollback)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = http
+        .send("POST", &route(&api, "freeze"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let history = http.get(&route(&api, "history")).await.unwrap().json();
+    assert_eq!(history["history"].as_array().unwrap().len(), 6, "{history}");
+    let events_url = |api: &str| format!("http://{api}/roo/v1/events?type=route.");
+    let events = http.get(&events_url(&api)).await.unwrap().json();
+    assert_eq!(events["events"].as_array().unwrap().len(), 7, "{events}");
+
+    for p in &procs {
+        common::wait_for("a snapshot", std::time::Duration::from_secs(20), || async {
+            let status = http.cluster(&p.addr).await.ok()?;
+            (status["snapshot_index"].as_u64()? > 0).then_some(())
+        })
+        .await;
+    }
+    for p in procs.iter_mut() {
+        assert_eq!(p.terminate(std::time::Duration::from_secs(10)), Some(0));
+    }
+    for p in procs.iter_mut() {
+        p.restart();
+    }
+    let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+    common::wait_for_cluster(&http, &addrs, 3).await;
+    for p in &procs {
+        let again = common::wait_for(
+            "the history after the restart",
+            std::time::Duration::from_secs(20),
+            || async {
+                let r = http.get(&route(&p.addr, "history")).await.ok()?;
+                (r.status == 200).then(|| r.json())
+            },
+        )
+        .await;
+        assert_eq!(again, history, "{}", p.addr);
+        let listed = common::listed_route(&http, &p.addr, name).await;
+        assert_eq!(listed["state"], "frozen", "{listed}");
+        assert_eq!(http.get(&events_url(&p.addr)).await.unwrap().json(), events);
+    }
+}
