@@ -574,4 +574,24 @@ async fn rooctl_load_shows_each_backend_by_the_header_the_route_asks_for() {
     assert!(rows.iter().all(|r| r[0] == "0" || r[0] == "1"), "{out}");
     let (ok, out) = rooctl(&api, &["load", "ftp://x", "--duration", "1"]);
     assert!(!ok && out.contains("http://"), "{out}");
+
+    // The 502 roo answers for a backend that is down names that backend too.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone_addr = gone.local_addr().unwrap();
+    drop(gone);
+    let value = json!({"expose_backend": true, "backends": [
+        {"name": "gone", "url": format!("http://{gone_addr}")},
+    ]});
+    let url = format!("http://{api}/roo/v1/kv/com.roo.host:gone.test:http");
+    assert_eq!(http.put(&url, value.to_string()).await.unwrap().status, 200);
+    let r = wait_for("the route", Duration::from_secs(10), || async {
+        let r = http
+            .send("GET", &proxy, &[("host", "gone.test")], "")
+            .await
+            .ok()?;
+        (r.status != 404).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.headers["x-roo-backend"], "gone");
 }

@@ -199,13 +199,19 @@ async fn route(
     let (resp, upstream) =
         match forward::forward(state, chosen, host.text, req, info, started, alarm).await {
             Ok(answer) => answer,
-            // The backend's failure, counted as its own.
+            // The backend's failure, counted as its own, and named as the backend's answer is.
             Err(e) => {
+                let mut answer = error_response(&e);
+                if route.expose_backend {
+                    if let Ok(name) = HeaderValue::from_str(&backend.name) {
+                        answer.headers_mut().insert(X_ROO_BACKEND, name);
+                    }
+                }
                 let reached = Reached {
                     route: Some((route.clone(), Some(choice))),
                     upstream: None,
                 };
-                return Ok((error_response(&e), Some(reached)));
+                return Ok((answer, Some(reached)));
             }
         };
     let (mut parts, mut body) = resp.into_parts();
