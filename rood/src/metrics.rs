@@ -566,12 +566,17 @@ impl Collector for Requests {
         const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
         let mut requests: HashMap<(Box<str>, Box<str>, String), [u64; 5]> = HashMap::new();
         let mut seconds = [Durations::default(); 2];
+        let mut by_backend_seconds: HashMap<(Arc<str>, Arc<str>), Tally> = HashMap::new();
         for worker in lock(&self.workers).iter() {
             let counts = lock(&worker.0);
             for (route, by_backend) in &counts.requests {
                 // The host part of `<host>[:<port>]:<scheme>`.
                 let host: Box<str> = route.split(':').next().unwrap_or_default().into();
                 for (backend, of_backend) in by_backend {
+                    by_backend_seconds
+                        .entry((route.clone(), backend.clone()))
+                        .or_default()
+                        .add(&of_backend.tally);
                     for (upstream, classes) in &of_backend.upstreams {
                         let upstream = upstream
                             .as_ref()
@@ -636,6 +641,32 @@ impl Collector for Requests {
             family
                 .encode_family(&SchemeLabels { scheme })?
                 .encode_histogram::<NoLabelSet>(d.sum, d.count, &buckets, None)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "backend_request_duration_seconds",
+            "Request handling time, by route and backend (the statistics rollouts are checked on)",
+            None,
+            MetricType::Histogram,
+        )?;
+        let mut rows: Vec<_> = by_backend_seconds.into_iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((route, backend), tally) in &rows {
+            // The encoder adds the buckets up itself: each bound gets what is new at it.
+            let mut below = 0;
+            let buckets: Vec<(f64, u64)> = DURATION_BOUNDS
+                .into_iter()
+                .zip(tally.at_most(&DURATION_BOUNDS))
+                .chain(std::iter::once((f64::MAX, tally.requests)))
+                .map(|(bound, at_most)| {
+                    let new = at_most.saturating_sub(below);
+                    below = below.max(at_most);
+                    (bound, new)
+                })
+                .collect();
+            let labels = [("route", &**route), ("backend", &**backend)];
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(tally.seconds, tally.requests, &buckets, None)?;
         }
         Ok(())
     }
@@ -704,6 +735,14 @@ mod tests {
             r#"roo_request_duration_seconds_bucket{le="8.192",scheme="http"} 1"#,
             r#"roo_request_duration_seconds_bucket{le="+Inf",scheme="http"} 2"#,
             r#"roo_request_duration_seconds_bucket{le="0.0005",scheme="https"} 1"#,
+            // Per route and backend, summed over the workers, from the statistics' buckets.
+            r#"roo_backend_request_duration_seconds_count{route="example.com:http",backend="v1"} 2"#,
+            r#"roo_backend_request_duration_seconds_sum{route="example.com:http",backend="v1"} 100.0007"#,
+            r#"roo_backend_request_duration_seconds_bucket{le="0.0005",route="example.com:http",backend="v1"} 0"#,
+            r#"roo_backend_request_duration_seconds_bucket{le="0.001",route="example.com:http",backend="v1"} 1"#,
+            r#"roo_backend_request_duration_seconds_bucket{le="8.192",route="example.com:http",backend="v1"} 1"#,
+            r#"roo_backend_request_duration_seconds_bucket{le="+Inf",route="example.com:http",backend="v1"} 2"#,
+            r#"roo_backend_request_duration_seconds_count{route="example.com:https",backend="-"} 1"#,
         ] {
             assert!(page.lines().any(|l| l == line), "{line} not in\n{page}");
         }

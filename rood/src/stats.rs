@@ -56,6 +56,9 @@ pub struct Tally {
     /// Requests by latency bucket, `[bucket, count]` where count is not 0.
     #[serde(with = "sparse")]
     buckets: Box<[u64; BUCKETS]>,
+    /// The latencies' sum, in seconds (Prometheus' `_sum`).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 impl Default for Tally {
@@ -64,6 +67,7 @@ impl Default for Tally {
             requests: 0,
             failures: 0,
             buckets: Box::new([0; BUCKETS]),
+            seconds: 0.0,
         }
     }
 }
@@ -74,6 +78,22 @@ impl Tally {
         self.requests += 1;
         self.failures += u64::from(status >= 500);
         self.buckets[bucket((seconds * 1e6) as u64)] += 1;
+        self.seconds += seconds;
+    }
+
+    /// How many requests took at most each of `bounds` (seconds, rising), from the buckets that
+    /// end at or below it: Prometheus' cumulative buckets, none counted above its bound.
+    pub fn at_most(&self, bounds: &[f64]) -> Vec<u64> {
+        let mut out = Vec::with_capacity(bounds.len());
+        let (mut b, mut below) = (0, 0);
+        for bound in bounds {
+            while b < BUCKETS && bucket_bounds(b).1 <= bound * 1e6 {
+                below += self.buckets[b];
+                b += 1;
+            }
+            out.push(below);
+        }
+        out
     }
 
     pub fn add(&mut self, other: &Tally) {
@@ -82,6 +102,7 @@ impl Tally {
         for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
             *a += b;
         }
+        self.seconds += other.seconds;
     }
 
     /// What was counted since `before` (counts only grow; a reset one starts again).
@@ -92,6 +113,7 @@ impl Tally {
         let mut d = Tally {
             requests: self.requests - before.requests,
             failures: self.failures.saturating_sub(before.failures),
+            seconds: (self.seconds - before.seconds).max(0.0),
             ..Tally::default()
         };
         for (d, (a, b)) in d
@@ -393,6 +415,9 @@ mod tests {
         let max = t.quantile_ms(1.0).unwrap();
         assert!((650.0..1000.0).contains(&max), "{max}");
         assert_eq!(Tally::default().success_rate(), None);
+        assert!((t.seconds - (99.0 * 0.001 + 0.8)).abs() < 1e-9);
+        // Cumulative: the 99 fast ones by 2 ms (their bucket ends at 1.024 ms), all by 1 s.
+        assert_eq!(t.at_most(&[0.0005, 0.002, 0.5, 1.0]), [0, 99, 99, 100]);
         let wire = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<Tally>(&wire).unwrap(), t);
         assert!(serde_json::from_str::<Tally>(

@@ -163,6 +163,14 @@ async fn counters_move_with_traffic() {
     assert!(get("roo_upstream_connect_errors_total", &[]) >= 1.0);
     assert!(get("roo_upstream_ejections_total", &[]) >= 1.0);
     assert!(get("roo_request_duration_seconds_count", &[("scheme", "http")]) >= 6.0);
+    // Per backend, as the statistics count it: the dead upstream's 502 is its backend's.
+    let dead = [("route", "dead.test:http")];
+    assert_eq!(
+        get("roo_backend_request_duration_seconds_count", &dead),
+        1.0
+    );
+    let inf = r#"roo_backend_request_duration_seconds_bucket{le="+Inf",route="dead.test:http",backend="default"} 1"#;
+    assert!(r.text().lines().any(|l| l == inf), "{}", r.text());
     assert!(get("roo_tls_handshake_failures_total", &[]) >= 1.0);
     assert!(value(&after, "roo_open_connections", &[("scheme", "http")]).is_some());
     assert_eq!(get("roo_routes", &[]), 2.0);
