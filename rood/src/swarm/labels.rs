@@ -210,8 +210,8 @@ fn agreed<'a, T: PartialEq>(
 /// the route model before it is stored. An error names the labels the services disagree on.
 ///
 /// A route with a `roo.rollout` among its shares has the weights its rollouts give it: those
-/// `stored` (the route's backends' weights as they stand, by name), a new canary 0, a new other
-/// backend its label's.
+/// `stored` (the route's backends' weights as they stand, by name), a new canary 0 (its label's
+/// when the route is new), a new other backend its label's.
 pub fn compose(
     shares: &BTreeMap<String, Share>,
     stored: &HashMap<String, u32>,
@@ -252,7 +252,8 @@ pub fn compose(
         let weight = match (rollout, stored.get(&share.backend)) {
             (false, _) => label,
             (true, Some(w)) => *w,
-            (true, None) if share.rollout.is_some() => 0,
+            // Nothing stored: a new route, no traffic to move yet.
+            (true, None) if share.rollout.is_some() && !stored.is_empty() => 0,
             (true, None) => label,
         };
         let backend = json!({"name": share.backend, "url": share.url, "weight": weight});
@@ -741,8 +742,14 @@ mod tests {
                 &[("roo.backend", "v2"), ("roo.rollout", "interval:1s")],
             ),
         ]);
-        // A new canary starts at 0, beside the other backend's label weight.
-        assert_eq!(weights(compose(&shares, &HashMap::new()).unwrap()), [70, 0]);
+        // A new canary starts at 0 beside what the route had.
+        let before = HashMap::from([("v1".to_string(), 70)]);
+        assert_eq!(weights(compose(&shares, &before).unwrap()), [70, 0]);
+        // A new route has no traffic to move yet: the labels' weights.
+        assert_eq!(
+            weights(compose(&shares, &HashMap::new()).unwrap()),
+            [70, 100]
+        );
         // Then what the rollout set stands, whatever the labels say.
         let stored = HashMap::from([("v1".to_string(), 75), ("v2".to_string(), 25)]);
         assert_eq!(weights(compose(&shares, &stored).unwrap()), [75, 25]);

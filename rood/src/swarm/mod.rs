@@ -407,7 +407,8 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<Reconciled, SwarmErro
                         Some((service.clone(), plan.ok()?))
                     })
                     .collect();
-                if !asked.is_empty() {
+                // A service alone on its route has nothing to roll out against.
+                if !asked.is_empty() && shares.len() > 1 {
                     canaries.push((key.clone(), asked));
                 }
                 Wanted::Value { value, source }
