@@ -21,16 +21,8 @@ cargo build --release -q -p rood -p roo-bench
 rood=$root/target/release/rood
 kvbench=$root/target/release/kvbench
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 . "$root/misc/bench/lib.sh"
+
 
 start_roo() { # ip, data dir, extra args...
   local ip=$1 dir=$2; shift 2

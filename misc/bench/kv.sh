@@ -15,14 +15,7 @@ rood=$root/target/release/rood
 kvbench=$root/target/release/kvbench
 command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 1; }
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. "$root/misc/bench/lib.sh"
 
 wait_http() { # url, what
   for _ in $(seq 1 200); do
@@ -33,7 +26,6 @@ wait_http() { # url, what
   exit 1
 }
 
-. "$root/misc/bench/lib.sh"
 
 start_roo() { # index, data dir, extra args...
   local i=$1 dir=$2; shift 2

@@ -17,29 +17,8 @@ cd "$root"
 cargo build --release -q -p rood
 rood=$root/target/release/rood
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 . "$root/misc/bench/lib.sh"
-
-start_roo() { # ip, extra args...
-  local ip=$1; shift
-  ROO_CLUSTER_SECRET=bench ROO_LOG=warn ROO_ACME=false ROO_SWARM=off "$rood" \
-    --api-addr "$ip:16299" --data-dir "$work/$ip" \
-    --http-addr "$ip:18080" --https-addr "$ip:0" "$@" 2>>"$work/$ip.log" &
-  pids+=($!)
-}
-start_roo 127.0.0.1
-wait_voters 127.0.0.1:16299 1
-start_roo 127.0.0.2 --join 127.0.0.1:16299
-start_roo 127.0.0.3 --join 127.0.0.1:16299
-wait_voters 127.0.0.1:16299 3
+three_nodes
 
 python3 - "$rounds" "${ROWS:-1000:2 2000:2 1000:3 5000:2}" "${BAD:-0.1}" "${RATE:-300}" <<'EOF'
 import http.client, http.server, json, random, statistics, sys, threading, time
