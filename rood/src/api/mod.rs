@@ -294,6 +294,13 @@ fn decode_path(raw: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::BadRequest("key is not valid UTF-8".into()))
 }
 
+/// The route named in the path (`<host>[:<port>]:<scheme>`, percent-encoded), checked.
+fn route_key(raw: &str) -> Result<crate::routes::RouteKey, ApiError> {
+    let name = decode_path(raw)?;
+    crate::routes::RouteKey::parse(&format!("{}{name}", crate::routes::ROUTE_PREFIX))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
 /// How much of a body over the limit is still read (and dropped) before the 413 goes out, and for
 /// how long. A client that is still writing when the answer comes and the connection closes sees
 /// "broken pipe" instead of the 413 (HTTP/1.1 has no way to stop a sender mid-body), so bodies up

@@ -6,9 +6,9 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::auth::Access;
-use super::{consistency, decode_path, only, read_body, reply, Api, ApiError, Body};
+use super::{consistency, only, read_body, reply, route_key, Api, ApiError, Body};
 use crate::rollout::{self, Action, Plan, RolloutError};
-use crate::routes::{RouteKey, ROUTE_PREFIX};
+use crate::routes::ROUTE_PREFIX;
 
 pub(super) const PREFIX: &str = "/roo/v1/rollouts/";
 
@@ -36,8 +36,7 @@ pub(super) async fn rollouts(
         Some((name, action)) => (name, Some(action)),
         None => (rest, None),
     };
-    let key = RouteKey::parse(&format!("{ROUTE_PREFIX}{}", decode_path(name)?))
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let key = route_key(name)?;
     let answer = |r: &rollout::Rollout| {
         let mut v = serde_json::to_value(r).map_err(|e| ApiError::Internal(e.to_string()))?;
         v["route"] = crate::routes::write::route_name(&key).into();

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::auth::Access;
-use super::{consistency, decode_path, only, read_body, reply, Api, ApiError, Body};
+use super::{consistency, only, read_body, reply, route_key, Api, ApiError, Body};
 use crate::routes::write::{
     self, RouteChange, WriteError, FROZEN_PREFIX, OWNER_PREFIX, ROLLED_BACK_PREFIX,
 };
@@ -34,8 +34,7 @@ pub(super) async fn routes(
         .strip_prefix('/')
         .and_then(|r| r.rsplit_once('/'))
         .ok_or(ApiError::NotFound)?;
-    let key = RouteKey::parse(&format!("{ROUTE_PREFIX}{}", decode_path(name)?))
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let key = route_key(name)?;
     match action {
         "history" => {
             only(&req, &[Method::GET])?;

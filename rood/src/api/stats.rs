@@ -5,16 +5,14 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 
-use super::{decode_path, query_param, reply, Api, ApiError, Body};
-use crate::routes::{RouteKey, ROUTE_PREFIX};
+use super::{query_param, reply, route_key, Api, ApiError, Body};
 use crate::stats::{self, NodeWindow, MAX_WINDOW_S};
 
 pub(super) const PREFIX: &str = "/roo/v1/stats/";
 
 /// The route named in the path, checked, as its counts are kept.
 fn route_name(raw: &str) -> Result<String, ApiError> {
-    let key = RouteKey::parse(&format!("{ROUTE_PREFIX}{}", decode_path(raw)?))
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let key = route_key(raw)?;
     Ok(crate::routes::write::route_name(&key))
 }
 
