@@ -77,7 +77,7 @@ impl<'a> Labels<'a> {
 }
 
 /// What one service gives a route.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Share {
     /// The backend's name.
     pub backend: String,
@@ -94,8 +94,8 @@ pub struct Share {
     pub health: Option<String>,
     /// The middlewares of the backend's target (`roo.middlewares`: the JSON list).
     pub middlewares: Option<Value>,
-    /// `roo.rollout`, checked: the backend is a rollout's canary.
-    pub rollout: Option<String>,
+    /// `roo.rollout`'s plan: the backend is a rollout's canary.
+    pub rollout: Option<crate::rollout::Plan>,
 }
 
 impl Share {
@@ -408,7 +408,7 @@ pub fn routes(service: &str, labels: &Labels<'_>) -> Result<BTreeMap<String, Sha
             ))
         }
         Some(v) => match rollout_plan(v, backend) {
-            Ok(_) => Some(v.to_string()),
+            Ok(plan) => Some(plan),
             Err(reason) => {
                 return Err(LabelError::Rollout {
                     value: v.to_string(),
@@ -579,18 +579,20 @@ mod tests {
         }
     }
 
+    /// `service`'s share of `app.test:https` with `labels` beside the origin and port.
+    fn share(service: &str, labels: &[(&str, &str)]) -> (String, Share) {
+        let mut all = vec![("OriginHosts", "app.test"), ("DestinationPort", "80")];
+        all.extend_from_slice(labels);
+        let (s, c) = (map(&all), map(&[]));
+        let routes = routes(service, &Labels::new(&s, &c)).unwrap();
+        (
+            service.to_string(),
+            routes["com.roo.host:app.test:https"].clone(),
+        )
+    }
+
     #[test]
     fn services_of_one_host_are_backends_of_one_route() {
-        let share = |service: &str, labels: &[(&str, &str)]| {
-            let mut all = vec![("OriginHosts", "app.test"), ("DestinationPort", "80")];
-            all.extend_from_slice(labels);
-            let (s, c) = (map(&all), map(&[]));
-            let routes = routes(service, &Labels::new(&s, &c)).unwrap();
-            (
-                service.to_string(),
-                routes["com.roo.host:app.test:https"].clone(),
-            )
-        };
         let shares = BTreeMap::from([
             share("app_v1", &[("roo.weight", "90"), ("roo.backend", "v1")]),
             share(
@@ -716,16 +718,6 @@ mod tests {
 
     #[test]
     fn a_route_with_a_canary_keeps_the_weights_the_rollout_gave_it() {
-        let share = |service: &str, labels: &[(&str, &str)]| {
-            let mut all = vec![("OriginHosts", "app.test"), ("DestinationPort", "80")];
-            all.extend_from_slice(labels);
-            let (s, c) = (map(&all), map(&[]));
-            let routes = routes(service, &Labels::new(&s, &c)).unwrap();
-            (
-                service.to_string(),
-                routes["com.roo.host:app.test:https"].clone(),
-            )
-        };
         let weights = |value: String| -> Vec<u64> {
             let route = crate::routes::Route::parse(value.as_bytes()).unwrap();
             route.to_json()["backends"]

@@ -402,10 +402,7 @@ pub async fn reconcile(kv: &Kv, docker: &Docker) -> Result<Reconciled, SwarmErro
             Ok(value) => {
                 let asked: Vec<(String, crate::rollout::Plan)> = shares
                     .iter()
-                    .filter_map(|(service, share)| {
-                        let plan = labels::rollout_plan(share.rollout.as_deref()?, &share.backend);
-                        Some((service.clone(), plan.ok()?))
-                    })
+                    .filter_map(|(service, share)| Some((service.clone(), share.rollout.clone()?)))
                     .collect();
                 // A service alone on its route has nothing to roll out against.
                 if !asked.is_empty() && shares.len() > 1 {
@@ -492,14 +489,8 @@ async fn stored_weights(kv: &Kv, key: &str) -> Result<HashMap<String, u32>, Swar
     let Ok(route) = crate::routes::Route::parse(&record.value) else {
         return Ok(HashMap::new());
     };
-    let json = route.to_json();
-    let backends = json["backends"].as_array().into_iter().flatten();
-    Ok(backends
-        .filter_map(|b| {
-            let weight = u32::try_from(b["weight"].as_u64()?).ok()?;
-            Some((b["name"].as_str()?.to_string(), weight))
-        })
-        .collect())
+    let backends = route.target.backends.iter();
+    Ok(backends.map(|b| (b.name.to_string(), b.weight)).collect())
 }
 
 /// Starts the rollout that a service's `roo.rollout` asks for (`asked`: by service) on the
