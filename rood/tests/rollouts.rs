@@ -149,18 +149,7 @@ impl Cluster {
 
     /// The route's backends' weights, by name.
     async fn weights(&self, name: &str) -> Vec<(String, u64)> {
-        let route = self.route(name).await;
-        route["value"]["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                (
-                    b["name"].as_str().unwrap().to_string(),
-                    b["weight"].as_u64().unwrap(),
-                )
-            })
-            .collect()
+        common::backend_weights(&self.route(name).await)
     }
 }
 

@@ -473,16 +473,7 @@ async fn services_of_one_host_are_its_weighted_backends_each_owning_its_own() {
 
 /// The backends of route `name` and their weights, as the routes list reads them.
 async fn weights(http: &Http, node: &Proc, name: &str) -> Vec<(String, u64)> {
-    let route = common::listed_route(http, &node.addr.to_string(), name).await;
-    route["value"]["backends"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|b| {
-            let name = b["name"].as_str().unwrap_or_default().to_string();
-            (name, b["weight"].as_u64().unwrap_or_default())
-        })
-        .collect()
+    common::backend_weights(&common::listed_route(http, &node.addr, name).await)
 }
 
 /// Waits until route `name` has exactly these backends and weights.
@@ -590,7 +581,7 @@ async fn a_canary_service_s_rollout_label_starts_its_rollout_and_owns_the_weight
     ])
     .unwrap();
     wait_for("the health label made", Duration::from_secs(20), || async {
-        let route = common::listed_route(&http, &node.addr.to_string(), &name).await;
+        let route = common::listed_route(&http, &node.addr, &name).await;
         (route["value"]["health"]["path"] == "/").then_some(())
     })
     .await;
@@ -630,7 +621,7 @@ async fn a_canary_service_s_rollout_label_starts_its_rollout_and_owns_the_weight
     ])
     .unwrap();
     wait_for("the health label gone", Duration::from_secs(20), || async {
-        let route = common::listed_route(&http, &node.addr.to_string(), &name).await;
+        let route = common::listed_route(&http, &node.addr, &name).await;
         route["value"]["health"].is_null().then_some(())
     })
     .await;

@@ -265,6 +265,20 @@ pub async fn listed_route(http: &Http, api: &str, name: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// The backends of a route as the routes list gives it ([`listed_route`]) and their weights, in
+/// order; none for a route not listed.
+pub fn backend_weights(route: &Value) -> Vec<(String, u64)> {
+    route["value"]["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            let name = b["name"].as_str().unwrap_or_default().to_string();
+            (name, b["weight"].as_u64().unwrap_or_default())
+        })
+        .collect()
+}
+
 /// Waits until `check` returns Some, polling every 50 ms, or panics with `what` after `limit`.
 pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
