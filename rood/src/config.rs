@@ -168,6 +168,10 @@ pub struct Config {
     #[arg(long, env = "ROO_ELECTION_TIMEOUT_MS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(30..=60_000))]
     pub election_timeout_ms: u64,
 
+    /// How long a dashboard login lasts, in seconds.
+    #[arg(long, env = "ROO_UI_SESSION_S", default_value_t = 12 * 3600, value_parser = clap::value_parser!(u64).range(1..=30 * 24 * 3600))]
+    pub ui_session_s: u64,
+
     /// Events the activity stream keeps (`GET /roo/v1/events`); the leader deletes older ones.
     /// 0: no activity stream (nor webhook deliveries), on every node alike.
     #[arg(long, env = "ROO_EVENTS_KEPT", default_value_t = 10_000, value_parser = events_kept)]

@@ -28,6 +28,8 @@
 //!   the upstreams and their health checks.
 //! - [`report`]: what the proxy tells of its work, through a trait the metrics implement.
 //! - [`metrics`]: what a node counts, and the Prometheus page of `GET /metrics`.
+//! - [`ui`]: the dashboard at `/ui/` on the API port: pages rendered on the server, a login
+//!   for the API's tokens, live updates from the activity stream.
 //! - [`cli`]: `rooctl`, the operator's command line over the API.
 //! - [`node`]: wires a node together from its config: store, servers, cluster formation,
 //!   shutdown.
@@ -35,7 +37,8 @@
 //! Imports flow one way. The data plane ([`proxy`]) reads the [`tables`] and [`routes`] and
 //! tells of its work through [`report::Report`]; control ([`feed`], [`swarm`], [`acme`]) writes
 //! the KV and the tables and reports through traits of its own; admin ([`api`], [`metrics`])
-//! reads both. Neither the proxy nor control imports admin, and control's writers of routes all
+//! reads both, and the dashboard ([`ui`]) reads through admin. Neither the proxy nor control
+//! imports admin, and control's writers of routes all
 //! go through [`routes::write`].
 //!
 //! The store itself is the `roo-kv` crate.
@@ -61,4 +64,5 @@ pub mod routes;
 pub mod stats;
 pub mod swarm;
 pub mod tables;
+pub mod ui;
 pub mod webhooks;

@@ -200,6 +200,11 @@ impl Node {
             tables: tables.clone(),
             acme: issuer.clone(),
             stats: stats.clone(),
+            down: down.clone(),
+            sessions: Arc::new(crate::ui::Sessions::new(Duration::from_secs(
+                config.ui_session_s,
+            ))),
+            tls: peer_tls.is_some(),
         };
         let (form_kv, form_shutdown) = (kv.clone(), shutdown.clone());
         let mut tasks = vec![

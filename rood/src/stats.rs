@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_WINDOW_S: u64 = 600;
 /// Where a node answers its peers for its own window of a route.
 pub const PEER_PATH: &str = "/roo/v1/peer/stats/";
+/// Where a node answers its peers for its own counts of every route, in brief.
+pub const PEER_BRIEF_PATH: &str = "/roo/v1/peer/stats";
 /// How long a member may take to answer.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -291,6 +293,100 @@ impl Stats {
     }
 }
 
+/// Requests and failures of a backend: what a page of every route shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Brief {
+    pub requests: u64,
+    pub failures: u64,
+}
+
+impl Brief {
+    fn add(&mut self, requests: u64, failures: u64) {
+        self.requests += requests;
+        self.failures += failures;
+    }
+
+    /// The share of answers that were not failures; None without requests.
+    pub fn success_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| 1.0 - self.failures as f64 / self.requests as f64)
+    }
+}
+
+/// Every route's backends in brief, by route then backend.
+pub type Briefs = BTreeMap<String, BTreeMap<String, Brief>>;
+
+impl Stats {
+    /// Every route's backends over the last `window` of whole seconds on this node. The second
+    /// under way is left out: reading it would copy every worker's totals.
+    pub fn briefs(&self, window: Duration) -> Briefs {
+        let now = Instant::now();
+        let s = lock(&self.seconds);
+        let mut out = Briefs::new();
+        for (at, moved) in s.kept.iter().rev() {
+            if now.duration_since(*at) >= window {
+                break;
+            }
+            for (route, backends) in moved {
+                let route = out.entry(route.to_string()).or_default();
+                for (backend, t) in backends {
+                    let b = route.entry(backend.to_string()).or_default();
+                    b.add(t.requests, t.failures);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Every route's backends over `window` across the cluster, and the members that did not
+/// answer, with why.
+pub async fn gather_briefs(
+    kv: &Kv,
+    stats: &Stats,
+    window: Duration,
+) -> (Briefs, BTreeMap<u64, String>) {
+    let path = format!("{PEER_BRIEF_PATH}?window_ms={}", window.as_millis());
+    let mut out = stats.briefs(window);
+    let mut missing = BTreeMap::new();
+    for (id, answer) in ask_members::<Briefs>(kv, &path).await {
+        match answer {
+            Ok(theirs) => {
+                for (route, backends) in theirs {
+                    let mine = out.entry(route).or_default();
+                    for (backend, b) in backends {
+                        mine.entry(backend).or_default().add(b.requests, b.failures);
+                    }
+                }
+            }
+            Err(e) => {
+                missing.insert(id, e);
+            }
+        }
+    }
+    (out, missing)
+}
+
+/// Asks every other member for `path` over the peer channel, all at once.
+async fn ask_members<T: serde::de::DeserializeOwned>(
+    kv: &Kv,
+    path: &str,
+) -> Vec<(u64, Result<T, String>)> {
+    let members = crate::leader::members(kv);
+    let me = kv.node_id();
+    let asks = members
+        .iter()
+        .filter(|(id, _)| **id != me)
+        .map(|(id, addr)| {
+            let client = kv.peer_client();
+            let addr = client.address(*id, addr);
+            async move {
+                let answer = client.get::<T>(&addr, path, PEER_TIMEOUT).await;
+                (*id, answer.map_err(|e| e.to_string()))
+            }
+        });
+    futures_util::future::join_all(asks).await
+}
+
 /// What one node answers for its window of a route.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct NodeWindow {
@@ -333,29 +429,15 @@ impl ClusterWindow {
 /// Route `route`'s counts over `window` from every member: this node's own, the others' over
 /// the peer channel, all at once.
 pub async fn gather(kv: &Kv, stats: &Stats, route: &str, window: Duration) -> ClusterWindow {
-    let members = crate::leader::members(kv);
     let path = format!(
         "{PEER_PATH}{}?window_ms={}",
         percent_encoding::utf8_percent_encode(route, percent_encoding::NON_ALPHANUMERIC),
         window.as_millis()
     );
-    let me = kv.node_id();
-    let asks = members
-        .iter()
-        .filter(|(id, _)| **id != me)
-        .map(|(id, addr)| {
-            let client = kv.peer_client();
-            let addr = client.address(*id, addr);
-            let path = path.as_str();
-            async move {
-                let answer = client.get::<NodeWindow>(&addr, path, PEER_TIMEOUT).await;
-                (*id, answer)
-            }
-        });
-    let answers = futures_util::future::join_all(asks).await;
+    let answers = ask_members::<NodeWindow>(kv, &path).await;
     let mut out = ClusterWindow::default();
     let own = stats.window(route, window);
-    out.answered.push(me);
+    out.answered.push(kv.node_id());
     for (name, t) in own {
         out.backends.entry(name).or_default().add(&t);
     }
@@ -368,7 +450,7 @@ pub async fn gather(kv: &Kv, stats: &Stats, route: &str, window: Duration) -> Cl
                 }
             }
             Err(e) => {
-                out.missing.insert(id, e.to_string());
+                out.missing.insert(id, e);
             }
         }
     }

@@ -40,7 +40,11 @@ pub(super) async fn events(
             Some(since) => since,
             None => last_event_id(&req)?,
         };
-        return Ok(stream_events(api, since, kinds));
+        let beat = Beat {
+            every: KEEPALIVE,
+            chunk: b": keepalive\n\n",
+        };
+        return Ok(stream_events(api, since, kinds, beat, message));
     }
     let since = query_u64(req.uri(), "since")?.unwrap_or(0);
     let mut events = events::list(&api.kv, since, &kinds, consistency(req.uri())?).await?;
@@ -86,12 +90,25 @@ fn message(event: &Event) -> Bytes {
     ))
 }
 
-fn stream_events(api: &Api, since: u64, kinds: Vec<String>) -> Response<Body> {
+/// What an event stream sends when nothing else happens.
+pub(crate) struct Beat {
+    pub every: Duration,
+    pub chunk: &'static [u8],
+}
+
+/// The events after `since` of `kinds`, live, each as `message` makes it, and `beat` between.
+pub(crate) fn stream_events(
+    api: &Api,
+    since: u64,
+    kinds: Vec<String>,
+    beat: Beat,
+    message: fn(&Event) -> Bytes,
+) -> Response<Body> {
     let mut follow = Follow::new(api.kv.clone(), since, kinds);
     let shutdown = api.shutdown.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
-        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        let mut keepalive = tokio::time::interval(beat.every);
         keepalive.tick().await;
         loop {
             let chunk = tokio::select! {
@@ -104,7 +121,7 @@ fn stream_events(api: &Api, since: u64, kinds: Vec<String>) -> Response<Body> {
                         return;
                     }
                 },
-                _ = keepalive.tick() => Bytes::from_static(b": keepalive\n\n"),
+                _ = keepalive.tick() => Bytes::from_static(beat.chunk),
                 _ = tx.closed() => return,
                 _ = shutdown.cancelled() => return,
             };

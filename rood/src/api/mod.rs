@@ -9,10 +9,10 @@
 
 pub mod auth;
 mod cluster;
-mod events;
+pub(crate) mod events;
 mod kv;
 mod pprof;
-mod reply;
+pub(crate) mod reply;
 mod rollouts;
 pub(crate) mod routes;
 mod stats;
@@ -59,6 +59,12 @@ pub struct Api {
     pub acme: Option<Issuer<KvStore>>,
     /// This node's recent counts by backend.
     pub stats: Arc<crate::stats::Stats>,
+    /// The addresses the health checks took out of rotation (for the dashboard).
+    pub down: Arc<crate::proxy::health::Down>,
+    /// The dashboard's logins.
+    pub sessions: Arc<crate::ui::Sessions>,
+    /// Whether the port speaks TLS (the dashboard's cookie is then `Secure`).
+    pub tls: bool,
 }
 
 /// How long a TLS client may take over its handshake on the API port.
@@ -165,6 +171,13 @@ pub async fn route(api: &Api, req: Request<Incoming>) -> Response<Body> {
         // Between nodes too: the same peer check as raft's.
         return stats::peer(api, route, &req).unwrap_or_else(|e| e.into_response());
     }
+    if path == crate::stats::PEER_BRIEF_PATH {
+        return stats::peer_briefs(api, &req).unwrap_or_else(|e| e.into_response());
+    }
+    if path == crate::ui::PREFIX || path.starts_with("/ui/") {
+        // Its own login: a session cookie, not the bearer token.
+        return crate::ui::handle(api, &path, req).await;
+    }
     if path.starts_with(roo_kv::network::RPC_PREFIX) {
         // Between nodes: the cluster secret, checked by roo-kv.
         return roo_kv::network::server::handle(&api.kv, req)
@@ -244,7 +257,7 @@ fn only<B>(req: &Request<B>, methods: &[Method]) -> Result<(), ApiError> {
 }
 
 /// The value of query parameter `name`, percent-decoded.
-fn query_param(uri: &http::Uri, name: &str) -> Result<Option<String>, ApiError> {
+pub(crate) fn query_param(uri: &http::Uri, name: &str) -> Result<Option<String>, ApiError> {
     let Some(query) = uri.query() else {
         return Ok(None);
     };
@@ -295,7 +308,7 @@ fn decode_path(raw: &str) -> Result<String, ApiError> {
 }
 
 /// The route named in the path (`<host>[:<port>]:<scheme>`, percent-encoded), checked.
-fn route_key(raw: &str) -> Result<crate::routes::RouteKey, ApiError> {
+pub(crate) fn route_key(raw: &str) -> Result<crate::routes::RouteKey, ApiError> {
     let name = decode_path(raw)?;
     crate::routes::RouteKey::parse(&format!("{}{name}", crate::routes::ROUTE_PREFIX))
         .map_err(|e| ApiError::BadRequest(e.to_string()))
@@ -309,7 +322,7 @@ const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Request body up to `limit` bytes; 413 beyond.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
     let too_large =
         |len: u64| ApiError::TooLarge(format!("body is {len} bytes, the limit is {limit}"));

@@ -44,13 +44,8 @@ pub(super) async fn routes(
         "freeze" | "unfreeze" => {
             only(&req, &[Method::POST])?;
             api.tokens.require_admin(access)?;
-            let stored = key.to_string();
-            let consistency = roo_kv::Consistency::Linearizable;
-            if api.kv.get(&stored, consistency).await?.is_none() {
-                return Err(ApiError::NotFound);
-            }
             let frozen = action == "freeze";
-            let changed = write::freeze(&api.kv, &key, frozen, access.source()).await?;
+            let changed = freeze(api, access, &key, frozen).await?;
             let state = if frozen { "frozen" } else { "ok" };
             Ok(reply::json(
                 StatusCode::OK,
@@ -64,6 +59,20 @@ pub(super) async fn routes(
         }
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// Freezes or unfreezes a route that exists; false when it already was so.
+pub(crate) async fn freeze(
+    api: &Api,
+    access: Access,
+    key: &RouteKey,
+    frozen: bool,
+) -> Result<bool, ApiError> {
+    let consistency = roo_kv::Consistency::Linearizable;
+    if api.kv.get(&key.to_string(), consistency).await?.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    Ok(write::freeze(&api.kv, key, frozen, access.source()).await?)
 }
 
 /// Makes a route change through the write path, its errors as the API answers them.
@@ -121,6 +130,22 @@ async fn rollback(
                 }
             }
         };
+    let (rev, restored) = restore(api, access, key, rev, force).await?;
+    Ok(reply::json(
+        StatusCode::OK,
+        &json!({"ok": true, "rev": rev, "restored": restored}),
+    ))
+}
+
+/// Makes the value of `rev` (by default the one before the current) the route's current one;
+/// returns the new revision and the one restored.
+pub(crate) async fn restore(
+    api: &Api,
+    access: Access,
+    key: RouteKey,
+    rev: Option<u64>,
+    force: bool,
+) -> Result<(u64, u64), ApiError> {
     let history = write::history(&api.kv, &key, roo_kv::Consistency::Linearizable).await?;
     let name = write::route_name(&key);
     let (rev, record) = match rev {
@@ -142,10 +167,7 @@ async fn rollback(
     change.rollback_of = Some(rev);
     change.force = force;
     let answer = write(api, change).await?;
-    Ok(reply::json(
-        StatusCode::OK,
-        &json!({"ok": true, "rev": answer.rev, "restored": rev}),
-    ))
+    Ok((answer.rev, rev))
 }
 
 /// What tells a route's state beside its value: freezes, rollouts under way, rollbacks.

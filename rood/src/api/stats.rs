@@ -1,5 +1,6 @@
 //! `GET /roo/v1/stats/<route>?window_s=60`: the route's backends over the window, across the
-//! cluster; and what a node answers its peers for its own part ([`crate::stats::PEER_PATH`]).
+//! cluster; and what a node answers its peers for its own part ([`crate::stats::PEER_PATH`],
+//! and every route in brief for the dashboard, [`crate::stats::PEER_BRIEF_PATH`]).
 
 use std::time::Duration;
 
@@ -59,5 +60,14 @@ pub(super) fn peer<B>(api: &Api, raw: &str, req: &Request<B>) -> Result<Response
         backends: api.stats.window(&route, window),
     };
     let answer = serde_json::to_value(&answer).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(reply::json(StatusCode::OK, &answer))
+}
+
+pub(super) fn peer_briefs<B>(api: &Api, req: &Request<B>) -> Result<Response<Body>, ApiError> {
+    roo_kv::network::server::authenticate_peer(&api.kv, req)
+        .map_err(|why| ApiError::Unauthorized(why.to_string()))?;
+    let window = window(req, "window_ms", 1000, 60_000)?;
+    let answer = serde_json::to_value(api.stats.briefs(window))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(reply::json(StatusCode::OK, &answer))
 }

@@ -42,6 +42,11 @@ impl Down {
         self.any() && self.addrs.load().contains(addr)
     }
 
+    /// Every address out of rotation now (for the dashboard).
+    pub fn addrs(&self) -> Arc<HashSet<SocketAddr>> {
+        self.addrs.load_full()
+    }
+
     fn set(&self, addrs: HashSet<SocketAddr>) {
         self.any.store(!addrs.is_empty(), Ordering::Relaxed);
         self.addrs.store(Arc::new(addrs));

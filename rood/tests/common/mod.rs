@@ -2,6 +2,7 @@
 //! processes, and waiting on conditions with a deadline.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod pebble;
 
 use std::future::Future;
