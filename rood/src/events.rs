@@ -184,6 +184,8 @@ pub struct Follow {
     last: u64,
     watch: Option<Watch>,
     ready: VecDeque<Event>,
+    /// Whether route events get their values.
+    values: bool,
 }
 
 impl Follow {
@@ -195,20 +197,33 @@ impl Follow {
             last: since,
             watch: None,
             ready: VecDeque::new(),
+            values: true,
         }
+    }
+
+    /// The same, route events as stored (their revisions, not their values): for a reader that
+    /// only needs to know that something happened.
+    pub fn without_values(mut self) -> Follow {
+        self.values = false;
+        self
     }
 
     /// The next event, waiting for it when there is none yet.
     pub async fn next(&mut self) -> Result<Event, KvError> {
         loop {
-            if let Some(event) = self.ready.front_mut() {
+            if let Some(event) = self.ready.front_mut().filter(|_| self.values) {
                 crate::routes::write::with_values(&self.kv, std::slice::from_mut(event)).await?;
-                if let Some(event) = self.ready.pop_front() {
-                    self.last = event.id;
-                    return Ok(event);
-                }
+            }
+            if let Some(event) = self.ready.pop_front() {
+                self.last = event.id;
+                return Ok(event);
             }
             let Some(watch) = &mut self.watch else {
+                // A reader from now on has nothing to catch up with: no scan of the stream.
+                if self.last >= self.kv.revision() {
+                    self.watch = Some(self.kv.watch(EVENT_PREFIX, Some(self.last))?);
+                    continue;
+                }
                 // Catch up from the node's copy, then watch from where the copy stands.
                 let (records, rev) = self.kv.scan(EVENT_PREFIX, Consistency::Stale).await?;
                 self.ready.extend(stored(records, self.last, &self.kinds));

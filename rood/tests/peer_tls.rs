@@ -243,3 +243,26 @@ async fn peer_tls_settings_go_together_and_must_be_readable() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_dashboard_s_session_cookie_is_secure() {
+    let ca = TestCa::new("roo cluster CA");
+    let dir = tempfile::tempdir().unwrap();
+    let args = peer_args(dir.path(), &ca, &ca, "node-0.roo");
+    let token = "admin-token-of-the-tls-node";
+    let node = start(dir.path(), &args, &["--api-token", token]).await;
+    let operator = Http::tls(&ca, None);
+    let r = operator
+        .send(
+            "POST",
+            &format!("https://{}/ui/login", node.api_addr),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Bytes::from(format!("token={token}")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 303, "{}", r.text());
+    let cookie = r.headers["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+}

@@ -44,7 +44,8 @@ pub(super) async fn events(
             every: KEEPALIVE,
             chunk: b": keepalive\n\n",
         };
-        return Ok(stream_events(api, since, kinds, beat, message));
+        let follow = Follow::new(api.kv.clone(), since, kinds);
+        return Ok(stream_events(api, follow, beat, message));
     }
     let since = query_u64(req.uri(), "since")?.unwrap_or(0);
     let mut events = events::list(&api.kv, since, &kinds, consistency(req.uri())?).await?;
@@ -96,15 +97,13 @@ pub(crate) struct Beat {
     pub chunk: &'static [u8],
 }
 
-/// The events after `since` of `kinds`, live, each as `message` makes it, and `beat` between.
+/// The events `follow` gives, live, each as `message` makes it, and `beat` between.
 pub(crate) fn stream_events(
     api: &Api,
-    since: u64,
-    kinds: Vec<String>,
+    mut follow: Follow,
     beat: Beat,
     message: fn(&Event) -> Bytes,
 ) -> Response<Body> {
-    let mut follow = Follow::new(api.kv.clone(), since, kinds);
     let shutdown = api.shutdown.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {

@@ -9,7 +9,7 @@ use http::{Request, Response};
 
 use crate::api::events::{stream_events, Beat};
 use crate::api::{query_param, Api, ApiError, Body};
-use crate::events::Event;
+use crate::events::{Event, Follow};
 
 pub const PATH: &str = "/ui/live";
 const TICK: Duration = Duration::from_secs(5);
@@ -30,7 +30,8 @@ pub fn stream<B>(api: &Api, req: &Request<B>) -> Result<Response<Body>, ApiError
         every: TICK,
         chunk: b"event: tick\ndata: \n\n",
     };
-    Ok(stream_events(api, since, Vec::new(), beat, message))
+    let follow = Follow::new(api.kv.clone(), since, Vec::new()).without_values();
+    Ok(stream_events(api, follow, beat, message))
 }
 
 fn message(event: &Event) -> Bytes {
