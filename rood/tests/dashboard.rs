@@ -76,7 +76,7 @@ async fn the_login_sessions_and_csrf_tokens_decide_who_sees_and_acts() {
     let port = common::free_port("127.0.0.1");
     let api = format!("127.0.0.1:{port}");
     let mut args = token_args();
-    args.extend(["--ui-session-s", "2"]);
+    args.extend(["--ui-session-s", "4"]);
     let node = Proc::start(&api, &dir.path().join("n1"), &args);
     let http = Http::default();
     common::wait_for_cluster(&http, std::slice::from_ref(&node.addr), 1).await;
@@ -107,6 +107,14 @@ async fn the_login_sessions_and_csrf_tokens_decide_who_sees_and_acts() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
+    for i in 0..101 {
+        let url = format!("{base}/roo/v1/kv/com.roo.host:page-{i:03}.test:http");
+        let r = http
+            .send("PUT", &url, &admin, "http://127.0.0.1:9")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
 
     // No session: pages send to the login, the stream and actions are refused.
     let r = http.get(&format!("{base}/ui/routes")).await.unwrap();
@@ -144,7 +152,7 @@ async fn the_login_sessions_and_csrf_tokens_decide_who_sees_and_acts() {
 
     // The read token: every page, no private key, no action.
     let (reader, set) = login(&http, &api, READ).await;
-    for part in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Max-Age=2"] {
+    for part in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Max-Age=4"] {
         assert!(set.contains(part), "{part} in {set}");
     }
     assert!(!set.contains("Secure"), "plain HTTP: {set}");
@@ -220,7 +228,7 @@ async fn the_login_sessions_and_csrf_tokens_decide_who_sees_and_acts() {
         },
     )
     .await;
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(6));
     let r = page(&http, &format!("{base}/ui/"), &reader).await;
     assert_eq!(r.headers["location"], "/ui/login?expired=1");
     let r = http
@@ -341,13 +349,13 @@ async fn in_a_browser_routes_and_rollouts_show_live_and_only_the_admin_pauses() 
         took < Duration::from_secs(1),
         "the route took {took:?} to show"
     );
-    browser.screenshot(&shots().join("routes.png")).await;
 
-    // Traffic through every node, so that the rollout's checks pass and it steps.
+    // Traffic through the other nodes, so that the rollout's checks pass and it steps, and the
+    // pages of node 1 show counts only its peers have.
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = {
         let stop = stop.clone();
-        let proxies: Vec<String> = procs
+        let proxies: Vec<String> = procs[1..]
             .iter()
             .map(|p| format!("{}:{proxy_port}", p.addr.rsplit_once(':').unwrap().0))
             .collect();
@@ -386,7 +394,23 @@ async fn in_a_browser_routes_and_rollouts_show_live_and_only_the_admin_pauses() 
         })
         .await;
     println!("the canary's weight went from {first} to {moved} on the page");
+    browser
+        .wait_text(
+            "#backends tr[data-backend=v2] td:nth-child(4)",
+            Duration::from_secs(10),
+            |t| t.parse::<u64>().is_ok_and(|n| n > 0),
+        )
+        .await;
     browser.screenshot(&shots().join("route.png")).await;
+
+    // The routes page shows the traffic the other nodes counted.
+    browser.goto(&format!("{ui}/routes")).await;
+    let backend = format!("tr[data-route=\"{name}\"] .backend[data-backend=v1]");
+    browser
+        .wait_text(&backend, Duration::from_secs(15), |t| !t.contains(" 0.0/s"))
+        .await;
+    browser.screenshot(&shots().join("routes.png")).await;
+    browser.goto(&format!("{ui}/routes/{name}")).await;
 
     // The read token cannot pause it.
     browser.click("button[data-action=pause]").await;

@@ -95,7 +95,16 @@ async fn page<B>(
     let rest = path.strip_prefix("/ui/").unwrap_or_default();
     match rest {
         "" => pages::overview(api).await,
-        "routes" => pages::routes(api, &query_param(req.uri(), "q")?.unwrap_or_default()).await,
+        "routes" => {
+            let filter = query_param(req.uri(), "q")?.unwrap_or_default();
+            let page = match query_param(req.uri(), "page")? {
+                None => 1,
+                Some(p) => p.parse().map_err(|_| {
+                    ApiError::BadRequest(format!("page {p:?} is not a page number"))
+                })?,
+            };
+            pages::routes(api, &filter, page).await
+        }
         "certs" => pages::certs(api).await,
         "events" => {
             let kind = query_param(req.uri(), "type")?.unwrap_or_default();

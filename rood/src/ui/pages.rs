@@ -384,7 +384,11 @@ pub async fn overview(api: &Api) -> Result<Page, ApiError> {
     })
 }
 
-pub async fn routes(api: &Api, filter: &str) -> Result<Page, ApiError> {
+/// Routes on a page of the routes list.
+pub const ROUTES_A_PAGE: usize = 100;
+
+/// The routes list: those whose name contains `filter`, page `page` (from 1) of them.
+pub async fn routes(api: &Api, filter: &str, page: usize) -> Result<Page, ApiError> {
     let (records, _) = api.kv.scan(ROUTE_PREFIX, STALE).await?;
     let (owners, _) = api.kv.scan(OWNER_PREFIX, STALE).await?;
     let owners: HashMap<String, String> = owners
@@ -399,13 +403,21 @@ pub async fn routes(api: &Api, filter: &str) -> Result<Page, ApiError> {
     let needle = filter.to_lowercase();
     let mut certs: HashMap<String, Option<CertInfo>> = HashMap::new();
     let none = BTreeMap::new();
-    let shown: Vec<(&str, &roo_kv::Record)> = records
+    let matching: Vec<(&str, &roo_kv::Record)> = records
         .iter()
         .map(|(k, r)| (k.trim_start_matches(ROUTE_PREFIX), r))
         .filter(|(name, _)| needle.is_empty() || name.to_lowercase().contains(&needle))
         .collect();
+    let pages = matching.len().div_ceil(ROUTES_A_PAGE).max(1);
+    let page = page.clamp(1, pages);
+    let first = (page - 1) * ROUTES_A_PAGE;
+    let shown = &matching[first..(first + ROUTES_A_PAGE).min(matching.len())];
+    let link = |page: usize| {
+        let q = percent_encoding::utf8_percent_encode(filter, percent_encoding::NON_ALPHANUMERIC);
+        format!("/ui/routes?q={q}&page={page}")
+    };
     let rows = html! {
-        @for (name, record) in &shown {
+        @for (name, record) in shown {
             @let name = *name;
             {
                 @let parsed = Route::parse(&record.value);
@@ -441,7 +453,18 @@ pub async fn routes(api: &Api, filter: &str) -> Result<Page, ApiError> {
     };
     let main = html! {
         h1 { "Routes" }
-        p { (shown.len()) " of " (records.len()) " routes; requests over the last " (LIVE_WINDOW.as_secs()) " s, across the cluster." }
+        p #shown {
+            @if shown.is_empty() { "No route" } @else { "Routes " (first + 1) " to " (first + shown.len()) }
+            " of " (matching.len()) @if !needle.is_empty() { " matching (of " (records.len()) ")" }
+            "; requests over the last " (LIVE_WINDOW.as_secs()) " s, across the cluster."
+        }
+        @if pages > 1 {
+            nav.pager {
+                @if page > 1 { a rel="prev" href=(link(page - 1)) { "← previous" } }
+                " page " (page) " of " (pages) " "
+                @if page < pages { a rel="next" href=(link(page + 1)) { "next →" } }
+            }
+        }
         div.scroll { table #routes {
             thead { tr { th { "route" } th { "state" } th { "backends: weight · requests · success" } th { "owner" } th { "certificate" } } }
             tbody { (rows) }

@@ -29,4 +29,7 @@
   live.onerror = function () { document.body.dataset.live = "off"; };
   live.onmessage = refresh;
   live.addEventListener("tick", refresh);
+  // A browser holds six connections to a node: one left streaming by a page gone would keep
+  // the next pages waiting.
+  window.addEventListener("pagehide", function () { live.close(); });
 })();
