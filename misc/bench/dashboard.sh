@@ -30,7 +30,9 @@ events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:18080; location / { return 200 "ok\n"; } } }
 CONF
-nginx -c "$work/upstream.conf" -g 'daemon off;' & pids+=($!)
+nginx -c "$work/upstream.conf" -g 'daemon off;' &
+# nginx's master stops its worker on TERM; kill -9 (lib.sh's cleanup) would leave it bound.
+trap 'kill "$(cat "$work/upstream.pid" 2>/dev/null)" 2>/dev/null || true; cleanup' EXIT
 
 api=127.0.0.1:16301
 ROO_LOG=warn "$rood" --data-dir "$work/roo" --api-addr $api --acme false --swarm off \
@@ -73,13 +75,20 @@ for page in ["/ui/", "/ui/routes", "/ui/routes/r0001.bench.test:http", "/ui/cert
     print(f"| {page} | {statistics.median(times):.2f} | {times[int(len(times) * 0.99) - 1]:.2f} | {size:,} |")
 PY
 
+ticks() { awk '{print $14 + $15}' "/proc/$rood_pid/stat"; }
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+
+# What 20 dashboards cost the node on their own, no other traffic: CPU ms a second.
+t0=$(ticks)
+idle_fetches=$(python3 "$root/misc/bench/dashboards.py" $api 20 /ui/routes 20)
+t1=$(ticks)
+idle_ms=$(python3 -c "print(f'{($t1 - $t0) * $tick_us / 1000 / 20:.1f}')")
+
 run_wrk() {
   local out; out=$(wrk -t2 -c64 -d"${secs}s" -H 'Host: bench.test' http://127.0.0.1:18085/)
   if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then echo "WARNING: $(grep -E 'Non-2xx|Socket errors' <<<"$out")" >&2; fi
   echo "$(awk '/Requests\/sec/ {print $2}' <<<"$out") $(awk '/requests in/ {print $1}' <<<"$out")"
 }
-ticks() { awk '{print $14 + $15}' "/proc/$rood_pid/stat"; }
-tick_us=$((1000000 / $(getconf CLK_TCK)))
 with=() without=() ratios=() cpu_with=() cpu_without=() fetches=()
 for round in $(seq 1 "$rounds"); do
   order=(none dash); [ $((round % 2)) = 0 ] && order=(dash none)
@@ -102,10 +111,10 @@ for round in $(seq 1 "$rounds"); do
   done
   ratios+=("$(python3 -c "print(${with[-1]}/${without[-1]})")")
 done
-python3 - "${with[*]}" "${without[*]}" "${ratios[*]}" "${cpu_with[*]}" "${cpu_without[*]}" "${fetches[*]}" "$secs" <<'PY'
+python3 - "${with[*]}" "${without[*]}" "${ratios[*]}" "${cpu_with[*]}" "${cpu_without[*]}" "${fetches[*]}" "$secs" "$idle_ms" "$idle_fetches" <<'PY'
 import statistics, sys
 w, wo, r, cw, cwo, f = [list(map(float, a.split())) for a in sys.argv[1:7]]
-secs = float(sys.argv[7])
+secs, idle_ms, idle_fetches = float(sys.argv[7]), float(sys.argv[8]), float(sys.argv[9])
 print()
 print("| proxy, HTTP/1.1 keep-alive | req/s | CPU µs/request | page fetches/s |")
 print("|---|---|---|---|")
@@ -113,4 +122,7 @@ print(f"| no dashboard | {statistics.median(wo):,.0f} | {statistics.median(cwo)/
 print(f"| 20 dashboards on /ui/routes | {statistics.median(w):,.0f} | {statistics.median(cw)/100:.2f} | {statistics.median(f)/(secs+2):.1f} |")
 print()
 print(f"with/without req/s: median of the rounds' ratios {statistics.median(r):.3f} (range {min(r):.3f}-{max(r):.3f})")
+busy_ms = statistics.median(wo) * statistics.median(cwo) / 1000 / 100
+print(f"20 dashboards alone: {idle_fetches / 20:.1f} page fetches/s, {idle_ms} ms of the node's CPU a second; "
+      f"the proxy at full load without them: {busy_ms:.0f} ms a second, so the dashboards are {idle_ms / busy_ms * 100:.2f}% of it")
 PY

@@ -84,16 +84,13 @@ async fn the_login_sessions_and_csrf_tokens_decide_who_sees_and_acts() {
     let admin = [("authorization", format!("Bearer {ADMIN}"))];
     let admin: Vec<(&str, &str)> = admin.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let name = "shop.test:http";
-    let r = http
-        .send(
-            "PUT",
-            &format!("{base}/roo/v1/kv/com.roo.host:{name}"),
-            &admin,
-            "http://127.0.0.1:9",
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    let mut revs = Vec::new();
+    for value in ["http://127.0.0.1:9", "http://127.0.0.1:10"] {
+        let url = format!("{base}/roo/v1/kv/com.roo.host:{name}");
+        let r = http.send("PUT", &url, &admin, value).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        revs.push(r.json()["rev"].as_u64().unwrap());
+    }
     let ca = TestCa::new("dashboard test CA");
     let (cert, _) = ca.stored(&["shop.test"]);
     assert!(cert.contains("PRIVATE KEY"));
@@ -200,6 +197,39 @@ async fn the_login_sessions_and_csrf_tokens_decide_who_sees_and_acts() {
     let events = common::events(&http, &api, "?type=route.frozen").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["source"], "api:admin");
+
+    // A rollback from the history: refused while frozen, with why; done once unfrozen.
+    let rollback = format!("{base}/ui/routes/{name}/rollback");
+    let form = format!("csrf={admin_csrf}&rev={}", revs[0]);
+    let r = post_form(&http, &rollback, &admin_cookie, &form).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("is frozen"), "{}", r.text());
+    let r = post_form(
+        &http,
+        &format!("{base}/ui/routes/{name}/unfreeze"),
+        &admin_cookie,
+        &format!("csrf={admin_csrf}"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("no longer frozen"), "{}", r.text());
+    let r = post_form(&http, &rollback, &admin_cookie, &form).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let said = format!("is back to the value of revision {}", revs[0]);
+    assert!(r.text().contains(&said), "{}", r.text());
+    let listed = common::listed_route(&http, &api, name).await;
+    assert_eq!(
+        listed["value"]["backends"][0]["url"], "http://127.0.0.1:9",
+        "{listed}"
+    );
+    let r = post_form(
+        &http,
+        &rollback,
+        &admin_cookie,
+        &format!("csrf={admin_csrf}&rev=x"),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
 
     // Logout ends the session, even before it would expire.
     let r = post_form(
@@ -510,6 +540,15 @@ async fn in_a_browser_routes_and_rollouts_show_live_and_only_the_admin_pauses() 
         "the page is wider than the phone: {overflow}"
     );
     browser.screenshot(&shots().join("route-phone.png")).await;
+
+    // In the dark, the same page on the dark colours.
+    let background = "return getComputedStyle(document.body).backgroundColor";
+    assert_eq!(browser.eval(background).await, "rgb(250, 250, 250)");
+    browser.color_scheme("dark").await;
+    assert_eq!(browser.eval(background).await, "rgb(13, 17, 23)");
+    browser
+        .screenshot(&shots().join("route-phone-dark.png"))
+        .await;
 
     stop.store(true, Ordering::Relaxed);
     let _ = traffic.await;

@@ -178,6 +178,18 @@ impl Browser {
         .await;
     }
 
+    /// Makes the page see `prefers-color-scheme: <scheme>` (`dark`, `light`), through
+    /// chromedriver's DevTools passthrough.
+    pub async fn color_scheme(&self, scheme: &str) {
+        let features = json!([{"name": "prefers-color-scheme", "value": scheme}]);
+        self.call(
+            "POST",
+            "/goog/cdp/execute",
+            json!({"cmd": "Emulation.setEmulatedMedia", "params": {"features": features}}),
+        )
+        .await;
+    }
+
     /// Saves what the window shows as a PNG.
     pub async fn screenshot(&self, path: &Path) {
         let b64 = self.call("GET", "/screenshot", Value::Null).await;
