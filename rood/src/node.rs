@@ -201,7 +201,7 @@ impl Node {
             acme: issuer.clone(),
             stats: stats.clone(),
             down: down.clone(),
-            sessions: Arc::new(crate::ui::Sessions::new(Duration::from_secs(
+            ui: Arc::new(crate::ui::Dashboard::new(Duration::from_secs(
                 config.ui_session_s,
             ))),
             tls: peer_tls.is_some(),

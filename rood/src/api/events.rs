@@ -41,6 +41,7 @@ pub(super) async fn events(
             None => last_event_id(&req)?,
         };
         let beat = Beat {
+            first: KEEPALIVE,
             every: KEEPALIVE,
             chunk: b": keepalive\n\n",
         };
@@ -93,6 +94,8 @@ fn message(event: &Event) -> Bytes {
 
 /// What an event stream sends when nothing else happens.
 pub(crate) struct Beat {
+    /// Until the first one.
+    pub first: Duration,
     pub every: Duration,
     pub chunk: &'static [u8],
 }
@@ -107,8 +110,8 @@ pub(crate) fn stream_events(
     let shutdown = api.shutdown.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
-        let mut keepalive = tokio::time::interval(beat.every);
-        keepalive.tick().await;
+        let start = tokio::time::Instant::now() + beat.first;
+        let mut keepalive = tokio::time::interval_at(start, beat.every);
         loop {
             let chunk = tokio::select! {
                 next = follow.next() => match next {

@@ -61,8 +61,8 @@ pub struct Api {
     pub stats: Arc<crate::stats::Stats>,
     /// The addresses the health checks took out of rotation (for the dashboard).
     pub down: Arc<crate::proxy::health::Down>,
-    /// The dashboard's logins.
-    pub sessions: Arc<crate::ui::Sessions>,
+    /// The dashboard's logins and renders.
+    pub ui: Arc<crate::ui::Dashboard>,
     /// Whether the port speaks TLS (the dashboard's cookie is then `Secure`).
     pub tls: bool,
 }

@@ -26,7 +26,14 @@ pub fn stream<B>(api: &Api, req: &Request<B>) -> Result<Response<Body>, ApiError
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| api.kv.revision()),
     };
+    // Ticks on the node's clock: every page open on the node fetches itself at the same
+    // moment, and one render serves them all (the dashboard's cache of renders).
+    let ms = TICK.as_millis() as u64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let beat = Beat {
+        first: Duration::from_millis(ms - now % ms),
         every: TICK,
         chunk: b"event: tick\ndata: \n\n",
     };

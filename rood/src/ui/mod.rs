@@ -13,13 +13,16 @@ mod live;
 mod pages;
 mod session;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use maud::Markup;
 
-pub use session::Sessions;
-use session::Viewer;
+use session::{Sessions, Viewer};
 
 use crate::api::auth::Access;
 use crate::api::{query_param, read_body, reply, route_key, Api, ApiError, Body};
@@ -32,9 +35,52 @@ const PART_HEADER: &str = "x-roo-part";
 const CSS: &str = include_str!("roo.css");
 const JS: &str = include_str!("roo.js");
 
+/// How long a render of a page's `<main>` serves the live updates that ask for it again.
+const RENDER_KEPT: Duration = Duration::from_secs(1);
+/// Renders kept at most (addresses times roles).
+const RENDERS: usize = 256;
+
+/// What the dashboard keeps on a node: its sessions, and recent renders.
+pub struct Dashboard {
+    sessions: Sessions,
+    /// Live updates of every open page ask for their `<main>` at the same ticks: one render,
+    /// while the KV is at the revision it was made at and for up to [`RENDER_KEPT`], serves
+    /// the pages of one address and role. By address and role: when, the KV revision, the HTML.
+    renders: Mutex<HashMap<(String, u8), Render>>,
+}
+
+/// When a render was made, the KV revision it read, and its HTML.
+type Render = (Instant, u64, Arc<str>);
+
+impl Dashboard {
+    pub fn new(session_lifetime: Duration) -> Dashboard {
+        Dashboard {
+            sessions: Sessions::new(session_lifetime),
+            renders: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn kept(&self, key: &(String, u8), rev: u64) -> Option<Arc<str>> {
+        let renders = self.renders.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, at_rev, html) = renders.get(key)?;
+        (*at_rev == rev && at.elapsed() < RENDER_KEPT).then(|| html.clone())
+    }
+
+    fn keep(&self, key: (String, u8), rev: u64, html: Arc<str>) {
+        let mut renders = self.renders.lock().unwrap_or_else(|p| p.into_inner());
+        if renders.len() >= RENDERS {
+            renders.retain(|_, (at, _, _)| at.elapsed() < RENDER_KEPT);
+            if renders.len() >= RENDERS {
+                renders.clear();
+            }
+        }
+        renders.insert(key, (Instant::now(), rev, html));
+    }
+}
+
 /// Answers a request for a path under `/ui`.
 pub async fn handle(api: &Api, path: &str, req: Request<Incoming>) -> Response<Body> {
-    let viewer = api.sessions.viewer(&api.tokens, req.headers());
+    let viewer = api.ui.sessions.viewer(&api.tokens, req.headers());
     match path {
         "/ui" => return redirect("/ui/", None),
         "/ui/assets/roo.css" => return asset(CSS, "text/css; charset=utf-8"),
@@ -65,6 +111,18 @@ pub async fn handle(api: &Api, path: &str, req: Request<Incoming>) -> Response<B
         };
     }
     let part = req.headers().contains_key(PART_HEADER);
+    let role = match &viewer {
+        Viewer::In(s) => s.access as u8,
+        _ => u8::MAX,
+    };
+    let address = (req.uri().to_string(), role);
+    // The revision before the render: a change that lands during it makes the next ask render.
+    let rev = api.kv.revision();
+    if part && req.method() == Method::GET {
+        if let Some(html) = api.ui.kept(&address, rev) {
+            return served(&viewer, StatusCode::OK, &html);
+        }
+    }
     let answer = match *req.method() {
         Method::GET => page(api, path, &viewer, &req)
             .await
@@ -76,11 +134,17 @@ pub async fn handle(api: &Api, path: &str, req: Request<Incoming>) -> Response<B
     };
     match answer {
         Ok((page, notice, status)) => {
-            let since = api.kv.revision();
-            match part {
-                true => html(status, page.main),
-                false => html(status, page.whole(&viewer, since, notice.as_ref())),
+            let text: Arc<str> = match part {
+                true => page.main.into_string().into(),
+                false => page
+                    .whole(&viewer, rev, notice.as_ref())
+                    .into_string()
+                    .into(),
+            };
+            if part && status == StatusCode::OK && notice.is_none() {
+                api.ui.keep(address, rev, text.clone());
             }
+            served(&viewer, status, &text)
         }
         Err(e) => failed(&viewer, e),
     }
@@ -224,8 +288,9 @@ async fn login(api: &Api, viewer: &Viewer, req: Request<Incoming>) -> Response<B
             let given = field(&form, "token").unwrap_or_default();
             match session::login(&api.tokens, given) {
                 Some(access) => {
-                    let id = api.sessions.open(access);
-                    let cookie = session::set_cookie(Some(&id), api.sessions.lifetime(), api.tls);
+                    let id = api.ui.sessions.open(access);
+                    let cookie =
+                        session::set_cookie(Some(&id), api.ui.sessions.lifetime(), api.tls);
                     tracing::info!(role = access.source(), "dashboard login");
                     redirect("/ui/", Some(cookie))
                 }
@@ -261,9 +326,9 @@ async fn logout(api: &Api, viewer: &Viewer, req: Request<Incoming>) -> Response<
                 ApiError::Forbidden("the logout form's CSRF token does not match".into()),
             );
         }
-        api.sessions.close(&headers);
+        api.ui.sessions.close(&headers);
     }
-    let cookie = session::set_cookie(None, api.sessions.lifetime(), api.tls);
+    let cookie = session::set_cookie(None, api.ui.sessions.lifetime(), api.tls);
     redirect("/ui/login", Some(cookie))
 }
 
@@ -294,8 +359,21 @@ fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// A rendered page for `viewer`: its session's CSRF token in its forms.
+fn served(viewer: &Viewer, status: StatusCode, text: &str) -> Response<Body> {
+    let text = match viewer {
+        Viewer::In(s) => text.replace(pages::CSRF_SLOT, &s.csrf),
+        _ => text.to_string(),
+    };
+    page_response(status, text)
+}
+
 fn html(status: StatusCode, markup: Markup) -> Response<Body> {
-    let mut resp = Response::new(reply::boxed(Full::new(markup.into_string().into())));
+    page_response(status, markup.into_string())
+}
+
+fn page_response(status: StatusCode, text: String) -> Response<Body> {
+    let mut resp = Response::new(reply::boxed(Full::new(text.into())));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(

@@ -384,6 +384,9 @@ pub async fn overview(api: &Api) -> Result<Page, ApiError> {
     })
 }
 
+/// Where a page's forms take the session's CSRF token, put in as the page is served.
+pub const CSRF_SLOT: &str = "roo-csrf-slot";
+
 /// Routes on a page of the routes list.
 pub const ROUTES_A_PAGE: usize = 100;
 
@@ -517,9 +520,10 @@ pub async fn route(api: &Api, key: &RouteKey, viewer: &Viewer) -> Result<Page, A
     let ro = rollout::get(&api.kv, key, STALE).await?;
     let seen = stats::gather(&api.kv, &api.stats, &name, WINDOW).await;
     let down = api.down.addrs();
-    // Actions show to a session; the open dashboard has none.
+    // Actions show to a session; the open dashboard has none. The session's token goes in
+    // where the page is served ([`CSRF_SLOT`]): a render is shared by the sessions of a role.
     let csrf = match viewer {
-        Viewer::In(s) => Some(s.csrf.as_str()),
+        Viewer::In(_) => Some(CSRF_SLOT),
         _ => None,
     };
     let parsed = Route::parse(&record.value);
