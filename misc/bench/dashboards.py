@@ -24,7 +24,8 @@ def dashboard():
     stream = live.getresponse()
     assert stream.status == 200, stream.status
     while time.time() < end:
-        line = stream.fp.readline()
+        # Through the response, not its socket: the stream is chunked.
+        line = stream.readline()
         if not line:
             return
         if line.strip():
