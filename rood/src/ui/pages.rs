@@ -736,12 +736,13 @@ fn line_diff<'a>(a: &'a [String], b: &'a [String]) -> Vec<(char, &'a str)> {
         if i < n && j < m && a[i] == b[j] {
             out.push((' ', a[i].as_str()));
             (i, j) = (i + 1, j + 1);
-        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out.push(('+', b[j].as_str()));
-            j += 1;
-        } else {
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            // Removals first, as diffs read.
             out.push(('-', a[i].as_str()));
             i += 1;
+        } else {
+            out.push(('+', b[j].as_str()));
+            j += 1;
         }
     }
     out
