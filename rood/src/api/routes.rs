@@ -217,18 +217,26 @@ impl RouteStates {
     }
 }
 
-async fn list(api: &Api, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let consistency = consistency(req.uri())?;
-    let (records, _) = api.kv.scan(ROUTE_PREFIX, consistency).await?;
-    let (owners, _) = api.kv.scan(OWNER_PREFIX, consistency).await?;
-    let states = RouteStates::read(&api.kv, consistency).await?;
-    let owners: HashMap<String, String> = owners
+/// Who wrote each route last, by route name.
+pub(crate) async fn owners(
+    kv: &roo_kv::Kv,
+    consistency: roo_kv::Consistency,
+) -> Result<HashMap<String, String>, roo_kv::KvError> {
+    let (owners, _) = kv.scan(OWNER_PREFIX, consistency).await?;
+    Ok(owners
         .into_iter()
         .map(|(k, r)| {
             let name = k.trim_start_matches(OWNER_PREFIX).to_string();
             (name, String::from_utf8_lossy(&r.value).into_owned())
         })
-        .collect();
+        .collect())
+}
+
+async fn list(api: &Api, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let consistency = consistency(req.uri())?;
+    let (records, _) = api.kv.scan(ROUTE_PREFIX, consistency).await?;
+    let owners = owners(&api.kv, consistency).await?;
+    let states = RouteStates::read(&api.kv, consistency).await?;
     let mut routes = Vec::with_capacity(records.len());
     for (key, record) in records {
         let key: String = key;

@@ -286,7 +286,7 @@ async fn login(api: &Api, viewer: &Viewer, req: Request<Incoming>) -> Response<B
                 Err(e) => return failed(viewer, e),
             };
             let given = field(&form, "token").unwrap_or_default();
-            match session::login(&api.tokens, given) {
+            match api.tokens.role_of(given) {
                 Some(access) => {
                     let id = api.ui.sessions.open(access);
                     let cookie =

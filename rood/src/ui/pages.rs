@@ -65,13 +65,7 @@ impl Page {
         html! {
             (DOCTYPE)
             html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
-                    title { (self.title) " · roo" }
-                    link rel="stylesheet" href="/ui/assets/roo.css";
-                    @if self.live { script src="/ui/assets/roo.js" defer {} }
-                }
+                (head(&self.title, self.live))
                 body {
                     header {
                         a.brand href="/ui/" { "roo" }
@@ -101,6 +95,18 @@ impl Page {
     }
 }
 
+fn head(title: &str, live: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · roo" }
+            link rel="stylesheet" href="/ui/assets/roo.css";
+            @if live { script src="/ui/assets/roo.js" defer {} }
+        }
+    }
+}
+
 fn tab(href: &str, name: &str, active: bool) -> Markup {
     html! { a href=(href) aria-current=[active.then_some("page")] { (name) } }
 }
@@ -125,12 +131,7 @@ pub fn login(why: Option<&str>, open: bool) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Log in · roo" }
-                link rel="stylesheet" href="/ui/assets/roo.css";
-            }
+            (head("Log in", false))
             body.login {
                 form.login method="post" action="/ui/login" {
                     h1 { "roo" }
@@ -393,14 +394,7 @@ pub const ROUTES_A_PAGE: usize = 100;
 /// The routes list: those whose name contains `filter`, page `page` (from 1) of them.
 pub async fn routes(api: &Api, filter: &str, page: usize) -> Result<Page, ApiError> {
     let (records, _) = api.kv.scan(ROUTE_PREFIX, STALE).await?;
-    let (owners, _) = api.kv.scan(OWNER_PREFIX, STALE).await?;
-    let owners: HashMap<String, String> = owners
-        .into_iter()
-        .map(|(k, r)| {
-            let name = k.trim_start_matches(OWNER_PREFIX).to_string();
-            (name, String::from_utf8_lossy(&r.value).into_owned())
-        })
-        .collect();
+    let owners = crate::api::routes::owners(&api.kv, STALE).await?;
     let states = RouteStates::read(&api.kv, STALE).await?;
     let (briefs, _) = stats::gather_briefs(&api.kv, &api.stats, LIVE_WINDOW).await;
     let needle = filter.to_lowercase();

@@ -115,21 +115,6 @@ impl Session {
     }
 }
 
-/// The access a login token gives: None when it is neither token.
-pub fn login(tokens: &Tokens, given: &str) -> Option<Access> {
-    let matches = |t: &Option<String>| {
-        t.as_ref()
-            .is_some_and(|t| bool::from(t.as_bytes().ct_eq(given.as_bytes())))
-    };
-    if matches(&tokens.admin) {
-        Some(Access::Admin)
-    } else if matches(&tokens.read) {
-        Some(Access::Read)
-    } else {
-        None
-    }
-}
-
 /// The `Set-Cookie` value that opens (`Some(id)`) or ends a session.
 pub fn set_cookie(id: Option<&str>, lifetime: Duration, secure: bool) -> String {
     let (value, age) = match id {
@@ -173,9 +158,8 @@ mod tests {
             admin: Some("a".into()),
             read: Some("r".into()),
         };
-        assert_eq!(login(&tokens, "r"), Some(Access::Read));
-        assert_eq!(login(&tokens, "a"), Some(Access::Admin));
-        assert_eq!(login(&tokens, "x"), None);
+        assert_eq!(tokens.role_of("r"), Some(Access::Read));
+        assert_eq!(tokens.role_of("x"), None);
         let sessions = Sessions::new(Duration::from_secs(60));
         let id = sessions.open(Access::Read);
         let headers = with_cookie(&format!("other=1; {COOKIE}={id}"));
