@@ -244,9 +244,11 @@ pub fn is_acme_tls(hello: &ClientHello<'_>) -> bool {
 ///
 /// Defaults: TLS 1.2 and 1.3 only (rustls has nothing older), aws-lc-rs crypto, ALPN `h2` then
 /// `http/1.1` (and `acme-tls/1` for the CA's TLS-ALPN-01 validations, which the listener closes
-/// right after the handshake), certificate per SNI from `table`.
+/// right after the handshake), certificate per SNI from `table`, session tickets from
+/// `ticketer` (None: none, only the node's own session cache). No 0-RTT ([`crate::tickets`]).
 pub fn server_config(
     table: Arc<ArcSwap<CertTable>>,
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -254,5 +256,8 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver::new(table)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    if let Some(ticketer) = ticketer {
+        config.ticketer = ticketer;
+    }
     Ok(config)
 }

@@ -206,6 +206,17 @@ pub struct Config {
     #[arg(long, env = "ROO_ACME_RETRY_BASE_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub acme_retry_base_s: u64,
 
+    /// TLS session tickets sealed with keys the cluster shares, so that a client resumes its
+    /// session on any node (TLS 1.3 and 1.2). false: no tickets, for forward secrecy per
+    /// connection; a client then resumes only on the node it met, from that node's session cache.
+    #[arg(long, env = "ROO_TLS_TICKETS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tls_tickets: bool,
+
+    /// How often the leader makes a new TLS ticket key, in seconds; each key opens tickets for
+    /// twice this (a week at most, TLS 1.3's limit).
+    #[arg(long, env = "ROO_TLS_TICKET_ROTATE_S", default_value_t = 12 * 3600, value_parser = clap::value_parser!(u64).range(1..=302_400))]
+    pub tls_ticket_rotate_s: u64,
+
     /// How long a TLS handshake for a routed host without a certificate waits for one, in ms.
     #[arg(long, env = "ROO_ACME_HANDSHAKE_WAIT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=9_000))]
     pub acme_handshake_wait_ms: u64,

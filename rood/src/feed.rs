@@ -1,5 +1,5 @@
-//! Where routes and certificates come from: the replicated KV, turned into [`Change`]s and
-//! applied to the in-memory tables the proxy reads.
+//! Where routes, certificates and TLS ticket keys come from: the replicated KV, turned into
+//! [`Change`]s and applied to the in-memory tables the proxy reads.
 //!
 //! At start (and whenever the watch history no longer reaches back), a local scan of `com.roo.`
 //! builds both tables whole; from then on the KV's watch stream feeds every applied change, with
@@ -19,6 +19,7 @@ use roo_acme::store::{HTTP01_PREFIX, TLSALPN01_PREFIX};
 use crate::certs::{self, CertTable, CERT_PREFIX};
 use crate::routes::{Route, RouteKey, RouteTable, ROUTE_PREFIX};
 use crate::tables::Tables;
+use crate::tickets::{self, TicketKey, TicketKeys, TICKET_KEY_PREFIX};
 
 /// One change to the proxy's configuration. The KV watch produces them; so will the swarm
 /// watcher and config files, through the KV.
@@ -34,6 +35,8 @@ pub enum Change {
     /// A TLS-ALPN-01 certificate for a host.
     SetTlsChallenge(String, Arc<CertifiedKey>),
     RemoveTlsChallenge(String),
+    SetTicketKey(Arc<TicketKey>),
+    RemoveTicketKey(u64),
 }
 
 /// The change a KV key and value (None: deleted) make, if the key is a route, a certificate or
@@ -79,6 +82,15 @@ pub fn change_from_kv(key: &str, value: Option<&[u8]>) -> Option<Result<Change, 
                 .map_err(|e| e.to_string()),
         });
     }
+    if key.starts_with(TICKET_KEY_PREFIX) {
+        return Some(
+            match value {
+                None => tickets::key_id(key).map(Change::RemoveTicketKey),
+                Some(v) => tickets::load(key, v).map(Change::SetTicketKey),
+            }
+            .map_err(|e| e.to_string()),
+        );
+    }
     if key.starts_with(CERT_PREFIX) {
         let host = match certs::key_host(key, CERT_PREFIX) {
             Ok(h) => h,
@@ -99,6 +111,7 @@ fn apply(tables: &Tables, changes: Vec<Change>) {
     let mut routes: Option<RouteTable> = None;
     let mut certs: Option<CertTable> = None;
     let mut http01: Option<HashMap<String, String>> = None;
+    let mut ticket_keys: Option<TicketKeys> = None;
     for change in changes {
         match change {
             Change::SetHttpChallenge(t, a) => {
@@ -129,6 +142,12 @@ fn apply(tables: &Tables, changes: Vec<Change>) {
             Change::RemoveCert(h) => certs
                 .get_or_insert_with(|| (**tables.certs.load()).clone())
                 .remove(&h),
+            Change::SetTicketKey(k) => ticket_keys
+                .get_or_insert_with(|| (**tables.tickets.load()).clone())
+                .insert(k),
+            Change::RemoveTicketKey(id) => ticket_keys
+                .get_or_insert_with(|| (**tables.tickets.load()).clone())
+                .remove(id),
         }
     }
     if let Some(r) = routes {
@@ -139,6 +158,9 @@ fn apply(tables: &Tables, changes: Vec<Change>) {
     }
     if let Some(h) = http01 {
         tables.http01.store(Arc::new(h));
+    }
+    if let Some(k) = ticket_keys {
+        tables.tickets.store(Arc::new(k));
     }
     tables.published();
 }
@@ -200,12 +222,13 @@ async fn follow(kv: &Kv, tables: &Tables) {
     }
 }
 
-/// Builds both tables from a local scan; returns the revision to watch from.
+/// Builds the tables from a local scan; returns the revision to watch from.
 async fn load_all(kv: &Kv, tables: &Tables) -> Result<u64, KvError> {
     let (records, rev) = kv.scan(PREFIX, Consistency::Stale).await?;
     let mut routes = RouteTable::default();
     let mut certs = CertTable::default();
     let mut http01 = HashMap::new();
+    let mut ticket_keys = TicketKeys::default();
     for (key, record) in records {
         match checked(&key, Some(&record.value)) {
             Some(Change::SetRoute(k, r)) => routes.insert(k, r),
@@ -214,18 +237,21 @@ async fn load_all(kv: &Kv, tables: &Tables) -> Result<u64, KvError> {
             Some(Change::SetHttpChallenge(t, a)) => {
                 http01.insert(t, a);
             }
+            Some(Change::SetTicketKey(k)) => ticket_keys.insert(k),
             _ => {}
         }
     }
     tracing::info!(
         routes = routes.len(),
         certificates = certs.len(),
+        ticket_keys = ticket_keys.len(),
         rev,
-        "routes and certificates loaded"
+        "routes, certificates and ticket keys loaded"
     );
     tables.routes.store(Arc::new(routes));
     tables.certs.store(Arc::new(certs));
     tables.http01.store(Arc::new(http01));
+    tables.tickets.store(Arc::new(ticket_keys));
     tables.published();
     Ok(rev)
 }

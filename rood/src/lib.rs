@@ -15,6 +15,8 @@
 //!   (one node holds its lease), service labels to routes.
 //! - [`acme`]: where a certificate comes from when nobody put one by hand: the ACME issuer
 //!   (`roo-acme`), run on the raft leader over the KV.
+//! - [`tickets`]: where TLS session tickets come from: keys the leader rotates in the KV, so
+//!   that any node resumes a session any node began.
 //! - [`events`]: the activity stream: typed events of what changed and who changed it, kept in
 //!   the KV; [`webhooks`] deliver it, once per cluster.
 //! - [`stats`]: how each backend (version) of a route is doing, over a recent window, on this
@@ -22,7 +24,7 @@
 //! - [`rollout`]: where a rollout is decided: stepped canaries that promote or abort on the
 //!   [`stats`], run by the raft leader, their state in the KV.
 //! - [`leader`]: work that runs on the raft leader only, and the cluster's events.
-//! - [`feed`]: routes and certificates from the KV (scan, then watch), as typed changes applied
+//! - [`feed`]: routes, certificates and ticket keys from the KV (scan, then watch), as typed changes applied
 //!   to the [`tables`] the proxy reads (immutable snapshots, swapped whole).
 //! - [`proxy`]: where a request is routed: the HTTP and HTTPS listeners, the request's phases,
 //!   the upstreams and their health checks.
@@ -64,5 +66,6 @@ pub mod routes;
 pub mod stats;
 pub mod swarm;
 pub mod tables;
+pub mod tickets;
 pub mod ui;
 pub mod webhooks;

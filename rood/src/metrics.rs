@@ -19,7 +19,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use roo_kv::Kv;
 
-use crate::report::{Level, Report, Served, Upstream};
+use crate::report::{Handshake, Level, Report, Served, Upstream};
 use crate::routes::Scheme;
 use crate::stats::{Tally, Totals};
 use crate::tables::Tables;
@@ -28,6 +28,12 @@ use crate::tables::Tables;
 pub struct SchemeLabels {
     /// `http` or `https`.
     pub scheme: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `full` or `resumed`.
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,7 +70,10 @@ pub struct Metrics {
     open_connections: Family<SchemeLabels, Gauge>,
     /// The proxy's counts of open connections, by listener ([`scheme_index`]).
     connections: [Level; 2],
-    tls_handshakes: Counter,
+    tls_handshakes: Family<HandshakeLabels, Counter>,
+    // The family's two counters, kept so that a handshake takes no lock.
+    tls_full: Counter,
+    tls_resumed: Counter,
     tls_handshake_failures: Counter,
     swarm_reconciles: Counter,
     swarm_reconcile_errors: Counter,
@@ -73,6 +82,7 @@ pub struct Metrics {
     routes: Gauge,
     route_info: Family<RouteInfoLabels, Gauge>,
     certificates: Gauge,
+    tls_ticket_keys: Gauge,
     certificate_expiry: Family<HostLabels, Gauge>,
     acme_orders: Counter,
     acme_failures: Counter,
@@ -99,13 +109,15 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("roo");
-        let m = Metrics {
+        let mut m = Metrics {
             requests: Arc::default(),
             upstream_connect_errors: Family::default(),
             upstream_ejections: Family::default(),
             open_connections: Family::default(),
             connections: Default::default(),
-            tls_handshakes: Counter::default(),
+            tls_handshakes: Family::default(),
+            tls_full: Counter::default(),
+            tls_resumed: Counter::default(),
             tls_handshake_failures: Counter::default(),
             swarm_reconciles: Counter::default(),
             swarm_reconcile_errors: Counter::default(),
@@ -113,6 +125,7 @@ impl Metrics {
             routes: Gauge::default(),
             route_info: Family::default(),
             certificates: Gauge::default(),
+            tls_ticket_keys: Gauge::default(),
             certificate_expiry: Family::default(),
             acme_orders: Counter::default(),
             acme_failures: Counter::default(),
@@ -130,6 +143,14 @@ impl Metrics {
             raft_apply_lag: Gauge::default(),
             registry: Registry::default(),
         };
+        m.tls_full = m
+            .tls_handshakes
+            .get_or_create(&HandshakeLabels { kind: "full" })
+            .clone();
+        m.tls_resumed = m
+            .tls_handshakes
+            .get_or_create(&HandshakeLabels { kind: "resumed" })
+            .clone();
         let r = &mut registry;
         r.register_collector(Box::new(m.requests.clone()));
         r.register(
@@ -149,7 +170,7 @@ impl Metrics {
         );
         r.register(
             "tls_handshakes",
-            "Completed TLS handshakes",
+            "Completed TLS handshakes, by kind: a full one, or a session resumed",
             m.tls_handshakes.clone(),
         );
         r.register(
@@ -167,6 +188,11 @@ impl Metrics {
             "certificates",
             "Certificates in the table",
             m.certificates.clone(),
+        );
+        r.register(
+            "tls_ticket_keys",
+            "TLS ticket keys shared by the cluster that this node holds",
+            m.tls_ticket_keys.clone(),
         );
         r.register(
             "certificate_expiry_timestamp_seconds",
@@ -305,6 +331,7 @@ impl Metrics {
         self.routes.set(routes.len() as i64);
         let certs = tables.certs.load();
         self.certificates.set(certs.len() as i64);
+        self.tls_ticket_keys.set(tables.tickets.load().len() as i64);
         self.certificate_expiry.clear();
         for (host, key) in certs.iter() {
             let Some(leaf) = key.cert.first() else {
@@ -460,10 +487,11 @@ impl Report for WorkerReport {
         }
     }
 
-    fn tls_handshake(&self, done: bool) {
-        match done {
-            true => self.metrics.tls_handshakes.inc(),
-            false => self.metrics.tls_handshake_failures.inc(),
+    fn tls_handshake(&self, handshake: Handshake) {
+        match handshake {
+            Handshake::Full => self.metrics.tls_full.inc(),
+            Handshake::Resumed => self.metrics.tls_resumed.inc(),
+            Handshake::Failed => self.metrics.tls_handshake_failures.inc(),
         };
     }
 

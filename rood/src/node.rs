@@ -140,7 +140,15 @@ impl Node {
 
         let shutdown = CancellationToken::new();
         let tables = Arc::new(Tables::default());
-        let tls = certs::server_config(tables.certs.clone())
+        let ticket_rotation = Duration::from_secs(config.tls_ticket_rotate_s);
+        let ticketer: Option<Arc<dyn rustls::server::ProducesTickets>> = match config.tls_tickets {
+            true => Some(Arc::new(
+                crate::tickets::Ticketer::new(tables.tickets.clone(), 2 * ticket_rotation)
+                    .map_err(|e| StartError::Config(format!("TLS tickets: {e}")))?,
+            )),
+            false => None,
+        };
+        let tls = certs::server_config(tables.certs.clone(), ticketer)
             .map_err(|e| StartError::Config(format!("TLS: {e}")))?;
         let acme = config.acme_config();
         let issuer = match acme {
@@ -261,6 +269,12 @@ impl Node {
         tasks.push(tokio::spawn(crate::events::run(
             kv.clone(),
             config.events_kept as usize,
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::tickets::run(
+            kv.clone(),
+            ticket_rotation,
+            config.tls_tickets,
             shutdown.clone(),
         )));
         tasks.push(tokio::spawn(crate::leader::run(

@@ -46,14 +46,25 @@ pub struct Served<'a> {
     pub seconds: f64,
 }
 
+/// How a client's TLS handshake went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// A new session.
+    Full,
+    /// A session resumed from a ticket or the session cache.
+    Resumed,
+    /// Failed or timed out.
+    Failed,
+}
+
 /// The reports of one proxy worker. Its thread alone calls them on a request: an
 /// implementation may keep per-worker counts without contention.
 pub trait Report: Send + Sync {
     fn served(&self, served: &Served<'_>);
     /// A connection to `upstream` failed; `ejected`: its address left rotation for it.
     fn upstream_refused(&self, upstream: &Upstream, ejected: bool);
-    /// A client's TLS handshake, done or failed (timeouts included).
-    fn tls_handshake(&self, done: bool);
+    /// A client's TLS handshake.
+    fn tls_handshake(&self, handshake: Handshake);
     /// The count of a listener's open client connections, which the worker keeps up.
     fn open_connections(&self, scheme: Scheme) -> Level;
 }

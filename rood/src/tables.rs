@@ -1,6 +1,6 @@
-//! The tables the proxy reads on every request: routes, certificates and ACME challenges,
-//! each an immutable snapshot swapped whole. [`crate::feed`] makes and publishes them; the
-//! proxy, the API and the metrics only read them.
+//! The tables the proxy reads on every request: routes, certificates, ACME challenges and TLS
+//! ticket keys, each an immutable snapshot swapped whole. [`crate::feed`] makes and publishes
+//! them; the proxy, the API and the metrics only read them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::certs::CertTable;
 use crate::routes::RouteTable;
+use crate::tickets::TicketKeys;
 
 /// The tables the proxy reads, swapped whole on every change.
 pub struct Tables {
@@ -18,6 +19,8 @@ pub struct Tables {
     pub certs: Arc<ArcSwap<CertTable>>,
     /// HTTP-01 key authorizations by token.
     pub http01: ArcSwap<HashMap<String, String>>,
+    /// The cluster's TLS ticket keys.
+    pub tickets: Arc<ArcSwap<TicketKeys>>,
     /// Counts publications; subscribers learn that something changed.
     changed: watch::Sender<u64>,
 }
@@ -28,6 +31,7 @@ impl Default for Tables {
             routes: ArcSwap::default(),
             certs: Arc::default(),
             http01: ArcSwap::default(),
+            tickets: Arc::default(),
             changed: watch::channel(0).0,
         }
     }

@@ -3,7 +3,8 @@
 //! With `ROO_API_TOKEN` set, writes and membership changes need `Authorization: Bearer <admin
 //! token>`, and reads of secret keys (`com.roo.cert:`, `com.roo.acme.`, `com.roo.webhook:`) need a token: the admin
 //! one, or `ROO_API_READ_TOKEN`, which sees them with private keys and webhook secrets taken out. Other reads stay
-//! open. Without `ROO_API_TOKEN` the API is open (a warning is logged at start), but private keys
+//! open; TLS ticket keys (`com.roo.tls.ticket_key:`) show the read token their times alone.
+//! Without `ROO_API_TOKEN` the API is open (a warning is logged at start), but private keys
 //! are still never returned to a request without the admin token. A token that is given but
 //! wrong is refused (401) everywhere; a read token where the admin one is needed gets 403.
 //! Tokens are compared in constant time.
@@ -13,10 +14,16 @@ use roo_acme::store::{ACCOUNT_KEY, CERT_PREFIX, ORDER_PREFIX, TLSALPN01_PREFIX};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
+use crate::tickets::TICKET_KEY_PREFIX;
 use crate::webhooks::WEBHOOK_PREFIX;
 
 /// Keys whose values hold secrets.
-const SECRET_PREFIXES: [&str; 3] = [CERT_PREFIX, "com.roo.acme.", WEBHOOK_PREFIX];
+const SECRET_PREFIXES: [&str; 4] = [
+    CERT_PREFIX,
+    "com.roo.acme.",
+    WEBHOOK_PREFIX,
+    TICKET_KEY_PREFIX,
+];
 
 /// The API tokens of a node.
 #[derive(Debug, Clone, Default)]
@@ -127,15 +134,10 @@ fn redact(key: &str, value: Vec<u8>) -> Vec<u8> {
         return br#"{"redacted":"account credentials need the admin token"}"#.to_vec();
     }
     if key.starts_with(WEBHOOK_PREFIX) {
-        return match serde_json::from_slice::<serde_json::Value>(&value) {
-            Ok(serde_json::Value::Object(mut map)) => {
-                if map.remove("secret").is_some() {
-                    map.insert("secret".into(), "redacted: needs the admin token".into());
-                }
-                serde_json::to_vec(&map).unwrap_or_default()
-            }
-            _ => br#"{"redacted":"not a webhook"}"#.to_vec(),
-        };
+        return without(&value, "secret", "a webhook");
+    }
+    if key.starts_with(TICKET_KEY_PREFIX) {
+        return without(&value, "key", "a ticket key");
     }
     let has_key_pem = [CERT_PREFIX, TLSALPN01_PREFIX, ORDER_PREFIX]
         .iter()
@@ -160,6 +162,21 @@ fn redact(key: &str, value: Vec<u8>) -> Vec<u8> {
         }
         // Not the JSON roo writes: nothing of it is shown.
         _ => br#"{"redacted":"not a certificate record"}"#.to_vec(),
+    }
+}
+
+/// A JSON object `value` with its `field` redacted; nothing of it when it is not `what`.
+fn without(value: &[u8], field: &str, what: &str) -> Vec<u8> {
+    match serde_json::from_slice::<serde_json::Value>(value) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            if map.remove(field).is_some() {
+                map.insert(field.into(), "redacted: needs the admin token".into());
+            }
+            serde_json::to_vec(&map).unwrap_or_default()
+        }
+        _ => serde_json::json!({ "redacted": format!("not {what}") })
+            .to_string()
+            .into_bytes(),
     }
 }
 

@@ -47,7 +47,7 @@ use tokio_util::task::TaskTracker;
 pub use error::{BodyError, ProxyError};
 
 use crate::certs::{self, is_acme_tls};
-use crate::report::{Level, Report};
+use crate::report::{Handshake, Level, Report};
 use crate::routes::Scheme;
 use crate::tables::Tables;
 
@@ -536,17 +536,22 @@ async fn tls_accept(
         {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                state.report.tls_handshake(false);
+                state.report.tls_handshake(Handshake::Failed);
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 return None;
             }
             Err(_) => {
-                state.report.tls_handshake(false);
+                state.report.tls_handshake(Handshake::Failed);
                 tracing::debug!(%peer, "TLS handshake timed out");
                 return None;
             }
         };
-    state.report.tls_handshake(true);
+    state
+        .report
+        .tls_handshake(match tls_stream.get_ref().1.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,
+            _ => Handshake::Full,
+        });
     if tls_stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
         tracing::info!(%peer, "answered a TLS-ALPN-01 validation");
         return None;
