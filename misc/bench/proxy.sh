@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # rood next to nginx, HAProxy and Caddy in front of the same upstream on loopback, in the same
-# run, driven by wrk: HTTP/1.1 keep-alive requests/s and p99, HTTPS keep-alive, new TLS
-# handshakes/s, and resident memory with 9000 idle connections. Each row: seven rounds (ROUNDS),
+# run: HTTP/1.1 keep-alive requests/s and p99 and HTTPS keep-alive (wrk), a new TLS connection
+# per request with a full handshake and with a resumed one (tlsbench, misc/bench/src: each
+# client offers the ticket its last connection got, or none), and resident memory with 9000 idle
+# connections. wrk is not used for handshakes: it resumes its sessions (an SSL_clear keeps the
+# session), so its `Connection: close` runs are resumed handshakes. Each row: seven rounds (ROUNDS),
 # the proxies taking turns, medians; rood/nginx: the median of the rounds' ratios, and their
 # range. HAProxy and Caddy are extra columns, left out when not installed.
 #
 #   misc/bench/proxy.sh [seconds-per-round]
-#   ROWS="http https handshake idle" (the default: all four) picks rows.
+#   ROWS="http https handshake resumed idle" (the default: all five) picks rows.
 #   (needs: apt-get install nginx wrk openssl; optional: haproxy caddy)
 #
 # wrk sends SNI from the URL's host, so bench.test is added to /etc/hosts for the run (and taken
@@ -15,10 +18,12 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 secs=${1:-10}
 rounds=${ROUNDS:-7}
-rows=${ROWS:-http https handshake idle}
+rows=${ROWS:-http https handshake resumed idle}
 cd "$root"
 cargo build --profile dist -q -p rood
+cargo build --release -q -p roo-bench --bin tlsbench
 rood=$root/target/dist/rood
+tlsbench=$root/target/release/tlsbench
 for t in nginx wrk openssl python3; do command -v $t >/dev/null || { echo "$t not found" >&2; exit 1; }; done
 have_haproxy=0; command -v haproxy >/dev/null && have_haproxy=1
 have_caddy=0; command -v caddy >/dev/null && have_caddy=1
@@ -67,6 +72,7 @@ http { access_log off; keepalive_requests 1000000;
   upstream app { server 127.0.0.1:18080; keepalive 64; }
   server { listen 127.0.0.1:18081; listen 127.0.0.1:18443 ssl http2; server_name bench.test;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
+    ssl_session_tickets on;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
@@ -162,6 +168,22 @@ run_wrk() { # url, extra args...
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
   echo "$rps $p99 $n"
 }
+# tlsbench: the same three figures, a new connection a request (--resume: offering a ticket); a
+# run with --resume where a handshake was not resumed says so.
+run_tls() { # url, extra args...
+  local url=$1; shift
+  local addr=${url#https://}; addr=127.0.0.1:${addr#*:}; addr=${addr%/}
+  local out; out=$("$tlsbench" --addr "$addr" --host bench.test --clients 64 --seconds "$secs" "$@")
+  python3 - "$out" "$*" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+if r["errors"]:
+    print(f"WARNING: {r['errors']} errors: {r['last_error']}", file=sys.stderr)
+if "--resume" in sys.argv[2] and r["resumed"] < 0.99 * r["requests"]:
+    print(f"WARNING: only {r['resumed']} of {r['requests']} handshakes resumed", file=sys.stderr)
+print(f"{r['requests_per_sec']:.0f} {r['p99_ms']:.2f} {r['requests']}")
+PY
+}
 # CPU time (user and system clock ticks) the processes in a comma-separated pid list have used.
 ticks() {
   local p user=0 system=0 u s
@@ -197,12 +219,12 @@ header="| row |"; rule="|---|"
 for peer in "${peers[@]}"; do read -r name _ <<<"$peer"; header+=" $name req/s | $name p99 ms |"; rule+="---|---|"; done
 echo "$header rood/nginx req/s | rood/nginx p99 |"
 echo "$rule---|---|"
-row() { # name, scheme, extra wrk args...
+row() { # name, scheme, load generator (run_wrk, run_tls), its extra args...
   # Rounds with the proxies taking turns, medians reported: this VM is noisy. rood and nginx run
   # one after the other in each round, in turn first, and the ratio column is the median of the
   # rounds' own ratios (its range after it): the two runs of a round are seconds apart, so what
   # drifts over minutes on this VM moves both.
-  local title=$1 scheme=$2; shift 2
+  local title=$1 scheme=$2 load=$3; shift 3
   declare -A rps p99 user system
   local -a ratios=() p99_ratios=() order
   local round peer name port tport ps url a b n u0 s0 u1 s1
@@ -214,7 +236,7 @@ row() { # name, scheme, extra wrk args...
       read -r name port tport ps <<<"$peer"
       if [ "$scheme" = https ]; then url=https://bench.test:$tport/; else url=http://127.0.0.1:$port/; fi
       read -r u0 s0 < <(ticks "$ps")
-      read -r a b n < <(run_wrk "$url" "$@")
+      read -r a b n < <("$load" "$url" "$@")
       read -r u1 s1 < <(ticks "$ps")
       rps[$name]+=" $a"; p99[$name]+=" $b"
       user[$name]+=" $(( (u1 - u0) * tick_us * 100 / n ))"; system[$name]+=" $(( (s1 - s0) * tick_us * 100 / n ))"
@@ -234,9 +256,10 @@ row() { # name, scheme, extra wrk args...
   cpu_notes+="$cpu"$'\n'
   echo "$line $(spread "${ratios[@]}") | $(spread "${p99_ratios[@]}") |"
 }
-[[ " $rows " == *" http "* ]] && row "HTTP/1.1 keep-alive" http
-[[ " $rows " == *" https "* ]] && row "HTTPS keep-alive" https
-[[ " $rows " == *" handshake "* ]] && row "new TLS handshake per request" https -H 'Connection: close'
+[[ " $rows " == *" http "* ]] && row "HTTP/1.1 keep-alive" http run_wrk
+[[ " $rows " == *" https "* ]] && row "HTTPS keep-alive" https run_wrk
+[[ " $rows " == *" handshake "* ]] && row "new TLS handshake per request" https run_tls
+[[ " $rows " == *" resumed "* ]] && row "resumed TLS handshake per request" https run_tls --resume
 
 # Memory with 9000 idle keep-alive connections (HAProxy needs two descriptors for each under a
 # 20000 descriptor limit), the memory before and with them each read after 5 s without traffic:
