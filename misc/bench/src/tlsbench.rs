@@ -35,6 +35,10 @@ struct Args {
     /// `1.3`, `1.2`.
     #[arg(long, default_value = "1.3")]
     tls: String,
+    /// The key exchange offered: `x25519` (what OpenSSL 3.0's servers know, so that every proxy
+    /// does the same work) or `default` (rustls' own list, X25519MLKEM768 first).
+    #[arg(long, default_value = "x25519")]
+    groups: String,
 }
 
 /// Takes any certificate, checking only that the handshake's signatures are the key's, as wrk
@@ -118,7 +122,13 @@ fn main() -> anyhow::Result<()> {
         "1.2" => &rustls::version::TLS12,
         v => bail!("--tls {v}: use 1.3 or 1.2"),
     };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    match args.groups.as_str() {
+        "x25519" => provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519],
+        "default" => {}
+        g => bail!("--groups {g}: use x25519 or default"),
+    }
+    let provider = Arc::new(provider);
     let name = ServerName::try_from(args.host.clone()).context("--host")?;
     // Two threads, as wrk -t2.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# User-space instructions per route write, counted by valgrind's callgrind: what the activity
+# stream adds to a write, in a figure that does not move with the load of a shared VM (unlike
+# events.sh's writes/s). One node runs under callgrind, with the stream (the default) and then
+# without (--events-kept 0); each time, after a warm-up, the counters are zeroed, WRITES route
+# PUTs go through the route write path one at a time (kvbench --routes), the counters are dumped,
+# and an idle stretch as long as the writes took is counted the same way and taken off. Kernel
+# time is not counted.
+#
+#   misc/bench/write-instructions.sh [writes]
+#   (needs: apt-get install valgrind)
+#
+# ROWS (default "routes plain") picks what is written: routes, or plain keys (no event).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+writes=${1:-400}
+cd "$root"
+cargo build --profile dist -q -p rood
+cargo build --release -q -p roo-bench --bin kvbench
+rood=$root/target/dist/rood
+kvbench=$root/target/release/kvbench
+for t in valgrind callgrind_control curl python3; do command -v $t >/dev/null || { echo "$t not found" >&2; exit 1; }; done
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The instructions counted since the last zeroing, dumped now.
+dump() { # pid, name
+  rm -f "$work/cg.$1."*
+  callgrind_control --dump="$2" "$1" >/dev/null
+  local f; f=$(ls -t "$work/cg.$1."* | head -1)
+  awk '/^(summary|totals):/ {print $2; exit}' "$f"
+}
+
+# One node: its flags; prints "instructions-per-write" for each row.
+run() {
+  rm -rf "$work/roo"
+  ROO_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "$rood" \
+    --data-dir "$work/roo" --api-addr 127.0.0.1:16301 --acme false --swarm off --proxy-workers 1 \
+    --http-addr 127.0.0.1:18092 --https-addr 127.0.0.1:18454 "$@" 2>"$work/vg.log" &
+  local pid=$!; pids+=($pid)
+  for _ in $(seq 1 600); do curl -fsS -o /dev/null 127.0.0.1:16301/roo/ping 2>/dev/null && break; sleep 0.2; done
+  local line=""
+  for what in ${ROWS:-routes plain}; do
+    local mode=(); [ "$what" = routes ] && mode=(--routes)
+    "$kvbench" --target roo "${mode[@]}" --endpoints 127.0.0.1:16301 --clients 1 --total 50 --prefix "warm$what" >/dev/null
+    callgrind_control --zero "$pid" >/dev/null
+    local t0 t1 busy idle
+    t0=$(date +%s.%N)
+    "$kvbench" --target roo "${mode[@]}" --endpoints 127.0.0.1:16301 --clients 1 --total "$writes" --prefix "$what" >/dev/null
+    t1=$(date +%s.%N)
+    busy=$(dump "$pid" "$what")
+    callgrind_control --zero "$pid" >/dev/null
+    sleep "$(python3 -c "print($t1 - $t0)")"
+    idle=$(dump "$pid" "idle$what")
+    line+=" $(( (busy - idle) / writes ))"
+  done
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  echo "$line"
+}
+
+read -r -a on < <(run)
+read -r -a off < <(run --events-kept 0)
+echo "| writes | instructions a write, events on | events off | on/off |"
+echo "|---|---|---|---|"
+i=0
+for what in ${ROWS:-routes plain}; do
+  echo "| $what | ${on[$i]} | ${off[$i]} | $(python3 -c "print(f'{${on[$i]}/${off[$i]}:.3f}')") |"
+  i=$((i + 1))
+done
