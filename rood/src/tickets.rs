@@ -357,6 +357,33 @@ mod tests {
     }
 
     #[test]
+    fn a_node_without_shared_keys_seals_with_its_own_and_opens_them_after() {
+        let shared = Arc::new(ArcSwap::from_pointee(TicketKeys::default()));
+        let ticketer = Ticketer::new(shared.clone(), Duration::from_secs(100)).unwrap();
+        let own = ticketer.encrypt(b"early").unwrap();
+        assert_eq!(ticket_id(&own), Some(ticketer.own.id));
+        assert_eq!(ticketer.lifetime(), 100);
+        let now = now_s();
+        let mut keys = TicketKeys::default();
+        keys.insert(key(3, now, now + 50));
+        shared.store(Arc::new(keys));
+        let sealed = ticketer.encrypt(b"later").unwrap();
+        assert_eq!(
+            ticket_id(&sealed),
+            Some(3),
+            "the shared key seals once there is one"
+        );
+        assert!(
+            (49..=50).contains(&ticketer.lifetime()),
+            "{}",
+            ticketer.lifetime()
+        );
+        assert_eq!(ticketer.decrypt(&sealed), Some(b"later".to_vec()));
+        assert_eq!(ticketer.decrypt(&own), Some(b"early".to_vec()));
+        assert_eq!(ticketer.decrypt(b"short"), None);
+    }
+
+    #[test]
     fn a_ticket_altered_or_cut_does_not_open() {
         let k = key(7, 0, u64::MAX);
         let ticket = k.seal(b"secret session").unwrap();
