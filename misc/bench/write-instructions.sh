@@ -10,7 +10,9 @@
 #   misc/bench/write-instructions.sh [writes]
 #   (needs: apt-get install valgrind)
 #
-# ROWS (default "routes plain") picks what is written: routes, or plain keys (no event).
+# ROWS (default "routes changes plain") picks what is written: new routes, changes of routes
+# that stand (each has its history), or plain keys (no event).
+# KEEP=<dir> keeps the dumps there, for callgrind_annotate.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 writes=${1:-400}
@@ -31,15 +33,17 @@ cleanup() {
 trap cleanup EXIT
 
 # The instructions counted since the last zeroing, dumped now.
-dump() { # pid, name
+dump() { # pid, name, tag (of the node)
   rm -f "$work/cg.$1."*
-  callgrind_control --dump="$2" "$1" >/dev/null
+  callgrind_control --dump="$2" "$1" >/dev/null 2>&1
   local f; f=$(ls -t "$work/cg.$1."* | head -1)
+  [ -n "${KEEP:-}" ] && cp "$f" "$KEEP/$3.$2"
   awk '/^(summary|totals):/ {print $2; exit}' "$f"
 }
 
-# One node: its flags; prints "instructions-per-write" for each row.
+# One node: a tag, its flags; prints "instructions-per-write" for each row.
 run() {
+  local tag=$1; shift
   rm -rf "$work/roo"
   ROO_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "$rood" \
     --data-dir "$work/roo" --api-addr 127.0.0.1:16301 --acme false --swarm off --proxy-workers 1 \
@@ -47,30 +51,33 @@ run() {
   local pid=$!; pids+=($pid)
   for _ in $(seq 1 600); do curl -fsS -o /dev/null 127.0.0.1:16301/roo/ping 2>/dev/null && break; sleep 0.2; done
   local line=""
-  for what in ${ROWS:-routes plain}; do
-    local mode=(); [ "$what" = routes ] && mode=(--routes)
+  for what in ${ROWS:-routes changes plain}; do
+    local mode=(); [ "$what" != plain ] && mode=(--routes)
     "$kvbench" --target roo "${mode[@]}" --endpoints 127.0.0.1:16301 --clients 1 --total 50 --prefix "warm$what" >/dev/null
-    callgrind_control --zero "$pid" >/dev/null
+    # Changes: the same routes are made first, uncounted, then written again.
+    [ "$what" = changes ] && "$kvbench" --target roo --routes --endpoints 127.0.0.1:16301 \
+      --clients 1 --total "$writes" --prefix "$what" >/dev/null
+    callgrind_control --zero "$pid" >/dev/null 2>&1
     local t0 t1 busy idle
     t0=$(date +%s.%N)
     "$kvbench" --target roo "${mode[@]}" --endpoints 127.0.0.1:16301 --clients 1 --total "$writes" --prefix "$what" >/dev/null
     t1=$(date +%s.%N)
-    busy=$(dump "$pid" "$what")
-    callgrind_control --zero "$pid" >/dev/null
+    busy=$(dump "$pid" "$what" "$tag")
+    callgrind_control --zero "$pid" >/dev/null 2>&1
     sleep "$(python3 -c "print($t1 - $t0)")"
-    idle=$(dump "$pid" "idle$what")
+    idle=$(dump "$pid" "idle$what" "$tag")
     line+=" $(( (busy - idle) / writes ))"
   done
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   echo "$line"
 }
 
-read -r -a on < <(run)
-read -r -a off < <(run --events-kept 0)
+read -r -a on < <(run on)
+read -r -a off < <(run off --events-kept 0)
 echo "| writes | instructions a write, events on | events off | on/off |"
 echo "|---|---|---|---|"
 i=0
-for what in ${ROWS:-routes plain}; do
+for what in ${ROWS:-routes changes plain}; do
   echo "| $what | ${on[$i]} | ${off[$i]} | $(python3 -c "print(f'{${on[$i]}/${off[$i]}:.3f}')") |"
   i=$((i + 1))
 done

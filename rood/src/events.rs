@@ -46,7 +46,7 @@ struct Stored<'a> {
     subject: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     source: std::borrow::Cow<'a, str>,
-    detail: Value,
+    detail: std::borrow::Cow<'a, Value>,
 }
 
 /// One event.
@@ -109,7 +109,7 @@ impl Event {
                 kind: self.kind.as_str().into(),
                 subject: self.subject.as_str().into(),
                 source: self.source.as_str().into(),
-                detail: self.detail.clone(),
+                detail: std::borrow::Cow::Borrowed(&self.detail),
             })
             .map_err(|e| KvError::InvalidRequest(e.to_string()))?,
             prev_rev: None,
@@ -145,7 +145,7 @@ fn parse(key: &str, value: &[u8], id: u64) -> Option<Event> {
         kind: stored.kind.into_owned(),
         subject: stored.subject.into_owned(),
         source: stored.source.into_owned(),
-        detail: stored.detail,
+        detail: stored.detail.into_owned(),
         at_ms,
     })
 }

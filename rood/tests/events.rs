@@ -23,12 +23,20 @@ async fn each_route_write_makes_one_event_in_order() {
     // Refused: no event.
     assert_eq!(http.put(&key, "ftp://x").await.unwrap().status, 400);
     assert_eq!(http.delete(&key).await.unwrap().status, 200);
+    // Nothing to remove: no event. Back again: added, as new.
+    assert_eq!(http.delete(&key).await.unwrap().status, 200);
+    assert_eq!(http.put(&key, v2).await.unwrap().status, 200);
 
     let all = events(&http, &api, "?type=route.").await;
     let kinds: Vec<&str> = all.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
-        ["route.added", "route.changed", "route.removed"],
+        [
+            "route.added",
+            "route.changed",
+            "route.removed",
+            "route.added"
+        ],
         "{all:?}"
     );
     let ids: Vec<u64> = all.iter().map(|e| e["id"].as_u64().unwrap()).collect();
@@ -46,22 +54,25 @@ async fn each_route_write_makes_one_event_in_order() {
     assert_eq!(name(&all[1]["detail"]["new"]), "v2");
     assert_eq!(name(&all[2]["detail"]["old"]), "v2");
     assert!(all[2]["detail"]["new"].is_null());
+    assert!(all[3]["detail"]["old"].is_null());
+    assert_eq!(name(&all[3]["detail"]["new"]), "v2");
     // Stored, an event names the values by revision; the answer reads them from the history.
     assert!(all[0]["detail"].get("old_rev").is_none(), "{all:?}");
     assert_eq!(all[1]["detail"]["old_rev"], all[0]["id"]);
     assert_eq!(all[2]["detail"]["old_rev"], all[1]["id"]);
+    assert!(all[3]["detail"].get("old_rev").is_none(), "{all:?}");
     // The event's id is the revision of the write it tells of.
     let history = http
         .get(&format!("http://{api}/roo/v1/routes/ev.test:http/history"))
         .await
         .unwrap()
         .json();
-    assert_eq!(history["history"][0]["rev"], all[2]["id"]);
+    assert_eq!(history["history"][0]["rev"], all[3]["id"]);
 
     let later = events(&http, &api, &format!("?since={}&type=route.", ids[0])).await;
     assert_eq!(later, all[1..]);
     let removed = events(&http, &api, "?type=route.rem").await;
-    assert_eq!(removed, all[2..]);
+    assert_eq!(removed, all[2..3]);
     let r = http
         .get(&format!("http://{api}/roo/v1/events?since=soon"))
         .await

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -203,6 +203,14 @@ async fn keys(http: &Http, api: &str) -> Vec<(String, u64, u64, String)> {
     out
 }
 
+/// A CA for the routes' certificates, and its PEM in `dir` for `openssl -CAfile`.
+fn ca_in(dir: &Path) -> (TestCa, PathBuf) {
+    let ca = TestCa::new("tickets CA");
+    let file = dir.join("ca.pem");
+    std::fs::write(&file, ca.pem()).unwrap();
+    (ca, file)
+}
+
 fn https_of(procs: &[Proc], port: u16) -> Vec<String> {
     procs
         .iter()
@@ -213,9 +221,7 @@ fn https_of(procs: &[Proc], port: u16) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_from_one_node_resumes_on_every_node_and_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("tickets CA");
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (ca, ca_file) = ca_in(dir.path());
     let port = free_port("127.0.0.1");
     let https_flag = format!("{{ip}}:{port}");
     let mut procs = common::process_cluster(dir.path(), 3, &["--https-addr", &https_flag]).await;
@@ -291,9 +297,7 @@ async fn a_session_from_one_node_resumes_on_every_node_and_after_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_tickets_resume_within_the_window_and_not_after_and_keys_stay_hidden() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("tickets CA");
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (ca, ca_file) = ca_in(dir.path());
     let addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let https = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     // A new key every 3 s, each opening tickets for 6 s.
@@ -439,9 +443,7 @@ async fn old_tickets_resume_within_the_window_and_not_after_and_keys_stay_hidden
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tickets_off_there_are_no_tickets_and_no_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("tickets CA");
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (ca, ca_file) = ca_in(dir.path());
     let port = free_port("127.0.0.1");
     let https_flag = format!("{{ip}}:{port}");
     let procs = common::process_cluster(

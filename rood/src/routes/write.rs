@@ -113,11 +113,19 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
         Some(v) => Route::parse(v)?.to_json(),
         None => serde_json::Value::Null,
     };
+    let history = format!("{HISTORY_PREFIX}{name}:");
+    let (kept, _) = kv.scan(&history, Consistency::Stale).await?;
     // What was there, for the event: its kind, and the revision it replaces. The event names
     // the two revisions, not the values: those are in the route's history ([`with_values`]).
-    let old = match crate::events::recording() {
-        true => kv.get(&key, Consistency::Stale).await?.map(|r| r.mod_rev),
-        false => None,
+    // Every change of a route comes this way, so its newest history record tells; only a route
+    // without one (stored before history was kept) is read.
+    let old = match (
+        crate::events::recording(),
+        kept.iter().max_by_key(|(_, r)| r.mod_rev),
+    ) {
+        (false, _) => None,
+        (true, Some((_, newest))) => standing(&newest.value).then_some(newest.mod_rev),
+        (true, None) => kv.get(&key, Consistency::Stale).await?.map(|r| r.mod_rev),
     };
     let kind = match (&old, &change.value) {
         _ if change.rollback_of.is_some() => Some("route.rolled_back"),
@@ -145,9 +153,7 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
         value,
         rollback_of: change.rollback_of,
     };
-    let history = format!("{HISTORY_PREFIX}{name}:");
     // The oldest records go in the same request, so that at most HISTORY_KEPT stay.
-    let (kept, _) = kv.scan(&history, Consistency::Stale).await?;
     let excess = (kept.len() + 1).saturating_sub(HISTORY_KEPT);
     let mut ops = vec![match change.value {
         Some(value) => Op::Put {
@@ -212,6 +218,16 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
         Err(KvError::Conflict { key, .. }) if key == frozen => Err(WriteError::Frozen(name)),
         answer => Ok(answer?),
     }
+}
+
+/// Whether a stored history record left its route standing (not a removal), read without
+/// building the route.
+fn standing(record: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Value {
+        value: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Value>(record).is_ok_and(|r| r.value.is_some())
 }
 
 /// Freezes (`frozen`) or unfreezes a route, as `source`; its event tells the stream. Returns
