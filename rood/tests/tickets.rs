@@ -1,6 +1,6 @@
 //! TLS session resumption across the cluster, over real TLS: rustls and `openssl s_client`
-//! clients take a session from one node and resume it on the others, across key rotation and
-//! a restart; the keys stay out of sight without the admin token.
+//! clients take a session from one node and resume it on the others, across key rotation, a
+//! restart and a leader change; the keys stay out of sight without the admin token.
 
 mod common;
 
@@ -168,13 +168,19 @@ async fn metric(http: &Http, api: &str, line: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The ticket keys as the admin token reads them: (key, created, not_after, secret).
+/// The ticket keys as the admin token reads them: (key, created, not_after, secret), newest
+/// first.
 async fn keys(http: &Http, api: &str) -> Vec<(String, u64, u64, String)> {
+    keys_as(http, api, &[("authorization", &format!("Bearer {ADMIN}"))]).await
+}
+
+/// The same, read with the `auth` header (if any); a secret not shown is its redaction.
+async fn keys_as(http: &Http, api: &str, auth: &[(&str, &str)]) -> Vec<(String, u64, u64, String)> {
     let r = http
         .send(
             "GET",
             &format!("http://{api}/roo/v1/kvs/com.roo.tls.ticket_key:"),
-            &[("authorization", &format!("Bearer {ADMIN}"))],
+            auth,
             "",
         )
         .await
@@ -292,6 +298,77 @@ async fn a_session_from_one_node_resumes_on_every_node_and_after_a_restart() {
         &after
     ));
     assert_eq!(get(&tls13, &https[1]).await, HandshakeKind::Resumed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_keeps_the_keys_and_rotates_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("tickets CA");
+    let port = free_port("127.0.0.1");
+    let https_flag = format!("{{ip}}:{port}");
+    // A new key every 10 s, each opening tickets for 20 s: a session outlives the election.
+    let flags = ["--https-addr", &https_flag, "--tls-ticket-rotate-s", "10"];
+    let mut procs = common::process_cluster(dir.path(), 3, &flags).await;
+    let http = Http::default();
+    let apis: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+    let https = https_of(&procs, port);
+    let leader = common::wait_for_cluster(&http, &apis, 3).await;
+    let status = http.cluster(&apis[0]).await.unwrap();
+    let at = apis
+        .iter()
+        .position(|a| *a == common::addr_of(&status, leader))
+        .unwrap();
+    let (f1, f2) = ((at + 1) % 3, (at + 2) % 3);
+    serve(&http, &apis[f1], &[], &ca, &https).await;
+    // Every node holds what the KV has.
+    let holds_all = |i: usize| {
+        let (http, api) = (&http, &apis[i]);
+        async move {
+            let stored = keys_as(http, api, &[]).await;
+            let held = metric(http, api, "roo_tls_ticket_keys").await as usize;
+            (!stored.is_empty() && held == stored.len()).then_some(stored)
+        }
+    };
+    for i in [f1, f2] {
+        wait_for(
+            "the followers to hold the keys",
+            Duration::from_secs(20),
+            || holds_all(i),
+        )
+        .await;
+    }
+
+    let cache = Arc::new(ClientSessionMemoryCache::new(32));
+    let before = client(&ca, &rustls::version::TLS13, &cache);
+    assert_eq!(get(&before, &https[f1]).await, HandshakeKind::Full);
+    procs[at].kill();
+    let killed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let rest = [apis[f1].clone(), apis[f2].clone()];
+    let new_leader = common::wait_for_cluster(&http, &rest, 3).await;
+    assert_ne!(new_leader, leader);
+    // The old leader's key still opens on the other follower.
+    assert_eq!(get(&before, &https[f2]).await, HandshakeKind::Resumed);
+
+    // The new leader goes on rotating: a key made after the kill, held by both nodes, seals and
+    // opens across them.
+    for i in [f1, f2] {
+        wait_for(
+            "a key of the new leader's",
+            Duration::from_secs(30),
+            || async {
+                let stored = holds_all(i).await?;
+                (stored[0].1 > killed).then_some(())
+            },
+        )
+        .await;
+    }
+    let cache = Arc::new(ClientSessionMemoryCache::new(32));
+    let after = client(&ca, &rustls::version::TLS12, &cache);
+    assert_eq!(get(&after, &https[f2]).await, HandshakeKind::Full);
+    assert_eq!(get(&after, &https[f1]).await, HandshakeKind::Resumed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
