@@ -50,17 +50,18 @@ run() {
     --http-addr 127.0.0.1:18092 --https-addr 127.0.0.1:18454 "$@" 2>"$work/vg.log" &
   local pid=$!; pids+=($pid)
   for _ in $(seq 1 600); do curl -fsS -o /dev/null 127.0.0.1:16301/roo/ping 2>/dev/null && break; sleep 0.2; done
-  local line=""
+  local line="" mode
+  # Writes one at a time: how many, their key prefix.
+  put() { "$kvbench" --target roo "${mode[@]}" --endpoints 127.0.0.1:16301 --clients 1 --total "$1" --prefix "$2" >/dev/null; }
   for what in ${ROWS:-routes changes plain}; do
-    local mode=(); [ "$what" != plain ] && mode=(--routes)
-    "$kvbench" --target roo "${mode[@]}" --endpoints 127.0.0.1:16301 --clients 1 --total 50 --prefix "warm$what" >/dev/null
+    mode=(); [ "$what" != plain ] && mode=(--routes)
+    put 50 "warm$what"
     # Changes: the same routes are made first, uncounted, then written again.
-    [ "$what" = changes ] && "$kvbench" --target roo --routes --endpoints 127.0.0.1:16301 \
-      --clients 1 --total "$writes" --prefix "$what" >/dev/null
+    [ "$what" = changes ] && put "$writes" "$what"
     callgrind_control --zero "$pid" >/dev/null 2>&1
     local t0 t1 busy idle
     t0=$(date +%s.%N)
-    "$kvbench" --target roo "${mode[@]}" --endpoints 127.0.0.1:16301 --clients 1 --total "$writes" --prefix "$what" >/dev/null
+    put "$writes" "$what"
     t1=$(date +%s.%N)
     busy=$(dump "$pid" "$what" "$tag")
     callgrind_control --zero "$pid" >/dev/null 2>&1

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{wait_for, Http, Proc, TestCa, SECRET};
+use common::{metric, wait_for, Http, Proc, TestCa, SECRET};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rood::node::Node;
@@ -122,7 +122,7 @@ async fn stalled_request_bodies_are_cut_off_and_hold_no_connection() {
             &format!("http://{ok_upstream}"),
         )
         .await;
-        let addr = node.http_addr;
+        let (addr, api, http) = (node.http_addr, node.api_addr.to_string(), Http::default());
         for round in 0..rounds {
             let started = Instant::now();
             let clients: Vec<_> = (0..50)
@@ -140,7 +140,17 @@ async fn stalled_request_bodies_are_cut_off_and_hold_no_connection() {
                 assert!(closed, "round {round}: the connection stayed open");
             }
             eprintln!("{body_ms}/{upstream_ms} ms round {round}: 50 answered {expected} and closed in {:?}", started.elapsed());
-            // Nothing kept the upstream's side open either.
+            // The proxy gave every slot back (it counts a connection until its task is over,
+            // a moment after the client saw it close), and nothing kept the upstream's side open.
+            wait_for(
+                "the proxy's connections to close",
+                Duration::from_secs(10),
+                || async {
+                    let open = metric(&http, &api, r#"roo_open_connections{scheme="http"}"#).await;
+                    (open == 0.0).then_some(())
+                },
+            )
+            .await;
             wait_for(
                 "the upstream connections to close",
                 Duration::from_secs(10),

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{free_port, wait_for, Http, Proc, TestCa};
+use common::{free_port, metric, wait_for, Http, Proc, TestCa};
 use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::HandshakeKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -156,18 +156,6 @@ async fn served(ca: &TestCa, addr: &str) {
     .await;
 }
 
-/// A metric's value on the node whose API is `api` (0 when absent).
-async fn metric(http: &Http, api: &str, line: &str) -> f64 {
-    let page = http
-        .get(&format!("http://{api}/metrics"))
-        .await
-        .unwrap()
-        .text();
-    page.lines()
-        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// The ticket keys as the admin token reads them: (key, created, not_after, secret), newest
 /// first.
 async fn keys(http: &Http, api: &str) -> Vec<(String, u64, u64, String)> {
@@ -312,12 +300,7 @@ async fn a_new_leader_keeps_the_keys_and_rotates_them() {
     let http = Http::default();
     let apis: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
     let https = https_of(&procs, port);
-    let leader = common::wait_for_cluster(&http, &apis, 3).await;
-    let status = http.cluster(&apis[0]).await.unwrap();
-    let at = apis
-        .iter()
-        .position(|a| *a == common::addr_of(&status, leader))
-        .unwrap();
+    let (leader, at) = common::wait_for_leader_in(&http, &apis, 3).await;
     let (f1, f2) = ((at + 1) % 3, (at + 2) % 3);
     serve(&http, &apis[f1], &[], &ca, &https).await;
     // Every node holds what the KV has.

@@ -399,10 +399,7 @@ async fn deliveries_survive_a_leader_kill_in_order_none_twice() {
     let mut procs = common::process_cluster(dir.path(), 3, &[]).await;
     let http = Http::default();
     let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
-    let leader = common::wait_for_cluster(&http, &addrs, 3).await;
-    let status = http.cluster(&addrs[0]).await.unwrap();
-    let leader_addr = common::addr_of(&status, leader);
-    let leader_at = addrs.iter().position(|a| *a == leader_addr).unwrap();
+    let (leader, leader_at) = common::wait_for_leader_in(&http, &addrs, 3).await;
     let (receiver, url) = Receiver::start().await;
     receiver.status.store(503, Ordering::SeqCst);
     let follower = addrs[(leader_at + 1) % 3].clone();

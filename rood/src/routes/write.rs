@@ -224,10 +224,10 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
 /// building the route.
 fn standing(record: &[u8]) -> bool {
     #[derive(Deserialize)]
-    struct Value {
+    struct Removal {
         value: Option<serde::de::IgnoredAny>,
     }
-    serde_json::from_slice::<Value>(record).is_ok_and(|r| r.value.is_some())
+    serde_json::from_slice::<Removal>(record).is_ok_and(|r| r.value.is_some())
 }
 
 /// Freezes (`frozen`) or unfreezes a route, as `source`; its event tells the stream. Returns

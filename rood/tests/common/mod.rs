@@ -280,6 +280,17 @@ pub fn backend_weights(route: &Value) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// A metric's value on the node whose API is `api`, by the start of its line (0 when absent).
+pub async fn metric(http: &Http, api: &str, line: &str) -> f64 {
+    let page = http
+        .get(&format!("http://{api}/metrics"))
+        .await
+        .unwrap()
+        .text();
+    page.lines()
+        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
 /// Waits until `check` returns Some, polling every 50 ms, or panics with `what` after `limit`.
 pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
@@ -307,6 +318,14 @@ pub async fn wait_for_cluster(http: &Http, addrs: &[String], voters: usize) -> u
         || cluster_leader(http, addrs, voters),
     )
     .await
+}
+
+/// [`wait_for_cluster`], and where the leader is in `addrs`: (its id, its index).
+pub async fn wait_for_leader_in(http: &Http, addrs: &[String], voters: usize) -> (u64, usize) {
+    let leader = wait_for_cluster(http, addrs, voters).await;
+    let status = http.cluster(&addrs[0]).await.unwrap();
+    let addr = addr_of(&status, leader);
+    (leader, addrs.iter().position(|a| *a == addr).unwrap())
 }
 
 /// The leader's id if every node in `addrs` reports the same one and `voters` voters.
