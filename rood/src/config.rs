@@ -174,7 +174,7 @@ pub struct Config {
 
     /// Events the activity stream keeps (`GET /roo/v1/events`); the leader deletes older ones.
     /// 0: no activity stream (nor webhook deliveries), on every node alike.
-    #[arg(long, env = "ROO_EVENTS_KEPT", default_value_t = 10_000, value_parser = events_kept)]
+    #[arg(long, env = "ROO_EVENTS_KEPT", default_value_t = crate::events::KEPT_DEFAULT, value_parser = events_kept)]
     pub events_kept: u64,
 
     /// Get certificates for https routes from an ACME CA (Let's Encrypt by default).

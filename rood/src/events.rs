@@ -3,38 +3,48 @@
 //! stream and it outlives restarts and leader changes.
 //!
 //! An event that tells of a KV change goes in the same request as the change: it is stored once
-//! per cluster, or not at all, and its id is that request's revision. The leader keeps the
-//! stream to its bound ([`run`]), off the write path. Keys: `com.roo.event:<unix ms, 15
-//! digits>-<random>`; the value holds the rest but the time, which the key has: an event is
-//! written with every route write, so its bytes are the stream's cost to the KV.
+//! per cluster, or not at all, and its id is that request's revision (a request carries one
+//! event). Where events are stored:
+//! - a route write's event is the route's history record (`com.roo.route.history:`,
+//!   [`crate::routes::write`]), which every route write makes anyway: the stream adds no key to
+//!   the write that is most of the KV's traffic;
+//! - every other event is `com.roo.event:<unix ms, 15 digits>-<random>`; the value holds the
+//!   rest but the time, which the key has.
+//!
+//! The stream is both, by id, its newest `--events-kept`; the leader keeps the event keys to
+//! that bound ([`run`]), off the write path, and a route keeps its last records.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use roo_kv::{Consistency, EventKind, Kv, KvError, Op, Record, Watch};
+use roo_kv::{Consistency, EventKind, Kv, KvError, Op, Watch};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub const EVENT_PREFIX: &str = "com.roo.event:";
+/// What a follower of the stream watches: the event keys and the routes' history records.
+const STREAM_PREFIX: &str = "com.roo.";
+/// `--events-kept` unless told.
+pub const KEPT_DEFAULT: u64 = 10_000;
 /// How often the leader trims the stream.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// The most events one trimming request deletes.
 const TRIM_BATCH: usize = 1_000;
 
-/// Whether this node writes events: `--events-kept 0` turns the stream off. Process-wide, as
-/// the writers (the route write path, ACME, the cluster, the swarm watcher) share no config.
-static RECORDING: AtomicBool = AtomicBool::new(true);
+/// The events the stream keeps; 0: none are written (`--events-kept 0`). Process-wide, as the
+/// writers (the route write path, ACME, the cluster, the swarm watcher) share no config.
+static KEPT: AtomicU64 = AtomicU64::new(KEPT_DEFAULT);
 
-/// Sets whether events are written, at a node's start.
+/// Sets how many events the stream keeps, at a node's start.
 pub fn keep(kept: u64) {
-    RECORDING.store(kept > 0, Ordering::Relaxed);
+    KEPT.store(kept, Ordering::Relaxed);
 }
 
 /// Whether events are written.
 pub fn recording() -> bool {
-    RECORDING.load(Ordering::Relaxed)
+    KEPT.load(Ordering::Relaxed) > 0
 }
 
 /// An event as the KV holds it.
@@ -90,6 +100,26 @@ impl Event {
         }
     }
 
+    /// An event as stored: at revision `id`, written at `at_ms` (unix milliseconds).
+    pub fn stored(
+        id: u64,
+        at_ms: u64,
+        kind: String,
+        subject: String,
+        source: String,
+        detail: Value,
+    ) -> Event {
+        Event {
+            id,
+            time: roo_acme::cert::rfc3339(UNIX_EPOCH + Duration::from_millis(at_ms)),
+            kind,
+            subject,
+            source,
+            detail,
+            at_ms,
+        }
+    }
+
     /// When it was written.
     pub fn written(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.at_ms)
@@ -132,22 +162,22 @@ pub fn matches(kinds: &[String], event: &Event) -> bool {
     kinds.is_empty() || kinds.iter().any(|k| event.kind.starts_with(k.as_str()))
 }
 
-/// Reads the event stored at `key`; None for a value that is not one.
+/// Reads the event stored at `key`, an event key or a route's history record; None for a value
+/// that is not one.
 fn parse(key: &str, value: &[u8], id: u64) -> Option<Event> {
+    let Some(time) = key.strip_prefix(EVENT_PREFIX) else {
+        return crate::routes::write::recorded_event(key, value, id);
+    };
     let stored: Stored<'_> = serde_json::from_slice(value).ok()?;
-    let at_ms: u64 = key
-        .strip_prefix(EVENT_PREFIX)
-        .and_then(|k| k.get(..15))
-        .and_then(|ms| ms.parse().ok())?;
-    Some(Event {
+    let at_ms = time.get(..15).and_then(|ms| ms.parse().ok())?;
+    Some(Event::stored(
         id,
-        time: roo_acme::cert::rfc3339(UNIX_EPOCH + Duration::from_millis(at_ms)),
-        kind: stored.kind.into_owned(),
-        subject: stored.subject.into_owned(),
-        source: stored.source.into_owned(),
-        detail: stored.detail.into_owned(),
         at_ms,
-    })
+        stored.kind.into_owned(),
+        stored.subject.into_owned(),
+        stored.source.into_owned(),
+        stored.detail.into_owned(),
+    ))
 }
 
 /// The events after id `since` of `kinds` (type prefixes; none: every type), oldest first, as
@@ -158,21 +188,36 @@ pub async fn list(
     kinds: &[String],
     consistency: Consistency,
 ) -> Result<Vec<Event>, KvError> {
-    let (records, _) = kv.scan(EVENT_PREFIX, consistency).await?;
-    Ok(stored(records, since, kinds))
+    let (events, _) = stream(kv, consistency).await?;
+    Ok(selected(events, since, kinds))
 }
 
-/// The events among scanned `records` after id `since` of `kinds`, oldest first.
-fn stored(records: Vec<(String, Record)>, since: u64, kinds: &[String]) -> Vec<Event> {
-    let mut events: Vec<Event> = records
+/// The stream as this node holds it, oldest first, and the revision it was read at.
+async fn stream(kv: &Kv, consistency: Consistency) -> Result<(Vec<Event>, u64), KvError> {
+    let (stored, rev) = kv.scan(EVENT_PREFIX, consistency).await?;
+    // Read after, the routes' records may hold events past `rev`: those are left to a watch
+    // from `rev` on, so that a follower gets each once.
+    let (records, _) = kv
+        .scan(crate::routes::write::HISTORY_PREFIX, Consistency::Stale)
+        .await?;
+    let mut events: Vec<Event> = stored
         .into_iter()
-        .filter(|(_, r)| r.mod_rev > since)
+        .chain(records.into_iter().filter(|(_, r)| r.mod_rev <= rev))
         .filter_map(|(k, r)| parse(&k, &r.value, r.mod_rev))
-        .filter(|e| matches(kinds, e))
         .collect();
     // Keys sort by the writers' clocks; ids by the order the cluster wrote them.
     events.sort_by_key(|e| e.id);
+    let kept = usize::try_from(KEPT.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+    events.drain(..events.len().saturating_sub(kept));
+    Ok((events, rev))
+}
+
+/// The events among `events` after id `since` of `kinds`.
+fn selected(events: Vec<Event>, since: u64, kinds: &[String]) -> Vec<Event> {
     events
+        .into_iter()
+        .filter(|e| e.id > since && matches(kinds, e))
+        .collect()
 }
 
 /// The events after an id as they are written: the stored ones first, then the new ones live,
@@ -221,13 +266,13 @@ impl Follow {
             let Some(watch) = &mut self.watch else {
                 // A reader from now on has nothing to catch up with: no scan of the stream.
                 if self.last >= self.kv.revision() {
-                    self.watch = Some(self.kv.watch(EVENT_PREFIX, Some(self.last))?);
+                    self.watch = Some(self.kv.watch(STREAM_PREFIX, Some(self.last))?);
                     continue;
                 }
                 // Catch up from the node's copy, then watch from where the copy stands.
-                let (records, rev) = self.kv.scan(EVENT_PREFIX, Consistency::Stale).await?;
-                self.ready.extend(stored(records, self.last, &self.kinds));
-                self.watch = Some(self.kv.watch(EVENT_PREFIX, Some(rev.max(self.last)))?);
+                let (events, rev) = stream(&self.kv, Consistency::Stale).await?;
+                self.ready.extend(selected(events, self.last, &self.kinds));
+                self.watch = Some(self.kv.watch(STREAM_PREFIX, Some(rev.max(self.last)))?);
                 continue;
             };
             match watch.next().await {
@@ -249,7 +294,7 @@ impl Follow {
     }
 }
 
-/// Keeps the stream to its last `kept` events while this node leads, until `shutdown`.
+/// Keeps the event keys to the last `kept` while this node leads, until `shutdown`.
 pub async fn run(kv: Kv, kept: usize, shutdown: CancellationToken) {
     if kept == 0 {
         return;
@@ -270,7 +315,7 @@ pub async fn run(kv: Kv, kept: usize, shutdown: CancellationToken) {
     }
 }
 
-/// Deletes the oldest events beyond the last `kept`.
+/// Deletes the oldest event keys beyond the last `kept`.
 async fn trim(kv: &Kv, kept: usize) -> Result<(), KvError> {
     // The leader has applied every write it acknowledged: its own copy is whole.
     let (records, _) = kv.scan(EVENT_PREFIX, Consistency::Stale).await?;

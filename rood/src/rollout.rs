@@ -304,37 +304,44 @@ async fn save(
     route: Option<(Value, u64)>,
 ) -> Result<u64, RolloutError> {
     let name = route_name(key);
-    let mut ops = vec![Op::Put {
+    let state = Op::Put {
         key: rollout_key(&name),
         value: serde_json::to_vec(r).map_err(|e| KvError::InvalidRequest(e.to_string()))?,
         prev_rev: Some(rev),
-    }];
-    if events::recording() {
+    };
+    let event = events::recording().then(|| {
         let detail = json!({
             "canary": r.plan.canary, "stable": r.stable_backend, "state": r.state.as_str(),
             "step": r.step, "weight": r.weight, "failures": r.failures, "check": r.checks.last(),
         });
-        ops.push(Event::new(kind, &name, source, detail).op()?);
-    }
+        Event::new(kind, &name, source, detail)
+    });
     let answer = match route {
+        // The rollout's event tells of the new weights too; the route's history has them.
         Some((value, route_rev)) => {
             let value = weighed(value, r, r.weight);
             let mut change =
                 RouteChange::new(key.clone(), Some(value.to_string().into_bytes()), source);
             change.prev_rev = Some(route_rev);
-            change.also = ops;
+            change.also = vec![state];
+            change.event = event;
             write::write(kv, change).await?
         }
-        None => kv
-            .write(roo_kv::Request::new(ops))
-            .await?
-            .checked()
-            .map_err(|e| match e {
-                KvError::Conflict { .. } => RolloutError::Conflict(format!(
-                    "the rollout of {name} changed meanwhile: try again"
-                )),
-                e => RolloutError::Kv(e),
-            })?,
+        None => {
+            let mut ops = vec![state];
+            if let Some(event) = event {
+                ops.push(event.op()?);
+            }
+            kv.write(roo_kv::Request::new(ops))
+                .await?
+                .checked()
+                .map_err(|e| match e {
+                    KvError::Conflict { .. } => RolloutError::Conflict(format!(
+                        "the rollout of {name} changed meanwhile: try again"
+                    )),
+                    e => RolloutError::Kv(e),
+                })?
+        }
     };
     Ok(answer.rev)
 }

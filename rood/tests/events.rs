@@ -221,3 +221,52 @@ impl Sse {
         out
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_step_is_one_event_with_an_id_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), &[]).await;
+    let (http, api) = (Http::default(), node.api_addr.to_string());
+    let route = r#"{"backends":[{"name":"v1","url":"http://127.0.0.1:9","weight":100},{"name":"v2","url":"http://127.0.0.1:10","weight":0}]}"#;
+    let key = format!("http://{api}/roo/v1/kv/com.roo.host:ro.test:http");
+    assert_eq!(http.put(&key, route).await.unwrap().status, 200);
+    let mut live = Sse::open(&api, "", "").await;
+    live.until("event: route.added").await;
+    // Starting sets the first weight: the route and the rollout change in one request.
+    let plan = r#"{"canary":"v2","steps":[10,50],"interval_ms":60000}"#;
+    let r = http
+        .put(&format!("http://{api}/roo/v1/rollouts/ro.test:http"), plan)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    live.until("event: rollout.started").await;
+    let all = events(&http, &api, "").await;
+    let about: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["subject"] == "ro.test:http")
+        .collect();
+    let kinds: Vec<&str> = about.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["route.added", "rollout.started"]);
+    assert_eq!(about[1]["detail"]["weight"], 10);
+    // Ids name one event each, for `since`, SSE's Last-Event-ID and webhook deliveries.
+    let mut ids: Vec<u64> = all.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), all.len(), "{all:?}");
+    let streamed: Vec<Value> = live
+        .seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(streamed, all);
+    // The route's history has the change, by whoever started the rollout.
+    let history = http
+        .get(&format!("http://{api}/roo/v1/routes/ro.test:http/history"))
+        .await
+        .unwrap()
+        .json();
+    let record = &history["history"][0];
+    assert_eq!(record["rev"], about[1]["id"], "{history}");
+    assert_eq!(record["source"], about[1]["source"]);
+    assert_eq!(record["value"]["backends"][1]["weight"], 10);
+}

@@ -126,8 +126,8 @@ async fn write_on_follower_reads_on_all() {
         .await
         .unwrap()
         .json();
-    // The route, its first history record and its owner (routes' one write path), beside the
-    // activity stream (its event, and the cluster's: the leader's) and the leader's TLS ticket key.
+    // The route, its first history record (its event too) and its owner (routes' one write
+    // path), beside the cluster's events (the leader's) and the leader's TLS ticket key.
     let (events, keys): (Vec<&String>, Vec<&String>) = all["results"]
         .as_object()
         .unwrap()

@@ -1,13 +1,14 @@
 //! Where a route is written: the one write path of every writer (the API, and rooctl through
 //! it; the swarm watcher; the rollout controller and a routes file to come). A change is checked
-//! with the route model (nothing is stored when it is invalid), then the route, its owner, a
-//! history record and its event (`route.added|changed|removed`, [`crate::events`]) go into the
-//! KV as one request: they change together or not at all.
+//! with the route model (nothing is stored when it is invalid), then the route, its owner and a
+//! history record, which is also its event (`route.added|changed|removed`, [`crate::events`]),
+//! go into the KV as one request: they change together or not at all.
 //!
 //! Keys, beside the route's own `com.roo.host:<route>`:
 //! - `com.roo.route.owner:<route>`: who wrote it last (`api`, `swarm:<services>`, ...);
 //! - `com.roo.route.history:<route>:<time>`: `{"time":..,"source":..,"value":..}` for each
-//!   change (value null for a removal), the last [`HISTORY_KEPT`] kept;
+//!   change (value null for a removal), with the event's `type` and `old_rev` when it made one;
+//!   the last [`HISTORY_KEPT`] kept;
 //! - `com.roo.route.frozen:<route>`: present while the route is frozen ([`freeze`]): a change
 //!   that is not forced is refused, in the same request that would make it;
 //! - `com.roo.route.rolled_back:<route>`: the revision the current value was restored from,
@@ -64,8 +65,11 @@ pub struct RouteChange {
     /// The revision whose value this restores (a rollback).
     pub rollback_of: Option<u64>,
     /// More writes that go in the same request, standing or falling with the change (a
-    /// rollout's state and its event).
+    /// rollout's state).
     pub also: Vec<Op>,
+    /// The event that tells of the change instead of the route's own (a rollout's step): a
+    /// request carries one event, as the event's id is the request's revision.
+    pub event: Option<Event>,
 }
 
 impl RouteChange {
@@ -80,6 +84,7 @@ impl RouteChange {
             force: false,
             rollback_of: None,
             also: Vec::new(),
+            event: None,
         }
     }
 }
@@ -95,6 +100,13 @@ pub struct HistoryRecord {
     /// The revision whose value this change restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<u64>,
+    /// The event this change is in the stream (`route.added`...): none when the stream is off,
+    /// or another event tells of it.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// For the event: the revision the change replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_rev: Option<u64>,
 }
 
 /// `<host>[:<port>]:<scheme>`: the route's name in the API and in its owner and history keys.
@@ -116,9 +128,9 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
     let history = format!("{HISTORY_PREFIX}{name}:");
     let (kept, _) = kv.scan(&history, Consistency::Stale).await?;
     // What was there, for the event: its kind, and the revision it replaces. The event names
-    // the two revisions, not the values: those are in the route's history ([`with_values`]).
-    // Every change of a route comes this way, so its newest history record tells; only a route
-    // without one (stored before history was kept) is read.
+    // the old value by its revision, the record there ([`with_values`]). Every change of a
+    // route comes this way, so its newest history record tells; only a route without one
+    // (stored before history was kept) is read.
     let old = match (
         crate::events::recording(),
         kept.iter().max_by_key(|(_, r)| r.mod_rev),
@@ -134,16 +146,8 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
         (Some(_), None) => Some("route.removed"),
         (None, None) => None,
     };
-    let event = kind.filter(|_| crate::events::recording()).map(|kind| {
-        let mut detail = serde_json::json!({});
-        if let Some(rev) = old {
-            detail["old_rev"] = rev.into();
-        }
-        if let Some(rev) = change.rollback_of {
-            detail["rev"] = rev.into();
-        }
-        Event::new(kind, &name, &change.source, detail)
-    });
+    let told = change.event;
+    let event = kind.filter(|_| told.is_none() && crate::events::recording());
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -152,6 +156,8 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
         source: change.source.clone(),
         value,
         rollback_of: change.rollback_of,
+        event: event.map(str::to_string),
+        old_rev: event.and(old),
     };
     // The oldest records go in the same request, so that at most HISTORY_KEPT stay.
     let excess = (kept.len() + 1).saturating_sub(HISTORY_KEPT);
@@ -184,7 +190,7 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
         value: serde_json::to_vec(&record).map_err(|e| KvError::InvalidRequest(e.to_string()))?,
         prev_rev: None,
     });
-    if let Some(event) = event {
+    if let Some(event) = told {
         ops.push(event.op()?);
     }
     let rolled_back = format!("{ROLLED_BACK_PREFIX}{name}");
@@ -228,6 +234,39 @@ fn standing(record: &[u8]) -> bool {
         value: Option<serde::de::IgnoredAny>,
     }
     serde_json::from_slice::<Removal>(record).is_ok_and(|r| r.value.is_some())
+}
+
+/// The event a route's history record at `key` is, stored at revision `rev`; None for a record
+/// that made none.
+pub fn recorded_event(key: &str, record: &[u8], rev: u64) -> Option<Event> {
+    /// A record, without its value.
+    #[derive(Deserialize)]
+    struct Told {
+        time: u64,
+        source: String,
+        #[serde(rename = "type")]
+        event: Option<String>,
+        old_rev: Option<u64>,
+        rollback_of: Option<u64>,
+    }
+    let (name, _) = key.strip_prefix(HISTORY_PREFIX)?.rsplit_once(':')?;
+    let told: Told = serde_json::from_slice(record).ok()?;
+    let mut detail = serde_json::json!({});
+    if let Some(rev) = told.old_rev {
+        detail["old_rev"] = rev.into();
+    }
+    if let Some(rev) = told.rollback_of {
+        detail["rev"] = rev.into();
+    }
+    let kind = told.event?;
+    Some(Event::stored(
+        rev,
+        told.time,
+        kind,
+        name.to_string(),
+        told.source,
+        detail,
+    ))
 }
 
 /// Freezes (`frozen`) or unfreezes a route, as `source`; its event tells the stream. Returns
