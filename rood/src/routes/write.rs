@@ -251,6 +251,7 @@ pub fn recorded_event(key: &str, record: &[u8], rev: u64) -> Option<Event> {
     }
     let (name, _) = key.strip_prefix(HISTORY_PREFIX)?.rsplit_once(':')?;
     let told: Told = serde_json::from_slice(record).ok()?;
+    let kind = told.event?;
     let mut detail = serde_json::json!({});
     if let Some(rev) = told.old_rev {
         detail["old_rev"] = rev.into();
@@ -258,7 +259,6 @@ pub fn recorded_event(key: &str, record: &[u8], rev: u64) -> Option<Event> {
     if let Some(rev) = told.rollback_of {
         detail["rev"] = rev.into();
     }
-    let kind = told.event?;
     Some(Event::stored(
         rev,
         told.time,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::{free_port, Http, KillOnDrop};
+use super::{free_port, Http, KillOnDrop, Reply};
 
 /// The key of an element reference in WebDriver answers.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -74,14 +74,34 @@ impl Browser {
     }
 
     async fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let r = self.try_call(method, path, body).await;
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
+        r.json()["value"].clone()
+    }
+
+    async fn try_call(&self, method: &str, path: &str, body: Value) -> Reply {
         let url = format!("{}{path}", self.session);
         let body = match method {
             "GET" | "DELETE" => String::new(),
             _ => body.to_string(),
         };
-        let r = self.http.send(method, &url, &[], body).await.unwrap();
-        assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
-        r.json()["value"].clone()
+        self.http.send(method, &url, &[], body).await.unwrap()
+    }
+
+    /// Does `action` (`click`, `value`) on the element `css` selects, finding it again when
+    /// the page's live updates replaced it between the finding and the action.
+    async fn act(&self, css: &str, action: &str, body: Value) {
+        for _ in 0..20 {
+            let e = self.find(css).await;
+            let path = format!("/element/{e}/{action}");
+            let r = self.try_call("POST", &path, body.clone()).await;
+            if r.json()["value"]["error"] == "stale element reference" {
+                continue;
+            }
+            assert_eq!(r.status, 200, "POST {path}: {}", r.text());
+            return;
+        }
+        panic!("{css} was replaced 20 times over before it could be used");
     }
 
     pub async fn goto(&self, url: &str) {
@@ -112,19 +132,11 @@ impl Browser {
     }
 
     pub async fn click(&self, css: &str) {
-        let e = self.find(css).await;
-        self.call("POST", &format!("/element/{e}/click"), json!({}))
-            .await;
+        self.act(css, "click", json!({})).await;
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
-        let e = self.find(css).await;
-        self.call(
-            "POST",
-            &format!("/element/{e}/value"),
-            json!({ "text": text }),
-        )
-        .await;
+        self.act(css, "value", json!({ "text": text })).await;
     }
 
     /// Runs `script` (a function body) in the page; what it returns.
