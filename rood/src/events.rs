@@ -36,10 +36,22 @@ const TRIM_BATCH: usize = 1_000;
 /// The events the stream keeps; 0: none are written (`--events-kept 0`). Process-wide, as the
 /// writers (the route write path, ACME, the cluster, the swarm watcher) share no config.
 static KEPT: AtomicU64 = AtomicU64::new(KEPT_DEFAULT);
+/// The age, in milliseconds, past which an event leaves the stream (`--events-max-age-s`).
+static MAX_AGE_MS: AtomicU64 = AtomicU64::new(30 * 86_400_000);
 
-/// Sets how many events the stream keeps, at a node's start.
-pub fn keep(kept: u64) {
+/// Sets how many events the stream keeps, and for how long, at a node's start.
+pub fn keep(kept: u64, max_age: Duration) {
     KEPT.store(kept, Ordering::Relaxed);
+    let ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+    MAX_AGE_MS.store(ms, Ordering::Relaxed);
+}
+
+/// Unix milliseconds before which events are past the age bound.
+fn oldest_kept_ms() -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_sub(MAX_AGE_MS.load(Ordering::Relaxed))
 }
 
 /// Whether events are written.
@@ -165,11 +177,11 @@ pub fn matches(kinds: &[String], event: &Event) -> bool {
 /// Reads the event stored at `key`, an event key or a route's history record; None for a value
 /// that is not one.
 fn parse(key: &str, value: &[u8], id: u64) -> Option<Event> {
-    let Some(time) = key.strip_prefix(EVENT_PREFIX) else {
+    if !key.starts_with(EVENT_PREFIX) {
         return crate::routes::write::recorded_event(key, value, id);
-    };
+    }
     let stored: Stored<'_> = serde_json::from_slice(value).ok()?;
-    let at_ms = time.get(..15).and_then(|ms| ms.parse().ok())?;
+    let at_ms = written_ms(key)?;
     Some(Event::stored(
         id,
         at_ms,
@@ -178,6 +190,11 @@ fn parse(key: &str, value: &[u8], id: u64) -> Option<Event> {
         stored.source.into_owned(),
         stored.detail.into_owned(),
     ))
+}
+
+/// When the event at `key` (an event key) was written, in unix milliseconds.
+fn written_ms(key: &str) -> Option<u64> {
+    key.strip_prefix(EVENT_PREFIX)?.get(..15)?.parse().ok()
 }
 
 /// The events after id `since` of `kinds` (type prefixes; none: every type), oldest first, as
@@ -194,6 +211,7 @@ pub async fn list(
 
 /// The stream as this node holds it, oldest first, and the revision it was read at.
 async fn stream(kv: &Kv, consistency: Consistency) -> Result<(Vec<Event>, u64), KvError> {
+    let oldest = oldest_kept_ms();
     let (stored, rev) = kv.scan(EVENT_PREFIX, consistency).await?;
     // Read after, the routes' records may hold events past `rev`: those are left to a watch
     // from `rev` on, so that a follower gets each once.
@@ -204,6 +222,7 @@ async fn stream(kv: &Kv, consistency: Consistency) -> Result<(Vec<Event>, u64), 
         .into_iter()
         .chain(records.into_iter().filter(|(_, r)| r.mod_rev <= rev))
         .filter_map(|(k, r)| parse(&k, &r.value, r.mod_rev))
+        .filter(|e| e.at_ms >= oldest)
         .collect();
     // Keys sort by the writers' clocks; ids by the order the cluster wrote them.
     events.sort_by_key(|e| e.id);
@@ -294,7 +313,8 @@ impl Follow {
     }
 }
 
-/// Keeps the event keys to the last `kept` while this node leads, until `shutdown`.
+/// Keeps the event keys to the last `kept`, none past the age bound ([`keep`]), while this node
+/// leads, until `shutdown`.
 pub async fn run(kv: Kv, kept: usize, shutdown: CancellationToken) {
     if kept == 0 {
         return;
@@ -315,11 +335,17 @@ pub async fn run(kv: Kv, kept: usize, shutdown: CancellationToken) {
     }
 }
 
-/// Deletes the oldest event keys beyond the last `kept`.
+/// Deletes the oldest event keys beyond the last `kept`, and those past the age bound.
 async fn trim(kv: &Kv, kept: usize) -> Result<(), KvError> {
     // The leader has applied every write it acknowledged: its own copy is whole.
     let (records, _) = kv.scan(EVENT_PREFIX, Consistency::Stale).await?;
-    let excess = records.len().saturating_sub(kept);
+    let oldest = oldest_kept_ms();
+    // The keys sort by time: the aged ones come first.
+    let aged = records
+        .iter()
+        .take_while(|(k, _)| written_ms(k).is_some_and(|ms| ms < oldest))
+        .count();
+    let excess = records.len().saturating_sub(kept).max(aged);
     let old: Vec<Op> = records
         .into_iter()
         .take(excess)

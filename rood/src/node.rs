@@ -265,7 +265,8 @@ impl Node {
                 shutdown.clone(),
             )));
         }
-        crate::events::keep(config.events_kept);
+        let max_age = Duration::from_secs(config.events_max_age_s);
+        crate::events::keep(config.events_kept, max_age);
         tasks.push(tokio::spawn(crate::events::run(
             kv.clone(),
             config.events_kept as usize,

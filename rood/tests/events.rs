@@ -1,5 +1,5 @@
 //! The activity stream over the API: each route write makes one event, with its kind, source and
-//! values; `since` and `type` select; the leader keeps the stream to its bound.
+//! values; `since` and `type` select; the leader keeps the stream to its bounds of count and age.
 
 mod common;
 
@@ -105,6 +105,52 @@ async fn the_leader_keeps_the_stream_to_its_bound() {
         .collect();
     let newest: Vec<String> = (15..25).map(|i| format!("h{i:02}.test:http")).collect();
     assert_eq!(subjects, newest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_past_the_age_bound_leave_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::node(dir.path(), &["--events-max-age-s", "3"]).await;
+    let (http, api) = (Http::default(), node.api_addr.to_string());
+    let route = format!("http://{api}/roo/v1/routes/age.test:http");
+    let key = format!("http://{api}/roo/v1/kv/com.roo.host:age.test:http");
+    assert_eq!(
+        http.put(&key, "http://127.0.0.1:9").await.unwrap().status,
+        200
+    );
+    // An event of a route's history, and one of an event key.
+    let r = http.send("POST", &format!("{route}/freeze"), &[], "").await;
+    assert_eq!(r.unwrap().status, 200);
+    let listed = events(&http, &api, "?type=route.").await;
+    let kinds: Vec<&str> = listed.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["route.added", "route.frozen"]);
+    // Both leave the stream as they age; the leader deletes the event keys (the cluster's own
+    // event, its leader's, among them).
+    wait_for("the events to age out", Duration::from_secs(30), || async {
+        let keys = http
+            .get(&format!("http://{api}/roo/v1/kvs/com.roo.event:"))
+            .await
+            .ok()?
+            .json();
+        let stored = keys["results"].as_object().map_or(0, |k| k.len());
+        (events(&http, &api, "").await.is_empty() && stored == 0).then_some(())
+    })
+    .await;
+    // The route's history stays: it is the route's, not the stream's.
+    let history = http.get(&format!("{route}/history")).await.unwrap().json();
+    assert_eq!(
+        history["history"].as_array().map(Vec::len),
+        Some(1),
+        "{history}"
+    );
+    // A new event is in the stream again.
+    let r = http
+        .send("POST", &format!("{route}/unfreeze"), &[], "")
+        .await;
+    assert_eq!(r.unwrap().status, 200);
+    let listed = events(&http, &api, "").await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["type"], "route.unfrozen");
 }
 
 /// An SSE reader over a raw connection: what it has read so far.
