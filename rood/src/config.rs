@@ -179,7 +179,7 @@ pub struct Config {
 
     /// The age past which an event leaves the activity stream, in seconds (30 days unless
     /// told); the leader deletes older event keys.
-    #[arg(long, env = "ROO_EVENTS_MAX_AGE_S", default_value_t = 30 * 86_400, value_parser = clap::value_parser!(u64).range(1..=3_650 * 86_400))]
+    #[arg(long, env = "ROO_EVENTS_MAX_AGE_S", default_value_t = crate::events::MAX_AGE_DEFAULT_S, value_parser = clap::value_parser!(u64).range(1..=3_650 * 86_400))]
     pub events_max_age_s: u64,
 
     /// Get certificates for https routes from an ACME CA (Let's Encrypt by default).

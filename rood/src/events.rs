@@ -28,6 +28,8 @@ pub const EVENT_PREFIX: &str = "com.roo.event:";
 const STREAM_PREFIX: &str = "com.roo.";
 /// `--events-kept` unless told.
 pub const KEPT_DEFAULT: u64 = 10_000;
+/// `--events-max-age-s` unless told: 30 days.
+pub const MAX_AGE_DEFAULT_S: u64 = 30 * 86_400;
 /// How often the leader trims the stream.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// The most events one trimming request deletes.
@@ -37,7 +39,7 @@ const TRIM_BATCH: usize = 1_000;
 /// writers (the route write path, ACME, the cluster, the swarm watcher) share no config.
 static KEPT: AtomicU64 = AtomicU64::new(KEPT_DEFAULT);
 /// The age, in milliseconds, past which an event leaves the stream (`--events-max-age-s`).
-static MAX_AGE_MS: AtomicU64 = AtomicU64::new(30 * 86_400_000);
+static MAX_AGE_MS: AtomicU64 = AtomicU64::new(MAX_AGE_DEFAULT_S * 1_000);
 
 /// Sets how many events the stream keeps, and for how long, at a node's start.
 pub fn keep(kept: u64, max_age: Duration) {
