@@ -50,10 +50,7 @@ pub fn keep(kept: u64, max_age: Duration) {
 
 /// Unix milliseconds before which events are past the age bound.
 fn oldest_kept_ms() -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    now.saturating_sub(MAX_AGE_MS.load(Ordering::Relaxed))
+    crate::now_ms().saturating_sub(MAX_AGE_MS.load(Ordering::Relaxed))
 }
 
 /// Whether events are written.

@@ -69,3 +69,10 @@ pub mod tables;
 pub mod tickets;
 pub mod ui;
 pub mod webhooks;
+
+/// Unix milliseconds now, by this node's clock (0 before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -8,7 +8,7 @@
 //! route change and the event it makes (through the route write path): a new leader resumes at
 //! the step the rollout was in, and a deposed one cannot step it twice.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use roo_kv::{Consistency, Kv, KvError, Op};
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{self, Event};
+use crate::now_ms;
 use crate::routes::write::{self, route_name, RouteChange, WriteError};
 use crate::routes::{Route, RouteKey};
 use crate::stats::{self, Stats};
@@ -204,12 +205,6 @@ pub struct Rollout {
     pub source: String,
     /// Newest last.
     pub checks: Vec<Check>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn now_text() -> String {

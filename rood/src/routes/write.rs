@@ -15,7 +15,7 @@
 //!   while it stands.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use roo_kv::{Consistency, Kv, KvError, Op};
 use serde::{Deserialize, Serialize};
@@ -148,9 +148,7 @@ pub async fn write(kv: &Kv, change: RouteChange) -> Result<roo_kv::Response, Wri
     };
     let told = change.event;
     let event = kind.filter(|_| told.is_none() && crate::events::recording());
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = crate::now_ms();
     let record = HistoryRecord {
         time: now,
         source: change.source.clone(),

@@ -17,7 +17,7 @@ pub mod labels;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bollard::query_parameters::EventsOptionsBuilder;
 use bollard::Docker;
@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{self, Event};
+use crate::now_ms;
 use crate::routes::reconcile::{self, Wanted};
 use crate::routes::write::WriteError;
 use labels::Labels;
@@ -105,12 +106,6 @@ impl Problem {
             error,
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Connects to Docker (`DOCKER_HOST`, else the local socket) and checks that it is a swarm

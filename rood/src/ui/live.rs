@@ -29,9 +29,7 @@ pub fn stream<B>(api: &Api, req: &Request<B>) -> Result<Response<Body>, ApiError
     // Ticks on the node's clock: every page open on the node fetches itself at the same
     // moment, and one render serves them all (the dashboard's cache of renders).
     let ms = TICK.as_millis() as u64;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = crate::now_ms();
     let beat = Beat {
         first: Duration::from_millis(ms - now % ms),
         every: TICK,
